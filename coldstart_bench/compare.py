@@ -1,0 +1,367 @@
+"""Two-sample comparisons between scenarios, multiple-testing correction and the delay fit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from .stats import (
+    DEFAULT_CONFIDENCE,
+    Values,
+    as_array,
+    bootstrap_distribution_two,
+    json_safe,
+    percentile_interval,
+    statistic,
+)
+
+# Below this many values per side a rank or variance test says nothing worth printing.
+MIN_N_TEST = 3
+
+
+def levene(a: Values, b: Values, center: str = "mean") -> tuple[float, float]:
+    """Levene's test of equal variances: center="mean" is Levene's original (what the thesis used),
+    center="median" is the Brown–Forsythe variant, robust to the skew of latency data.
+    Returns (statistic, p); NaN when undefined (too few values, or both samples constant)."""
+    xa, xb = as_array(a), as_array(b)
+    if xa.size < 2 or xb.size < 2:
+        return (math.nan, math.nan)
+    if np.ptp(xa) == 0 and np.ptp(xb) == 0:
+        return (math.nan, math.nan)
+    res = sps.levene(xa, xb, center=center)
+    return (float(res.statistic), float(res.pvalue))
+
+
+def mann_whitney(a: Values, b: Values, alternative: str = "two-sided") -> tuple[float, float]:
+    """Mann–Whitney U (U of `a`, p). alternative="greater" tests that `a` tends to be larger."""
+    xa, xb = as_array(a), as_array(b)
+    if xa.size == 0 or xb.size == 0:
+        return (math.nan, math.nan)
+    res = sps.mannwhitneyu(xa, xb, alternative=alternative, method="auto")
+    return (float(res.statistic), float(res.pvalue))
+
+
+def cliffs_delta(a: Values, b: Values) -> float:
+    """P(A > B) − P(A < B), in [−1, 1]; equal to the rank-biserial correlation 2U/(n·m) − 1.
+    Negative means `a` tends to be smaller (e.g. socket faster than direct)."""
+    xa, xb = as_array(a), as_array(b)
+    if xa.size == 0 or xb.size == 0:
+        return math.nan
+    # Via ranks rather than the n×m comparison matrix: same value, O((n+m) log(n+m)).
+    u = sps.mannwhitneyu(xa, xb, alternative="two-sided", method="asymptotic").statistic
+    return float(2.0 * u / (xa.size * xb.size) - 1.0)
+
+
+def cliffs_magnitude(delta: float) -> str:
+    """Romano et al. (2006) thresholds: |d| < .147 negligible, < .33 small, < .474 medium, else large."""
+    if math.isnan(delta):
+        return "n/a"
+    d = abs(delta)
+    if d < 0.147:
+        return "negligible"
+    if d < 0.33:
+        return "small"
+    if d < 0.474:
+        return "medium"
+    return "large"
+
+
+def ratio_of_medians(
+    a: Values,
+    b: Values,
+    *,
+    resamples: int = 2000,
+    seed: int = 12345,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> tuple[float, tuple[float, float] | None]:
+    """median(a) / median(b) with a percentile bootstrap CI (each sample resampled independently)."""
+    return two_sample_estimate(a, b, "median", "ratio", resamples=resamples, seed=seed, confidence=confidence)
+
+
+def difference_of_medians(
+    a: Values,
+    b: Values,
+    *,
+    resamples: int = 2000,
+    seed: int = 12345,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> tuple[float, tuple[float, float] | None]:
+    """median(a) − median(b) with a percentile bootstrap CI."""
+    return two_sample_estimate(a, b, "median", "diff", resamples=resamples, seed=seed, confidence=confidence)
+
+
+def two_sample_estimate(
+    a: Values,
+    b: Values,
+    stat: str,
+    how: str,
+    *,
+    resamples: int = 2000,
+    seed: int = 12345,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> tuple[float, tuple[float, float] | None]:
+    """stat(a) / stat(b) (how="ratio") or stat(a) − stat(b) (how="diff"), with a bootstrap CI."""
+    xa, xb = as_array(a), as_array(b)
+    if xa.size == 0 or xb.size == 0:
+        return (math.nan, None)
+    sa, sb = statistic(xa, stat), statistic(xb, stat)
+    estimate = (sa / sb if sb != 0 else math.nan) if how == "ratio" else sa - sb
+    if xa.size < 2 or xb.size < 2 or resamples < 1:
+        return (estimate, None)
+    combine = np.divide if how == "ratio" else np.subtract
+    reps = bootstrap_distribution_two(xa, xb, stat, stat, combine, resamples=resamples, seed=seed)
+    lo, hi = percentile_interval(reps, confidence)
+    return (estimate, None if math.isnan(lo) else (lo, hi))
+
+
+def holm(pvalues: Values) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1). NaN stays NaN and
+    does not count towards the number of hypotheses."""
+    idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    m = len(idx)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda j: pvalues[j])):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+@dataclass
+class Comparison:
+    """`a` against reference `b` on one metric; ratio < 1 means `a` is smaller (faster)."""
+
+    a: str
+    b: str
+    metric: str
+    n_a: int
+    n_b: int
+    median_a: float
+    median_b: float
+    mean_a: float
+    mean_b: float
+    variance_a: float
+    variance_b: float
+    ratio_median: float
+    ratio_median_ci: tuple[float, float] | None
+    diff_median: float
+    diff_median_ci: tuple[float, float] | None
+    mannwhitney_u: float
+    mannwhitney_p: float
+    cliffs_delta: float
+    effect: str
+    levene_mean_stat: float
+    levene_mean_p: float
+    levene_median_stat: float
+    levene_median_p: float
+    emphasis: bool = False
+    # Holm-adjusted within each test family over all comparisons of the run; set by adjust().
+    mannwhitney_p_holm: float = math.nan
+    levene_mean_p_holm: float = math.nan
+    levene_median_p_holm: float = math.nan
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = json_safe(asdict(self))
+        return d
+
+
+def compare(
+    a_name: str,
+    a: Values,
+    b_name: str,
+    b: Values,
+    metric: str,
+    *,
+    resamples: int = 2000,
+    seed: int = 12345,
+    emphasis: bool = False,
+) -> Comparison:
+    xa, xb = as_array(a), as_array(b)
+    ratio, ratio_ci = ratio_of_medians(xa, xb, resamples=resamples, seed=seed)
+    diff, diff_ci = difference_of_medians(xa, xb, resamples=resamples, seed=seed + 1)
+    enough = xa.size >= MIN_N_TEST and xb.size >= MIN_N_TEST
+    u, p_mw = mann_whitney(xa, xb) if enough else (math.nan, math.nan)
+    lm = levene(xa, xb, "mean") if enough else (math.nan, math.nan)
+    lmed = levene(xa, xb, "median") if enough else (math.nan, math.nan)
+    delta = cliffs_delta(xa, xb)
+    notes = [] if enough else [f"fewer than {MIN_N_TEST} values on a side: tests not run"]
+
+    def med(x: np.ndarray) -> float:
+        return float(np.median(x)) if x.size else math.nan
+
+    def mean(x: np.ndarray) -> float:
+        return float(np.mean(x)) if x.size else math.nan
+
+    def var(x: np.ndarray) -> float:
+        return float(np.var(x, ddof=1)) if x.size > 1 else math.nan
+
+    return Comparison(
+        a=a_name,
+        b=b_name,
+        metric=metric,
+        n_a=int(xa.size),
+        n_b=int(xb.size),
+        median_a=med(xa),
+        median_b=med(xb),
+        mean_a=mean(xa),
+        mean_b=mean(xb),
+        variance_a=var(xa),
+        variance_b=var(xb),
+        ratio_median=ratio,
+        ratio_median_ci=ratio_ci,
+        diff_median=diff,
+        diff_median_ci=diff_ci,
+        mannwhitney_u=u,
+        mannwhitney_p=p_mw,
+        cliffs_delta=delta,
+        effect=cliffs_magnitude(delta),
+        levene_mean_stat=lm[0],
+        levene_mean_p=lm[1],
+        levene_median_stat=lmed[0],
+        levene_median_p=lmed[1],
+        emphasis=emphasis,
+        notes=notes,
+    )
+
+
+def adjust(comparisons: Sequence[Comparison]) -> None:
+    """Holm-correct each test family across all comparisons of a run (in place)."""
+    for raw, adj in (
+        ("mannwhitney_p", "mannwhitney_p_holm"),
+        ("levene_mean_p", "levene_mean_p_holm"),
+        ("levene_median_p", "levene_median_p_holm"),
+    ):
+        for c, p in zip(comparisons, holm([getattr(c, raw) for c in comparisons]), strict=True):
+            setattr(c, adj, p)
+
+
+def reference_for(scenario: str, present: Sequence[str]) -> list[tuple[str, bool]]:
+    """Which scenarios `scenario` is compared with, and whether the pair is a headline one.
+
+    Every scenario is compared with its family's direct baseline (`direct`, or `pg-direct` for pg-*);
+    the thesis's pairs and the beyond-thesis questions get their own references."""
+    refs: list[tuple[str, bool]] = []
+    if scenario.startswith("burst-"):
+        # A burst of N is compared with the same mode started alone (burst-1) if present.
+        parts = scenario.split("-", 2)
+        if len(parts) == 3 and parts[1] != "1":
+            refs.append((f"burst-1-{parts[2]}", False))
+        if scenario.endswith("-socket-nonet"):
+            refs.append((scenario.replace("-socket-nonet", "-direct"), True))
+    elif scenario.startswith("pg-"):
+        if scenario != "pg-direct":
+            refs.append(("pg-direct", scenario == "pg-socket"))
+        if scenario == "pg-socket-nonet":
+            refs.append(("pg-socket", False))
+    else:
+        if scenario != "direct":
+            refs.append(("direct", scenario == "socket"))
+        if scenario == "socket-100ms":
+            refs.append(("direct-100ms", True))
+        if scenario in ("socket-nonet", "socket-return"):
+            refs.append(("socket", scenario == "socket-nonet"))
+    seen: set[str] = set()
+    out = []
+    for ref, emph in refs:
+        if ref in present and ref != scenario and ref not in seen:
+            seen.add(ref)
+            out.append((ref, emph))
+    return out
+
+
+@dataclass
+class DelayFit:
+    """Least-squares line metric = intercept + slope × configured delay, over individual samples."""
+
+    metric: str
+    scenarios: list[str]
+    n: int
+    slope: float
+    slope_ci: tuple[float, float] | None
+    intercept: float
+    r: float
+    p: float
+    stderr: float
+    # Thesis Table 2 shape: per scenario the configured delay, mean and mean difference vs socket.
+    table: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = json_safe(asdict(self))
+        return d
+
+
+def linear_fit(
+    x: Values, y: Values, confidence: float = DEFAULT_CONFIDENCE
+) -> tuple[float, tuple[float, float] | None, float, float, float, float]:
+    """(slope, slope CI from the t distribution with n−2 df, intercept, r, p, stderr) via linregress."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[keep], ya[keep]
+    if xa.size < 3 or np.ptp(xa) == 0:
+        return (math.nan, None, math.nan, math.nan, math.nan, math.nan)
+    res = sps.linregress(xa, ya)
+    t = sps.t.ppf(0.5 + confidence / 2.0, xa.size - 2)
+    ci = (float(res.slope - t * res.stderr), float(res.slope + t * res.stderr))
+    return (
+        float(res.slope),
+        ci,
+        float(res.intercept),
+        float(res.rvalue),
+        float(res.pvalue),
+        float(res.stderr),
+    )
+
+
+def delay_fit(
+    series: Mapping[str, tuple[float, Values]],
+    metric: str,
+    *,
+    reference: tuple[str, Values] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> DelayFit | None:
+    """Fit `metric` against configured delay over the given scenarios ({id: (delay_ms, values)}).
+
+    A slope of 1 ms per ms (lifecycle) or 1000 µs per ms (connect) means the handshake delay
+    reaches the cold start undiminished. `reference` (usually socket) anchors the Diff column.
+    None when fewer than two distinct delays are present."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for delay, values in series.values():
+        arr = as_array(values)
+        xs.extend([delay] * arr.size)
+        ys.extend(arr.tolist())
+    if len({d for d, v in series.values() if as_array(v).size}) < 2:
+        return None
+    slope, ci, intercept, r, p, stderr = linear_fit(xs, ys, confidence)
+    ref_mean = math.nan
+    table: list[dict[str, Any]] = []
+    if reference is not None:
+        ref = as_array(reference[1])
+        ref_mean = float(np.mean(ref)) if ref.size else math.nan
+        table.append(
+            {"scenario": reference[0], "delay_ms": None, "n": int(ref.size), "mean": ref_mean, "diff": 0.0}
+        )
+    for name, (delay, values) in sorted(series.items(), key=lambda kv: kv[1][0]):
+        arr = as_array(values)
+        mean = float(np.mean(arr)) if arr.size else math.nan
+        table.append(
+            {"scenario": name, "delay_ms": delay, "n": int(arr.size), "mean": mean, "diff": mean - ref_mean}
+        )
+    return DelayFit(
+        metric=metric,
+        scenarios=list(series),
+        n=len(xs),
+        slope=slope,
+        slope_ci=ci,
+        intercept=intercept,
+        r=r,
+        p=p,
+        stderr=stderr,
+        table=table,
+    )

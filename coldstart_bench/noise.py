@@ -1,0 +1,115 @@
+"""Warnings about the quality of a run, in the spirit of `pyperf check`.
+
+Each rule is stated in its warning so a reader can judge it:
+- a percentile needs enough samples beyond it: p95 needs >= 20, p99 needs >= 100;
+- stdev above 10 % of the mean is unstable (pyperf's threshold); connect times vary far more
+  than lifecycles by nature, so they get 50 %;
+- extreme outliers lie beyond 3×IQR from the quartiles;
+- CPU contention: load average above the CPU count, or steal time above 5 %;
+- failed cold starts are excluded from every statistic;
+- drift: the first and second half of a scenario differ (Mann–Whitney U, p < 0.01).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .compare import mann_whitney
+from .samples import PRIMARY_METRICS, Sample, group_by_scenario
+from .stats import MIN_N_FOR_PERCENTILE, as_array, count_outside
+
+CV_LIMIT: dict[str, float] = {"lifecycle_ms": 0.10, "connect_us": 0.50}
+STEAL_LIMIT_PCT = 5.0
+DRIFT_ALPHA = 0.01
+DRIFT_MIN_N = 20  # at least 10 per half
+
+
+def _num(env: Mapping[str, Any], key: str) -> float | None:
+    value = env.get(key)
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def environment_warnings(env: Mapping[str, Any]) -> list[str]:
+    out = []
+    cpus = _num(env, "cpu_count")
+    for key, when in (("loadavg_start", "at the start"), ("loadavg_end", "at the end")):
+        load = _num(env, key)
+        if load is not None and cpus and load > cpus:
+            out.append(
+                f"CPU contention: load average {load:.2f} {when} of the run exceeds the {cpus:g} CPUs; "
+                "timings include waiting for a CPU (rule: load > CPU count)"
+            )
+    steal = _num(env, "steal_pct")
+    if steal is not None and steal > STEAL_LIMIT_PCT:
+        out.append(
+            f"CPU contention: {steal:.1f}% steal time — the hypervisor took CPU from this VM "
+            f"(rule: steal > {STEAL_LIMIT_PCT:g}%)"
+        )
+    return out
+
+
+def _in_run_order(samples: Sequence[Sample]) -> list[Sample]:
+    # Creation time orders samples across interleaved blocks; iteration is the fallback.
+    if all(s.t_create_ns for s in samples):
+        return sorted(samples, key=lambda s: s.t_create_ns)
+    return sorted(samples, key=lambda s: (s.block, s.iteration))
+
+
+def scenario_warnings(scenario: str, samples: Sequence[Sample]) -> list[str]:
+    out = []
+    failed = [s for s in samples if not s.ok]
+    if failed:
+        errors = sorted({s.error for s in failed if s.error})
+        detail = f" (e.g. {errors[0]!r})" if errors else ""
+        out.append(
+            f"{scenario}: {len(failed)} of {len(samples)} cold starts failed and are excluded from the statistics"
+            + detail
+        )
+    ok = [s for s in samples if s.ok]
+    n = len(ok)
+    claims = [p for p, need in MIN_N_FOR_PERCENTILE.items() if 0 < n < need]
+    if claims:
+        needs = ", ".join(f"{p} needs >= {MIN_N_FOR_PERCENTILE[p]}" for p in claims)
+        out.append(f"{scenario}: n={n} is too few for {'/'.join(claims)} ({needs}); treat those values as rough")
+    ordered = _in_run_order(ok)
+    for metric in PRIMARY_METRICS:
+        arr = as_array([s.value(metric) for s in ordered])
+        if arr.size < 2:
+            continue
+        mean = float(np.mean(arr))
+        sd = float(np.std(arr, ddof=1))
+        limit = CV_LIMIT[metric]
+        if mean > 0 and sd / mean > limit:
+            out.append(
+                f"{scenario} {metric}: stdev is {sd / mean:.0%} of the mean (rule: > {limit:.0%}); "
+                "the run is unstable, compare medians and use more iterations"
+            )
+        extreme = count_outside(arr, 3.0)
+        if extreme:
+            out.append(f"{scenario} {metric}: {extreme} extreme outlier(s) beyond 3×IQR from the quartiles")
+        if arr.size >= DRIFT_MIN_N:
+            half = arr.size // 2
+            first, second = arr[:half], arr[half:]
+            _u, p = mann_whitney(first, second)
+            if p < DRIFT_ALPHA:
+                out.append(
+                    f"{scenario} {metric}: drift — median {np.median(first):.4g} in the first half vs "
+                    f"{np.median(second):.4g} in the second (Mann–Whitney p={p:.2g} < {DRIFT_ALPHA}); "
+                    "something changed during the run"
+                )
+    return out
+
+
+def noise_warnings(samples: Sequence[Sample], environment: Mapping[str, Any]) -> list[str]:
+    out = environment_warnings(environment)
+    for scenario, group in group_by_scenario(samples).items():
+        out.extend(scenario_warnings(scenario, group.samples))
+    return out

@@ -1,0 +1,181 @@
+"""Command-line and ini options of the plugin, validated into one typed object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .scenarios import DEFAULT_BURST_SIZES, parse_burst_sizes
+
+DEFAULT_ITERATIONS = 20
+DEFAULT_WARMUP = 2
+DEFAULT_BLOCK_SIZE = 5
+
+DEFAULT_GATE = """\
+socket.connect_us.median <= 5000
+direct.connect_us.median <= 20000
+"""
+
+
+def addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("coldstart-bench", "cold-start benchmark (coldstart-bench)")
+    group.addoption(
+        "--bench-iterations",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"measured cold starts per scenario (default {DEFAULT_ITERATIONS}; the thesis used 1000)",
+    )
+    group.addoption(
+        "--bench-warmup",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"cold starts run and discarded before measuring each scenario (default {DEFAULT_WARMUP})",
+    )
+    group.addoption(
+        "--bench-report-dir",
+        default=None,
+        metavar="DIR",
+        help="where run directories and the 'latest' link go (default: reports/ under the rootdir)",
+    )
+    group.addoption(
+        "--bench-interleave",
+        action="store_true",
+        default=False,
+        help="run the selected scenarios in seeded randomised blocks instead of one after another",
+    )
+    group.addoption(
+        "--bench-seed",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="seed of the interleaved order (default: random, recorded in the report)",
+    )
+    group.addoption(
+        "--bench-block-size",
+        type=int,
+        default=DEFAULT_BLOCK_SIZE,
+        metavar="N",
+        help=f"cold starts per block when interleaving (default {DEFAULT_BLOCK_SIZE})",
+    )
+    group.addoption(
+        "--bench-bursts",
+        default=",".join(map(str, DEFAULT_BURST_SIZES)),
+        metavar="N,N,...",
+        help="sizes of the concurrency sweep (burst-N-* scenarios), default 1,2,4,8",
+    )
+    group.addoption(
+        "--bench-pool-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="connections the pool manager keeps open (default 32)",
+    )
+    group.addoption(
+        "--bench-baseline",
+        default=None,
+        metavar="PATH",
+        help="compare with a saved baseline and fail on a significant regression",
+    )
+    group.addoption(
+        "--bench-save-baseline",
+        default=None,
+        metavar="PATH",
+        help="save this run's raw samples and summary as a baseline",
+    )
+    group.addoption(
+        "--bench-max-regression",
+        default="10%",
+        metavar="PCT",
+        help="smallest median change that counts as a regression against the baseline (default 10%%)",
+    )
+    group.addoption(
+        "--bench-expectations",
+        choices=("report", "fail"),
+        default=None,
+        help="whether a failed expectation only reports (default) or fails the run",
+    )
+    parser.addini(
+        "bench_gate",
+        type="string",
+        default=DEFAULT_GATE,
+        help="absolute gate rules, one a line: <scenario>.<metric>.<stat> <= <value>",
+    )
+    parser.addini(
+        "bench_expectations",
+        type="string",
+        default="report",
+        help="'report' (default) or 'fail': what a failed expectation does",
+    )
+    parser.addini("bench_alpha", type="string", default="0.05", help="significance level of tests and gates")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    iterations: int
+    warmup: int
+    report_dir: Path
+    interleave: bool
+    seed: int | None
+    block_size: int
+    bursts: tuple[int, ...]
+    pool_size: int
+    gate_text: str
+    baseline: Path | None
+    save_baseline: Path | None
+    max_regression_text: str
+    expectation_policy: str
+    alpha: float
+
+
+def _positive(name: str, value: int, minimum: int) -> int:
+    if value < minimum:
+        raise pytest.UsageError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def from_config(config: pytest.Config) -> BenchOptions:
+    """Validate everything up front: a bad option is a usage error before any container starts."""
+    opt = config.getoption
+    iterations = _positive("--bench-iterations", opt("bench_iterations") or DEFAULT_ITERATIONS, 1)
+    warmup_raw = opt("bench_warmup")
+    warmup = _positive("--bench-warmup", DEFAULT_WARMUP if warmup_raw is None else warmup_raw, 0)
+    try:
+        bursts = parse_burst_sizes(opt("bench_bursts"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    report_dir = Path(opt("bench_report_dir") or "reports")
+    if not report_dir.is_absolute():
+        report_dir = config.rootpath / report_dir
+    policy = opt("bench_expectations") or str(config.getini("bench_expectations")).strip() or "report"
+    if policy not in ("report", "fail"):
+        raise pytest.UsageError(f"bench_expectations must be 'report' or 'fail', got {policy!r}")
+    try:
+        alpha = float(str(config.getini("bench_alpha")))
+    except ValueError:
+        raise pytest.UsageError(
+            f"bench_alpha must be a number, got {config.getini('bench_alpha')!r}"
+        ) from None
+    if not 0 < alpha < 1:
+        raise pytest.UsageError(f"bench_alpha must be between 0 and 1, got {alpha}")
+    baseline = opt("bench_baseline")
+    save = opt("bench_save_baseline")
+    return BenchOptions(
+        iterations=iterations,
+        warmup=warmup,
+        report_dir=report_dir,
+        interleave=bool(opt("bench_interleave")),
+        seed=opt("bench_seed"),
+        block_size=_positive("--bench-block-size", opt("bench_block_size"), 1),
+        bursts=bursts,
+        pool_size=_positive("--bench-pool-size", opt("bench_pool_size"), 1),
+        gate_text=str(config.getini("bench_gate")),
+        baseline=Path(baseline) if baseline else None,
+        save_baseline=Path(save) if save else None,
+        max_regression_text=str(opt("bench_max_regression")),
+        expectation_policy=policy,
+        alpha=alpha,
+    )

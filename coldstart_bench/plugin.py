@@ -1,0 +1,144 @@
+"""pytest hooks of coldstart-bench: a thin layer over options, harness, analysis and reports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from . import options as bench_options
+from .harness import Harness, new_run_id
+from .run_state import ReportWriteError, RunState
+from .scenarios import burst_scenarios, by_id
+
+OPTIONS_KEY = pytest.StashKey[bench_options.BenchOptions]()
+STATE_KEY = pytest.StashKey[RunState]()
+SELECTED_KEY = pytest.StashKey[list[str]]()
+EXPECT_KEY = pytest.StashKey[list[str]]()
+LINES_KEY = pytest.StashKey[list[str]]()
+SCENARIO_ARG = "scenario_id"
+BURST_ARG = "burst_scenario_id"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    bench_options.addoption(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bench_expect(text): an expectation on the run's statistics")
+    config.addinivalue_line("markers", "pool_load: pool manager load benchmark (real processes, ~30 s)")
+    config.addinivalue_line("markers", "integration: needs a real Docker engine")
+    opts = bench_options.from_config(config)
+    # Parse gate rules and the regression limit now: a bad rule is a usage error, not a crash at the end.
+    from .gate import GateRuleError, parse_gate_rules, parse_max_regression
+
+    try:
+        parse_gate_rules(opts.gate_text)
+    except GateRuleError as exc:
+        raise pytest.UsageError(f"bench_gate: {exc}") from None
+    try:
+        parse_max_regression(opts.max_regression_text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--bench-max-regression: {exc}") from None
+    config.stash[OPTIONS_KEY] = opts
+    config.stash[STATE_KEY] = RunState(report_root=opts.report_dir, run_id=new_run_id())
+    config.stash[SELECTED_KEY] = []
+    config.stash[EXPECT_KEY] = []
+    config.stash[LINES_KEY] = []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if BURST_ARG in metafunc.fixturenames:
+        sizes = metafunc.config.stash[OPTIONS_KEY].bursts
+        ids = [s.id for s in burst_scenarios(sizes)]
+        metafunc.parametrize(BURST_ARG, ids, ids=ids)
+
+
+def _scenario_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    for arg in (SCENARIO_ARG, BURST_ARG):
+        if arg in callspec.params:
+            return str(callspec.params[arg])
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    selected: list[str] = []
+    expectations: list[str] = []
+    for item in items:
+        sid = _scenario_of(item)
+        if sid is not None and sid not in selected:
+            selected.append(sid)
+        for mark in item.iter_markers("bench_expect"):
+            for text in mark.args:
+                if text not in expectations:
+                    expectations.append(str(text))
+    config.stash[SELECTED_KEY] = selected
+    config.stash[EXPECT_KEY] = expectations
+
+
+def _planned_cold_starts(config: pytest.Config) -> int:
+    opts = config.stash[OPTIONS_KEY]
+    total = 0
+    for sid in config.stash[SELECTED_KEY]:
+        scenario = by_id(sid, opts.bursts)
+        rounds = max(1, -(-opts.iterations // scenario.burst))
+        total += (rounds + opts.warmup) * scenario.burst
+    return total
+
+
+@pytest.fixture(scope="session")
+def coldstart(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """The session's harness: testbed up on first use, torn down (and swept) at the end."""
+    config = request.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def write(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(line)
+
+    harness = Harness(
+        config.stash[OPTIONS_KEY],
+        config.stash[STATE_KEY],
+        config.stash[SELECTED_KEY],
+        write,
+        _planned_cold_starts(config),
+    )
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if STATE_KEY not in config.stash or hasattr(config, "workerinput"):
+        return
+    state = config.stash[STATE_KEY]
+    if not state.samples:
+        return
+    from .finish import finish_run
+
+    lines, failed = finish_run(
+        state,
+        config.stash[OPTIONS_KEY],
+        config.stash[EXPECT_KEY],
+    )
+    config.stash[LINES_KEY] = lines
+    if failed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(LINES_KEY, [])
+    if not lines:
+        return
+    terminalreporter.section("coldstart-bench")
+    for line in lines:
+        terminalreporter.write_line(line)
+
+
+__all__ = ["ReportWriteError", "coldstart"]

@@ -1,0 +1,306 @@
+"""The long-lived parts of a run: network, echo server, pool manager, SYN-ACK delay.
+
+Built on testcontainers (Ryuk off: no image can be pulled for it, and the harness removes
+everything it created itself, labelled with the run id, even after Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+import docker  # noqa: E402
+import docker.errors  # noqa: E402
+from testcontainers.core.container import DockerContainer  # noqa: E402
+from testcontainers.core.network import Network  # noqa: E402
+from testcontainers.core.wait_strategies import LogMessageWaitStrategy  # noqa: E402
+
+from .delay import SynAckDelay  # noqa: E402
+from .images import ImageSet  # noqa: E402
+from .runner import FunctionSpec  # noqa: E402
+from .scenarios import Scenario  # noqa: E402
+
+LABEL = "coldstart-bench"
+LABEL_RUN = "coldstart-bench.run"
+LABEL_PID = "coldstart-bench.pid"
+SOCKET_MOUNT = "/run/cpm"
+SOCKET_NAME = "pool.sock"
+READY = r'"event":\s*"ready"'
+
+
+class TestbedError(RuntimeError):
+    """A long-lived component failed; the message says which and shows its last log lines."""
+
+
+@dataclass(frozen=True)
+class TestbedConfig:
+    pool_size: int = 32
+    echo_port: int = 7000
+    pool_name: str = "echo"
+    payload_size: int = 64
+    start_timeout: float = 60.0
+
+
+def run_labels(run_id: str) -> dict[str, str]:
+    return {LABEL: "1", LABEL_RUN: run_id, LABEL_PID: str(os.getpid())}
+
+
+def _tail(container: Any, lines: int = 15) -> str:
+    try:
+        raw = container.logs(tail=lines)
+        return raw.decode("utf-8", "replace").strip() if isinstance(raw, bytes) else str(raw)
+    except Exception:
+        return "(no logs)"
+
+
+class Testbed:
+    """Owns the echo server, the pool manager and the delay sidecar for one run."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(
+        self, client: docker.DockerClient, images: ImageSet, run_id: str, config: TestbedConfig | None = None
+    ) -> None:
+        self.client = client
+        self.images = images
+        self.run_id = run_id
+        self.config = config or TestbedConfig()
+        self.labels = run_labels(run_id)
+        self.socket_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-", dir="/tmp"))
+        self.socket_dir.chmod(0o755)
+        self.network: Network | None = None
+        self.echo: DockerContainer | None = None
+        self.pool: DockerContainer | None = None
+        self.delay: SynAckDelay | None = None
+        self.delay_ms: float = 0.0
+        self.delay_backends: set[str] = set()
+
+    # --- names -----------------------------------------------------------------------------
+    @property
+    def network_name(self) -> str:
+        return f"csb-net-{self.run_id}"
+
+    @property
+    def echo_name(self) -> str:
+        return f"csb-echo-{self.run_id}"
+
+    @property
+    def pool_name(self) -> str:
+        return f"csb-pool-{self.run_id}"
+
+    @property
+    def target(self) -> str:
+        return f"{self.echo_name}:{self.config.echo_port}"
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> Testbed:
+        net = Network(docker_network_kw={"driver": "bridge", "labels": self.labels})
+        net.name = self.network_name
+        self.network = net.create()
+        self.echo = self._start_container(
+            self.images.echo,
+            self.echo_name,
+            [
+                "python3",
+                "-m",
+                "components.echo_server",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(self.config.echo_port),
+            ],
+        )
+        self.start_pool()
+        return self
+
+    def _start_container(self, image: str, name: str, command: list[str], **kwargs: Any) -> DockerContainer:
+        container = (
+            DockerContainer(image)
+            .with_name(name)
+            .with_command(command)
+            .with_kwargs(labels=self.labels, network=self.network_name, **kwargs)
+            .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
+        )
+        try:
+            return container.start()
+        except Exception as exc:
+            wrapped = container._container
+            logs = _tail(wrapped) if wrapped is not None else "(container not created)"
+            raise TestbedError(
+                f"{name} ({image}) did not become ready: {exc}\nlast log lines:\n{logs}"
+            ) from exc
+
+    def pool_command(self) -> list[str]:
+        return [
+            "python3", "-m", "components.pool_manager",
+            "--target", self.target,
+            "--size", str(self.config.pool_size),
+            "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}",
+            "--pool", self.config.pool_name,
+        ]  # fmt: skip
+
+    def start_pool(self) -> None:
+        if self.pool is not None:
+            return
+        container = (
+            DockerContainer(self.images.pool)
+            .with_name(self.pool_name)
+            .with_command(self.pool_command())
+            .with_volume_mapping(str(self.socket_dir), SOCKET_MOUNT, "rw")
+            .with_kwargs(labels=self.labels, network=self.network_name)
+            .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
+        )
+        try:
+            self.pool = container.start()
+        except Exception as exc:
+            wrapped = container._container
+            logs = _tail(wrapped) if wrapped is not None else "(container not created)"
+            if wrapped is not None:
+                wrapped.remove(force=True)
+            raise TestbedError(f"pool manager did not become ready: {exc}\nlast log lines:\n{logs}") from exc
+
+    def stop_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool = None
+
+    def pool_status(self) -> str:
+        """'running', or what happened to the pool manager, with its last log lines."""
+        if self.pool is None:
+            return "stopped by the harness"
+        wrapped = self.pool.get_wrapped_container()
+        try:
+            wrapped.reload()
+        except docker.errors.NotFound:
+            return "container is gone (removed outside the harness)"
+        state = wrapped.attrs.get("State", {})
+        if state.get("Running"):
+            return "running"
+        return f"exited with code {state.get('ExitCode')} ({state.get('Error') or 'no error'}); logs:\n{_tail(wrapped)}"
+
+    def set_delay(self, delay_ms: float) -> str | None:
+        """Apply the SYN-ACK delay of a scenario (or remove it); returns the backend used."""
+        if delay_ms == self.delay_ms and (self.delay is not None or delay_ms == 0):
+            return self.delay.backend if self.delay else None
+        if self.delay is not None:
+            self.delay.stop()
+            self.delay = None
+            self.delay_ms = 0.0
+        if delay_ms > 0:
+            assert self.echo is not None
+            self.delay = SynAckDelay(
+                self.client,
+                self.images.delay,
+                self.echo.get_wrapped_container().id,
+                self.config.echo_port,
+                delay_ms,
+                labels=self.labels,
+            ).start()
+            self.delay_ms = delay_ms
+            if self.delay.backend:
+                self.delay_backends.add(self.delay.backend)
+            return self.delay.backend
+        return None
+
+    def prepare(self, scenario: Scenario) -> None:
+        """Bring the testbed into the state a scenario needs."""
+        self.set_delay(scenario.delay_ms)
+        if scenario.pool_up:
+            self.start_pool()
+        else:
+            self.stop_pool()
+
+    def function_spec(self, scenario: Scenario) -> FunctionSpec:
+        command = [
+            "python3", "-m", "components.function",
+            "--mode", scenario.mode,
+            "--target", self.target,
+            "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}",
+            "--pool", self.config.pool_name,
+            "--payload-size", str(self.config.payload_size),
+        ]  # fmt: skip
+        if scenario.release:
+            command.append("--release")
+        return FunctionSpec(
+            image=self.images.function,
+            command=command,
+            network="none" if scenario.network == "none" else self.network_name,
+            binds={str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
+            labels={**self.labels, "coldstart-bench.role": "function"},
+        )
+
+    def close(self) -> None:
+        errors: list[str] = []
+        for step in (self._close_delay, self.stop_pool, self._close_echo, self._close_network):
+            try:
+                step()
+            except Exception as exc:
+                errors.append(f"{step.__name__}: {exc}")
+        sweep(self.client, self.run_id)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        if errors:
+            raise TestbedError("cleanup incomplete: " + "; ".join(errors))
+
+    def _close_delay(self) -> None:
+        if self.delay is not None:
+            self.delay.stop()
+            self.delay = None
+
+    def _close_echo(self) -> None:
+        if self.echo is not None:
+            self.echo.stop()
+            self.echo = None
+
+    def _close_network(self) -> None:
+        if self.network is not None:
+            self.network.remove()
+            self.network = None
+
+    def __enter__(self) -> Testbed:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
+    """Remove containers and networks of one run (or of every run whose process is gone)."""
+    removed: list[str] = []
+    label = f"{LABEL_RUN}={run_id}" if run_id else LABEL
+    for container in client.containers.list(all=True, filters={"label": label}):
+        if run_id is None and _owner_alive(container.labels):
+            continue
+        try:
+            container.remove(force=True)
+            removed.append(container.name)
+        except docker.errors.NotFound:
+            pass
+    for network in client.networks.list(filters={"label": label}):
+        if run_id is None and _owner_alive(network.attrs.get("Labels") or {}):
+            continue
+        try:
+            network.remove()
+            removed.append(network.name)
+        except docker.errors.NotFound:
+            pass
+    return removed
+
+
+def _owner_alive(labels: dict[str, str]) -> bool:
+    try:
+        os.kill(int(labels.get(LABEL_PID, "0")), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(labels.get(LABEL_PID, "0")) > 0

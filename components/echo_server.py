@@ -1,0 +1,166 @@
+"""TCP echo server: every byte received is sent back on the same connection.
+
+One thread, one epoll loop, non-blocking sockets. Accepts are drained in batches
+so thousands of new connections per second (the pool manager refilling behind
+single-use hand-outs) cost one wake-up per batch, not one per connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import select
+import signal
+import socket
+import sys
+from types import FrameType
+
+READ_SIZE = 65536
+ACCEPT_BATCH = 512
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise _Stop
+
+
+class EchoServer:
+    def __init__(self, host: str, port: int, backlog: int = 4096) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        # The kernel caps this at net.core.somaxconn; asking high costs nothing.
+        self.listener.listen(backlog)
+        self.listener.setblocking(False)
+        self.ep = select.epoll()
+        self.ep.register(self.listener.fileno(), select.EPOLLIN)
+        self.conns: dict[int, socket.socket] = {}
+        self.pending: dict[int, bytearray] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.listener.getsockname()[:2]
+        return host, port
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE/ENFILE or an aborted handshake: keep serving existing connections.
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                return
+            conn.setblocking(False)
+            fd = conn.fileno()
+            self.conns[fd] = conn
+            self.ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+
+    def _close(self, fd: int) -> None:
+        conn = self.conns.pop(fd, None)
+        self.pending.pop(fd, None)
+        if conn is not None:
+            try:
+                self.ep.unregister(fd)
+            except OSError:
+                pass
+            conn.close()
+
+    def _readable(self, fd: int) -> None:
+        conn = self.conns[fd]
+        try:
+            data = conn.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(fd)
+            return
+        if not data:
+            self._close(fd)
+            return
+        self._send(fd, conn, data)
+
+    def _send(self, fd: int, conn: socket.socket, data: bytes | bytearray) -> None:
+        buf = self.pending.get(fd)
+        if buf is not None:
+            buf += data
+            return
+        try:
+            sent = conn.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(fd)
+            return
+        if sent < len(data):
+            # Stop reading until the peer drains its echoes (backpressure).
+            self.pending[fd] = bytearray(data[sent:])
+            self.ep.modify(fd, select.EPOLLOUT)
+
+    def _writable(self, fd: int) -> None:
+        conn = self.conns[fd]
+        buf = self.pending[fd]
+        try:
+            sent = conn.send(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(fd)
+            return
+        del buf[:sent]
+        if not buf:
+            del self.pending[fd]
+            self.ep.modify(fd, select.EPOLLIN | select.EPOLLRDHUP)
+
+    def serve_forever(self) -> None:
+        lfd = self.listener.fileno()
+        while True:
+            for fd, ev in self.ep.poll(-1, 1024):
+                if fd == lfd:
+                    self._accept()
+                    continue
+                if fd not in self.conns:
+                    continue
+                if ev & select.EPOLLOUT:
+                    self._writable(fd)
+                elif ev & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+                    # Read first even on RDHUP: data sent before the FIN must still be echoed.
+                    self._readable(fd)
+
+    def close(self) -> None:
+        for fd in list(self.conns):
+            self._close(fd)
+        self.ep.close()
+        self.listener.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.echo_server", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=7000, help="0 picks a free port (printed when ready)")
+    parser.add_argument("--backlog", type=int, default=4096)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigterm)
+    server = EchoServer(args.host, args.port, args.backlog)
+    host, port = server.address
+    sys.stdout.write(json.dumps({"event": "ready", "host": host, "port": port}) + "\n")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except _Stop:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

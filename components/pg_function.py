@@ -1,0 +1,273 @@
+"""The OLTP function: get a PostgreSQL session, run one TPC-B-like transfer, verify it, report.
+
+``--mode direct`` resolves, connects and lets pg8000 (a mainstream pure-Python driver) do the
+startup and SCRAM-SHA-256 authentication, each phase timed on the wire. ``--mode socket``
+acquires an already authenticated session from the pool manager and adopts it at
+ReadyForQuery (``fd_recv_us`` = ``connect_us``); it needs no credentials. Both then run the same
+transaction with the same client (``components.pg_wire``, one round trip per statement), so
+``request_rtt_us`` compares the sessions, not two client libraries.
+
+Prints exactly one JSON line (the echo function's keys plus the PostgreSQL phases) and exits
+0 iff the transfer committed and was verified.
+"""
+
+from __future__ import annotations
+
+import time
+
+T_MAIN_NS = time.time_ns()  # first thing: the process is up and Python is running
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+NAN = math.nan
+# Must match images/postgres/schema.sql.
+DEFAULT_ACCOUNTS = 100
+
+
+def _us(start_ns: int, end_ns: int) -> float:
+    return round((end_ns - start_ns) / 1e3, 1)
+
+
+def _interfaces() -> str:
+    try:
+        return ";".join(name for _, name in socket.if_nameindex())
+    except OSError:
+        return ""
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return ""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _read_password(path: str | None) -> str | None:
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return fh.read().rstrip("\r\n")
+
+
+def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, socket.socket]:
+    """resolve → TCP → startup → SCRAM auth → ReadyForQuery, each timed; returns (session, socket)."""
+    t = time.perf_counter_ns()
+    import pg8000.native  # noqa: F401  (the driver's import cost is its own phase, not connect)
+
+    from components import pg_pool, pg_wire
+
+    rec["import_us"] = _us(t, time.perf_counter_ns())
+    password = _read_password(args.password_file)
+
+    t0 = time.perf_counter_ns()
+    infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    t_resolved = time.perf_counter_ns()
+    last_exc: OSError | None = None
+    sock: socket.socket | None = None
+    for family, kind, proto, _canon, addr in infos:
+        candidate = socket.socket(family, kind, proto)
+        candidate.settimeout(args.timeout)
+        try:
+            candidate.connect(addr)
+        except OSError as exc:
+            candidate.close()
+            last_exc = exc
+            continue
+        sock = candidate
+        break
+    if sock is None:
+        raise OSError(f"cannot connect to {args.host}:{args.port}: {last_exc}")
+    t_tcp = time.perf_counter_ns()
+    # What libpq does too; keepalive as the pool sets it, so both sessions are configured alike.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    conn, trace, traced = pg_pool.traced_handshake(
+        sock,
+        user=args.user,
+        password=password,
+        database=args.database,
+        application_name="coldstart-function",
+        startup_params={"client_encoding": "UTF8"},
+    )
+    key = conn._backend_key_data or b""
+    params = {str(k): str(v) for k, v in conn.parameter_statuses.items()}
+    plain = pg_pool._take_socket(conn, traced)
+    session = pg_wire.Session(plain, parameters=params)
+    if len(key) >= 8:
+        session.backend_pid, session.secret_key = pg_pool.struct.unpack("!ii", key[:8])
+    t_ready = time.perf_counter_ns()
+    rec.update(
+        resolve_us=_us(t0, t_resolved),
+        handshake_us=_us(t_resolved, t_tcp),
+        startup_us=round(trace.startup_us, 1),
+        auth_us=round(trace.auth_us, 1),
+        connect_us=_us(t0, t_ready),
+        auth_method={10: "sasl", 0: "trust", 5: "md5", 3: "password"}.get(trace.auth_method, str(trace.auth_method)),
+    )
+    return session, plain
+
+
+def connect_socket(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, socket.socket]:
+    """Acquire an authenticated session from the pool manager and adopt it."""
+    t = time.perf_counter_ns()
+    from components import pg_wire, protocol
+
+    rec["import_us"] = _us(t, time.perf_counter_ns())
+    t0 = time.perf_counter_ns()
+    sock, reply = protocol.acquire(args.socket, pool=args.pool, timeout=args.timeout)
+    session = pg_wire.Session.adopt(sock, reply.get("meta") or {})
+    t1 = time.perf_counter_ns()
+    rec.update(fd_recv_us=_us(t0, t1), connect_us=_us(t0, t1))
+    rec["pool_setup_us"] = (reply.get("meta") or {}).get("setup_us")
+    return session, sock
+
+
+def transfer(session: Any, accounts: int, transfer_id: str, rng: random.Random) -> dict[str, Any]:
+    """One TPC-B-like transfer: lock both accounts, move the amount, log it, commit; then check
+    the balances moved by exactly the amount and the history row is visible after commit."""
+    src, dst = rng.sample(range(1, accounts + 1), 2)
+    amount = rng.randint(1, 1000)
+    t0 = time.perf_counter_ns()
+    session.begin()
+    locked = session.query(
+        "SELECT id, balance FROM accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE", (src, dst)
+    )
+    t_first = time.perf_counter_ns()
+    before = {int(r[0] or 0): int(r[1] or 0) for r in locked.rows}
+    if len(before) != 2:
+        raise RuntimeError(f"accounts {src}/{dst} not found (is the schema loaded?)")
+    debit = session.query("UPDATE accounts SET balance = balance - $1 WHERE id = $2 RETURNING balance", (amount, src))
+    credit = session.query("UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance", (amount, dst))
+    session.query(
+        "INSERT INTO history (transfer_id, from_id, to_id, amount) VALUES ($1, $2, $3, $4)",
+        (transfer_id, src, dst, amount),
+    )
+    session.commit()
+    t_commit = time.perf_counter_ns()
+    problems = []
+    if int(debit.scalar() or 0) != before[src] - amount:
+        problems.append("debit balance mismatch")
+    if int(credit.scalar() or 0) != before[dst] + amount:
+        problems.append("credit balance mismatch")
+    seen = session.query("SELECT count(*) FROM history WHERE transfer_id = $1", (transfer_id,)).scalar()
+    t_verified = time.perf_counter_ns()
+    if seen != "1":
+        problems.append(f"history has {seen} rows for the transfer")
+    if session.tx_status != "I":
+        problems.append(f"session left in transaction status {session.tx_status}")
+    return {
+        "first_query_us": _us(t0, t_first),
+        "request_rtt_us": _us(t0, t_commit),
+        "verify_us": _us(t_commit, t_verified),
+        "verified": not problems,
+        "verify_error": "; ".join(problems),
+        "amount": amount,
+        "from_id": src,
+        "to_id": dst,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m components.pg_function",
+        description="Cold-start OLTP function: one TPC-B-like transfer over a direct or an injected session.",
+    )
+    p.add_argument("--mode", choices=("direct", "socket"), required=True)
+    p.add_argument("--host", default="db", help="database host (direct mode and fallback)")
+    p.add_argument("--port", type=int, default=5432)
+    p.add_argument("--database", default="bench")
+    p.add_argument("--user", default="bench")
+    p.add_argument("--password-file", help="file holding the password (direct mode and fallback only)")
+    p.add_argument("--socket", default="/run/cpm/pool.sock", help="pool manager socket (socket mode)")
+    p.add_argument("--pool", default="pg", help="pool name (socket mode)")
+    p.add_argument("--fallback", action="store_true", help="connect directly when the manager fails")
+    p.add_argument("--accounts", type=int, default=DEFAULT_ACCOUNTS, help="accounts in the schema")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds for acquire, connect and each reply")
+    p.add_argument("--transfer-id", help="id for the history row (default: random)")
+    return p
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    transfer_id = args.transfer_id or os.urandom(12).hex()
+    rec: dict[str, Any] = {
+        "ok": False,
+        "mode": args.mode,
+        "path": args.mode,
+        "error": "",
+        "t_main_ns": T_MAIN_NS,
+        "t_connected_ns": 0,
+        "t_end_ns": 0,
+        "resolve_us": NAN,
+        "handshake_us": NAN,
+        "fd_recv_us": NAN,
+        "connect_us": NAN,
+        "request_rtt_us": NAN,
+        "peer": "",
+        "interfaces": _interfaces(),
+        "released": False,  # sessions are single-use: the function terminates its own
+        "startup_us": NAN,
+        "auth_us": NAN,
+        "first_query_us": NAN,
+        "verify_us": NAN,
+        "import_us": NAN,
+        "backend_pid": None,
+        "database": args.database,
+        "transfer_id": transfer_id,
+        "verified": False,
+    }
+    session = None
+    try:
+        if args.mode == "socket":
+            try:
+                session, sock = connect_socket(args, rec)
+            except Exception as exc:
+                if not args.fallback:
+                    raise
+                rec["path"] = "fallback"
+                rec["fallback_reason"] = f"{type(exc).__name__}: {exc}"
+                session, sock = connect_direct(args, rec)
+        else:
+            session, sock = connect_direct(args, rec)
+        rec["t_connected_ns"] = time.time_ns()
+        rec["peer"] = _peer(sock)
+        rec["backend_pid"] = session.backend_pid
+        session.settimeout(args.timeout)
+        rec.update(transfer(session, args.accounts, transfer_id, random.Random()))
+        rec["ok"] = bool(rec["verified"])
+        if not rec["ok"]:
+            rec["error"] = rec["verify_error"]
+    except Exception as exc:
+        code = getattr(exc, "code", None) or getattr(exc, "sqlstate", None)
+        rec["error"] = f"{type(exc).__name__}{f' [{code}]' if code else ''}: {exc}"
+    finally:
+        if session is not None:
+            session.close()
+    rec["t_end_ns"] = time.time_ns()
+    return rec
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    rec = run(argv)
+    sys.stdout.write(json.dumps({k: _json_safe(v) for k, v in rec.items()}, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    return 0 if rec["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

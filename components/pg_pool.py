@@ -1,0 +1,514 @@
+"""Authenticated PostgreSQL sessions for the pool manager (pool ``"kind": "postgres"``).
+
+The manager calls ``open_session(config)`` in a worker thread to get a socket whose session has
+completed startup and SCRAM authentication and sits at ReadyForQuery, plus the ``meta`` dict
+for the acquire reply, and ``check_session(sock)`` right before handing it out.
+
+The handshake is done by pg8000 (imported lazily: the echo pools never pay for it) on a socket
+this module creates and keeps: pg8000's ``sock=`` argument. pg8000 normally reads through a
+buffered file object; here it gets an exact-length reader instead, so no byte beyond
+ReadyForQuery can be stranded in a Python buffer when the driver object is dropped and the
+bare socket is handed on. Credentials stay in this process: ``meta`` carries server parameters,
+backend key data, database and role only.
+
+TLS is refused on purpose: a TLS session's keys live in this process's memory, so the fd alone
+would be useless to the receiver (kernel TLS could change that; it is not used here).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_HDR = struct.Struct("!ci")
+_I32 = struct.Struct("!i")
+_SYNC = b"S\x00\x00\x00\x04"
+
+DEFAULT_PORT = 5432
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+# Like PgBouncer's server_check_delay: a session idle longer than this gets a protocol round
+# trip before hand-out; younger ones only get the non-blocking peek.
+DEFAULT_IDLE_CHECK_S = 30.0
+DEFAULT_CHECK_TIMEOUT_S = 1.0
+DEFAULT_APPLICATION_NAME = "coldstart-cpm"
+
+# Authentication request codes (AuthenticationXXX 'R' messages).
+AUTH_OK = 0
+AUTH_SASL = 10
+
+
+class PgSessionError(Exception):
+    """Opening an authenticated session failed; the message says where and why."""
+
+    def __init__(self, message: str, sqlstate: str = "") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+# -- exact-length stream for pg8000 ---------------------------------------------------
+
+
+@dataclass
+class HandshakeTrace:
+    """Wall-clock points (time.perf_counter_ns) of the startup exchange as seen on the wire."""
+
+    t_first_write_ns: int = 0  # StartupMessage sent
+    t_first_reply_ns: int = 0  # first server message (AuthenticationSASL, or Ok under trust)
+    t_auth_ok_ns: int = 0  # AuthenticationOk received
+    t_ready_ns: int = 0  # ReadyForQuery received
+    auth_method: int = -1  # code of the first authentication request
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def startup_us(self) -> float:
+        """Startup work that is not authentication: StartupMessage → first reply, and
+        AuthenticationOk → ReadyForQuery (backend initialisation, parameters, key data)."""
+        if not (self.t_first_write_ns and self.t_ready_ns):
+            return float("nan")
+        return ((self.t_first_reply_ns - self.t_first_write_ns) + (self.t_ready_ns - self.t_auth_ok_ns)) / 1e3
+
+    @property
+    def auth_us(self) -> float:
+        """First authentication request → AuthenticationOk (the SASL exchange incl. PBKDF2)."""
+        if not (self.t_first_reply_ns and self.t_auth_ok_ns):
+            return float("nan")
+        return (self.t_auth_ok_ns - self.t_first_reply_ns) / 1e3
+
+
+class _Stream:
+    """What pg8000 gets from ``makefile()``: exact reads (no read-ahead), buffered writes
+    flushed as one send, and a message tracer that timestamps the startup exchange."""
+
+    def __init__(self, sock: socket.socket, trace: HandshakeTrace) -> None:
+        self._sock = sock
+        self._out = bytearray()
+        self._rx = bytearray()
+        self.trace = trace
+        self.tracing = True
+
+    def read(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        if self.tracing and data:
+            self._observe(data)
+        return data
+
+    def write(self, data: bytes) -> int:
+        self._out += data
+        return len(data)
+
+    def flush(self) -> None:
+        if self._out:
+            if self.tracing and not self.trace.t_first_write_ns:
+                self.trace.t_first_write_ns = time.perf_counter_ns()
+            self._sock.sendall(self._out)
+            self._out.clear()
+
+    def close(self) -> None:
+        self._out.clear()
+
+    def _observe(self, data: bytes) -> None:
+        now = time.perf_counter_ns()
+        rx = self._rx
+        rx += data
+        while len(rx) >= 5:
+            kind, length = _HDR.unpack_from(rx)
+            if len(rx) < 1 + length:
+                break
+            body = bytes(rx[5 : 1 + length])
+            del rx[: 1 + length]
+            code = kind.decode("ascii", "replace")
+            tr = self.trace
+            tr.messages.append(code)
+            if not tr.t_first_reply_ns:
+                tr.t_first_reply_ns = now
+            if code == "R" and len(body) >= 4:
+                auth = _I32.unpack_from(body)[0]
+                if tr.auth_method < 0:
+                    tr.auth_method = auth
+                if auth == AUTH_OK:
+                    tr.t_auth_ok_ns = now
+            elif code == "Z":
+                tr.t_ready_ns = now
+                self.tracing = False
+                self._rx.clear()
+                return
+
+
+class _TracedSocket(socket.socket):
+    """A socket whose ``makefile()`` is the exact-length tracing stream (pg8000 calls it once)."""
+
+    stream: _Stream
+
+    def makefile(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.stream
+
+
+def traced_handshake(
+    sock: socket.socket,
+    *,
+    user: str,
+    password: str | None,
+    database: str | None,
+    application_name: str | None = DEFAULT_APPLICATION_NAME,
+    startup_params: dict[str, str] | None = None,
+    connection_class: Callable[..., Any] | None = None,
+) -> tuple[Any, HandshakeTrace, socket.socket]:
+    """Run pg8000's startup + authentication over the already-connected ``sock``.
+
+    Returns the pg8000 connection (still usable as a driver), the wire trace, and the
+    socket object pg8000 talks through (``sock`` is detached into it). Raises pg8000's
+    own exceptions on failure; the socket is closed then.
+    """
+    if connection_class is None:
+        import pg8000.native  # lazy: only postgres pools and the direct function need it
+
+        connection_class = pg8000.native.Connection
+    trace = HandshakeTrace()
+    timeout = sock.gettimeout()
+    traced = _TracedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    traced.settimeout(timeout)  # a socket made from a fileno does not inherit the timeout
+    traced.stream = _Stream(traced, trace)
+    try:
+        conn = connection_class(
+            user,
+            password=password,
+            database=database,
+            application_name=application_name,
+            startup_params=startup_params,
+            sock=traced,
+            ssl_context=False,  # no SSLRequest round trip: TLS cannot be injected anyway
+        )
+    except BaseException:
+        traced.close()
+        raise
+    return conn, trace, traced
+
+
+def _take_socket(conn: Any, traced: socket.socket) -> socket.socket:
+    """Take the bare socket from a pg8000 connection at ReadyForQuery, without Terminate."""
+    # pg8000 closes (and sends Terminate) only from close(); with these cleared it holds nothing.
+    conn._sock = None
+    conn._usock = None
+    timeout = traced.gettimeout()
+    plain = socket.socket(traced.family, traced.type, traced.proto, fileno=traced.detach())
+    plain.settimeout(timeout)
+    return plain
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@dataclass
+class PgPoolConfig:
+    host: str
+    port: int
+    user: str
+    password: str | None
+    database: str
+    application_name: str = DEFAULT_APPLICATION_NAME
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    idle_check_s: float = DEFAULT_IDLE_CHECK_S
+    check_timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
+    startup_params: dict[str, str] = field(default_factory=dict)
+    init_sql: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def _split_target(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if not sep:
+        return target, DEFAULT_PORT
+    return host.strip("[]"), int(port)
+
+
+def parse_config(config: dict[str, Any]) -> PgPoolConfig:
+    """Validate a pool's JSON config. Raises PgSessionError with a readable message."""
+    try:
+        if "target" in config:
+            host, port = _split_target(str(config["target"]))
+        else:
+            host, port = str(config["host"]), int(config.get("port", DEFAULT_PORT))
+        user = str(config["user"])
+    except KeyError as exc:
+        raise PgSessionError(f"postgres pool config needs {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise PgSessionError(f"postgres pool config: bad target/port: {exc}") from None
+    if config.get("ssl") or config.get("sslmode") not in (None, "disable"):
+        raise PgSessionError(
+            "postgres pool: TLS sessions cannot be injected (the TLS state lives in the manager's memory)"
+        )
+    password: str | None
+    if config.get("password_file"):
+        path = str(config["password_file"])
+        try:
+            with open(path, encoding="utf-8") as fh:
+                password = fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise PgSessionError(f"postgres pool: cannot read password_file {path}: {exc.strerror}") from None
+    elif config.get("password_env"):
+        name = str(config["password_env"])
+        if name not in os.environ:
+            raise PgSessionError(f"postgres pool: environment variable {name} (password_env) is not set")
+        password = os.environ[name]
+    else:
+        password = config.get("password")
+    startup = {str(k): str(v) for k, v in (config.get("startup_params") or {}).items()}
+    # The adopting client decodes text as UTF-8 unless told otherwise; pin it.
+    startup.setdefault("client_encoding", "UTF8")
+    init_sql = config.get("init_sql") or []
+    if isinstance(init_sql, str):
+        init_sql = [init_sql]
+    return PgPoolConfig(
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        database=str(config.get("database") or user),
+        application_name=str(config.get("application_name") or DEFAULT_APPLICATION_NAME),
+        connect_timeout_s=float(config.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT_S)),
+        idle_check_s=float(config.get("idle_check_s", DEFAULT_IDLE_CHECK_S)),
+        check_timeout_s=float(config.get("check_timeout", DEFAULT_CHECK_TIMEOUT_S)),
+        startup_params=startup,
+        init_sql=[str(s) for s in init_sql],
+    )
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+@dataclass
+class _SessionState:
+    idle_check_s: float
+    check_timeout_s: float
+    last_ok: float  # time.monotonic() of the last proof the session was alive
+    meta: dict[str, Any]
+
+
+# Keyed by the socket object handed to the manager; a socket we do not know is checked fully.
+_SESSIONS: weakref.WeakKeyDictionary[socket.socket, _SessionState] = weakref.WeakKeyDictionary()
+
+
+def _describe_error(exc: BaseException) -> tuple[str, str]:
+    """(sqlstate, readable text) from a pg8000 DatabaseError's field dict, or the exception."""
+    arg = exc.args[0] if exc.args else None
+    if isinstance(arg, dict):
+        code = str(arg.get("C", ""))
+        text = f"{arg.get('S', 'ERROR')} {code}: {arg.get('M', '')}".strip()
+        return code, text
+    return "", f"{type(exc).__name__}: {exc}"
+
+
+def open_session(config: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]:
+    """Connect, start up and authenticate one session; return it at ReadyForQuery (blocking
+    mode, TCP_NODELAY and keepalive set) with the meta for the acquire reply."""
+    cfg = parse_config(config)
+    t0 = time.perf_counter_ns()
+    try:
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout_s)
+    except OSError as exc:
+        raise PgSessionError(f"postgres {cfg.host}:{cfg.port}: cannot connect: {exc}") from None
+    t_tcp = time.perf_counter_ns()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # The timeout bounds the whole handshake; it is cleared below so the fd leaves blocking.
+    sock.settimeout(cfg.connect_timeout_s)
+    try:
+        conn, trace, traced = traced_handshake(
+            sock,
+            user=cfg.user,
+            password=cfg.password,
+            database=cfg.database,
+            application_name=cfg.application_name,
+            startup_params=cfg.startup_params,
+        )
+    except Exception as exc:
+        code, text = _describe_error(exc)
+        hint = ""
+        if code in ("28P01", "28000"):
+            hint = " (check user/password in the pool config and pg_hba.conf)"
+        elif code == "3D000":
+            hint = " (database does not exist)"
+        raise PgSessionError(f"postgres startup failed for {cfg.where}: {text}{hint}", code) from None
+    try:
+        for sql in cfg.init_sql:
+            conn.run(sql)
+        if conn._transaction_status not in (None, b"I"):
+            raise PgSessionError(f"postgres {cfg.where}: init_sql left a transaction open")
+        key = conn._backend_key_data or b""
+        pid, secret = struct.unpack("!ii", key[:8]) if len(key) >= 8 else (None, None)
+        params = dict(conn.parameter_statuses)
+        plain = _take_socket(conn, traced)
+    except Exception as exc:
+        traced.close()
+        if isinstance(exc, PgSessionError):
+            raise
+        code, text = _describe_error(exc)
+        raise PgSessionError(f"postgres {cfg.where}: session setup failed: {text}", code) from None
+    plain.settimeout(None)  # blocking, O_NONBLOCK cleared: the flag would travel with the fd
+    t_ready = time.perf_counter_ns()
+    meta: dict[str, Any] = {
+        "kind": "postgres",
+        "protocol": "3.0",
+        "database": cfg.database,
+        "role": cfg.user,
+        "server": f"{cfg.host}:{cfg.port}",
+        "backend_pid": pid,
+        "secret_key": secret,
+        "parameters": {_text(k): _text(v) for k, v in params.items()},
+        "tx_status": "I",
+        "opened_ns": time.time_ns(),
+        "setup_us": {
+            "tcp": round((t_tcp - t0) / 1e3, 1),
+            "startup": round(trace.startup_us, 1),
+            "auth": round(trace.auth_us, 1),
+            "total": round((t_ready - t0) / 1e3, 1),
+        },
+    }
+    _SESSIONS[plain] = _SessionState(cfg.idle_check_s, cfg.check_timeout_s, time.monotonic(), meta)
+    return plain, meta
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
+
+
+# -- health check ------------------------------------------------------------------------
+
+
+class _Dead(Exception):
+    pass
+
+
+def _recv_exact_nowait(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """Read exactly ``size`` bytes (never more: the rest belongs to whoever gets the fd),
+    waiting with poll until ``deadline`` without touching the fd's blocking flag."""
+    buf = bytearray()
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    while len(buf) < size:
+        try:
+            chunk = sock.recv(size - len(buf), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Dead("no reply in time") from None
+            poller.poll(max(1, int(left * 1000)))
+            continue
+        except OSError as exc:
+            raise _Dead(str(exc)) from None
+        if not chunk:
+            raise _Dead("EOF")
+        buf += chunk
+    return bytes(buf)
+
+
+def _read_message(sock: socket.socket, deadline: float) -> tuple[str, bytes]:
+    kind, length = _HDR.unpack(_recv_exact_nowait(sock, 5, deadline))
+    if length < 4 or length > 1 << 20:
+        raise _Dead(f"bad message length {length}")
+    return kind.decode("ascii", "replace"), _recv_exact_nowait(sock, length - 4, deadline)
+
+
+def _apply_async(kind: str, body: bytes, state: _SessionState | None) -> None:
+    """Absorb a ParameterStatus/NoticeResponse into the session's meta; anything else is fatal."""
+    if kind == "S":
+        if state is not None:
+            name, _, rest = body.partition(b"\x00")
+            state.meta.setdefault("parameters", {})[_text(name)] = _text(rest.split(b"\x00", 1)[0])
+        return
+    if kind == "N":
+        return
+    raise _Dead(f"unexpected message {kind!r} on an idle session")
+
+
+def _peek_pending(sock: socket.socket) -> bytes | None:
+    """Bytes waiting on the socket (b'' = EOF), or None when nothing is pending."""
+    try:
+        return sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise _Dead(str(exc)) from None
+
+
+def _round_trip(sock: socket.socket, deadline: float, state: _SessionState | None) -> None:
+    """Send Sync and read up to its ReadyForQuery, which must say idle."""
+    try:
+        sock.send(_SYNC, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except OSError as exc:
+        raise _Dead(str(exc)) from None
+    while True:
+        kind, body = _read_message(sock, deadline)
+        if kind == "Z":
+            if body[:1] != b"I":
+                raise _Dead(f"session not idle (status {body[:1]!r})")
+            return
+        if kind == "E":
+            raise _Dead("ErrorResponse")
+        _apply_async(kind, body, state)
+
+
+def check_session(sock: socket.socket) -> bool:
+    """True iff the session may be handed out: not closed or reset by the server, no
+    ErrorResponse pending (pg_terminate_backend sends FATAL 57P01 before closing), and, when
+    idle past ``idle_check_s`` (or unknown to this module), alive on a Sync round trip."""
+    if sock.fileno() < 0:
+        return False
+    state = _SESSIONS.get(sock)
+    timeout = state.check_timeout_s if state else DEFAULT_CHECK_TIMEOUT_S
+    deadline = time.monotonic() + timeout
+    try:
+        pending = _peek_pending(sock)
+        if pending == b"":
+            return False
+        needs_round_trip = state is None or time.monotonic() - state.last_ok >= state.idle_check_s
+        if pending is not None:
+            if pending[:1] == b"E":
+                return False
+            # Consume complete asynchronous messages; a partial one gets the round trip.
+            while pending:
+                if len(pending) < 5:
+                    needs_round_trip = True
+                    break
+                kind, length = _HDR.unpack_from(pending)
+                if len(pending) < 1 + length:
+                    needs_round_trip = True
+                    break
+                if kind == b"E":
+                    return False
+                k, body = _read_message(sock, deadline)
+                _apply_async(k, body, state)
+                pending = pending[1 + length :]
+        if needs_round_trip:
+            _round_trip(sock, deadline, state)
+    except _Dead:
+        return False
+    if state is not None:
+        state.last_ok = time.monotonic()
+    return True
+
+
+def session_meta(sock: socket.socket) -> dict[str, Any] | None:
+    """The (live-updated) meta dict of a session opened here, or None."""
+    state = _SESSIONS.get(sock)
+    return state.meta if state else None
+
+
+def close_session(sock: socket.socket) -> None:
+    """Terminate politely and close (for a manager discarding a session it still holds)."""
+    try:
+        sock.send(b"X\x00\x00\x00\x04", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except OSError:
+        pass
+    _SESSIONS.pop(sock, None)
+    sock.close()

@@ -1,0 +1,242 @@
+"""Configuration of the Connection Pool Manager: command line, optional JSON file, validation.
+
+A JSON config file (``--config FILE``) looks like::
+
+    {
+      "socket": "/run/cpm/pool.sock",
+      "socket_mode": "0660",
+      "allow_uids": [0, 1000],
+      "allow_gids": [],
+      "pools": {
+        "echo": {"target": "echo:7000", "size": 100, "exhaustion": "connect"},
+        "pg":   {"kind": "postgres", "target": "db:5432", "size": 20, "user": "bench", ...}
+      }
+    }
+
+Command-line flags override the file; ``--target`` defines (or overrides) the pool
+named by ``--pool`` (default ``echo``). Unknown keys of a pool are kept in
+``PoolConfig.options`` and passed whole to plug-in kinds (``open_session``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+EXHAUSTION_POLICIES = ("wait", "connect", "refuse")
+# Plug-in pool kinds: kind -> module providing open_session()/check_session().
+KIND_MODULES = {"postgres": "components.pg_pool"}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says what to change."""
+
+
+@dataclass
+class PoolConfig:
+    name: str
+    target: str = ""
+    kind: str = "tcp"
+    module: str = ""  # plug-in module for kind != tcp (defaults from KIND_MODULES)
+    size: int = 10  # idle connections the background refill keeps ready
+    min_idle: int = -1  # floor kept when the pool is unused for max_idle; -1 means size
+    ttl: float = 0.0  # max age in seconds, 0 = unlimited
+    ttl_jitter: float = 0.1  # fraction of ttl subtracted at random so expiries spread out
+    max_idle: float = 0.0  # seconds; idle connections beyond min_idle are closed after this
+    exhaustion: str = "connect"
+    borrow_timeout: float = 1.0
+    connect_timeout: float = 2.0
+    max_connecting: int = 32  # bound on concurrent connects (and plug-in session opens)
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
+    keepalive_idle: int = 30
+    keepalive_interval: int = 10
+    keepalive_count: int = 3
+    user_timeout_ms: int = 30_000
+    nodelay: bool = True
+    accept_release: bool = True
+    resolve_ttl: float = 5.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.kind == "tcp":
+            if not self.target:
+                raise ConfigError(f"pool {self.name!r}: target HOST:PORT is required")
+            from components.protocol import split_hostport
+
+            try:
+                split_hostport(self.target)
+            except ValueError as exc:
+                raise ConfigError(f"pool {self.name!r}: {exc}") from None
+        elif not (self.module or KIND_MODULES.get(self.kind)):
+            raise ConfigError(f"pool {self.name!r}: unknown kind {self.kind!r} and no 'module' given")
+        if self.size < 1:
+            raise ConfigError(f"pool {self.name!r}: size must be >= 1")
+        if self.min_idle < 0 or self.min_idle > self.size:
+            self.min_idle = self.size
+        if self.exhaustion not in EXHAUSTION_POLICIES:
+            raise ConfigError(f"pool {self.name!r}: exhaustion must be one of {', '.join(EXHAUSTION_POLICIES)}")
+        if self.max_connecting < 1:
+            raise ConfigError(f"pool {self.name!r}: max_connecting must be >= 1")
+        for attr in ("ttl", "max_idle", "borrow_timeout", "connect_timeout", "backoff_initial", "backoff_max"):
+            if getattr(self, attr) < 0:
+                raise ConfigError(f"pool {self.name!r}: {attr} must be >= 0")
+        if not 0 <= self.ttl_jitter < 1:
+            raise ConfigError(f"pool {self.name!r}: ttl_jitter must be in [0, 1)")
+
+    @property
+    def plugin_module(self) -> str:
+        return self.module or KIND_MODULES.get(self.kind, "")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        out.update(self.options)
+        return out
+
+
+_POOL_FIELDS = {f.name for f in fields(PoolConfig)} - {"name", "options"}
+
+
+def pool_from_dict(name: str, data: dict[str, Any]) -> PoolConfig:
+    known = {k: v for k, v in data.items() if k in _POOL_FIELDS}
+    extra = {k: v for k, v in data.items() if k not in _POOL_FIELDS}
+    try:
+        cfg = PoolConfig(name=name, options=extra, **known)
+    except TypeError as exc:
+        raise ConfigError(f"pool {name!r}: {exc}") from None
+    return cfg
+
+
+@dataclass
+class ManagerConfig:
+    socket: str
+    pools: dict[str, PoolConfig]
+    socket_mode: int = 0o660
+    socket_dir_mode: int | None = None  # applied to the socket directory when given (or created)
+    allow_uids: set[int] = field(default_factory=set)
+    allow_gids: set[int] = field(default_factory=set)
+    request_timeout: float = 2.0  # a client must send its whole request line within this
+    max_clients: int = 1024
+    health_interval: float = 1.0  # idle sweep: TTL, max idle, peer closed
+    log_grants: str = "each"  # each | none (denials are always logged)
+    default_pool: str = "echo"
+
+    def validate(self) -> None:
+        if not self.socket:
+            raise ConfigError("--socket PATH is required")
+        if len(os.fsencode(self.socket)) >= 108:
+            raise ConfigError(f"socket path is {len(os.fsencode(self.socket))} bytes; Unix sockets allow < 108")
+        if not self.pools:
+            raise ConfigError("no pools configured: give --target HOST:PORT or --config FILE")
+        for pool in self.pools.values():
+            pool.validate()
+        if self.default_pool not in self.pools:
+            self.default_pool = next(iter(self.pools))
+        if self.log_grants not in ("each", "none"):
+            raise ConfigError("log_grants must be 'each' or 'none'")
+
+    def fd_budget(self) -> int:
+        """Descriptors the configuration can hold at once (pools, connects, clients, margin)."""
+        pools = sum(2 * p.size + p.max_connecting for p in self.pools.values())
+        return pools + self.max_clients + 64
+
+
+def _octal(value: str | int) -> int:
+    return value if isinstance(value, int) else int(str(value), 8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m components.pool_manager",
+        description="Connection Pool Manager: hands pre-opened backend connections to callers "
+        "over a Unix socket (pool protocol v1, fds passed with SCM_RIGHTS).",
+    )
+    p.add_argument("--config", help="JSON file with manager settings and named pools")
+    p.add_argument("--socket", help="Unix socket path to listen on")
+    p.add_argument("--target", help="HOST:PORT of the backend of pool --pool (resolved at connect time)")
+    p.add_argument("--pool", default=None, help="name of the pool --target defines (default: echo)")
+    p.add_argument("--size", type=int, help="idle connections kept ready (default 10)")
+    p.add_argument("--min-idle", type=int, help="floor kept when unused for --max-idle (default: size)")
+    p.add_argument("--exhaustion", choices=EXHAUSTION_POLICIES, help="when empty: wait, connect on demand, refuse")
+    p.add_argument("--borrow-timeout", type=float, help="seconds a caller may wait for a connection")
+    p.add_argument("--connect-timeout", type=float)
+    p.add_argument("--max-connecting", type=int, help="bound on concurrent backend connects per pool")
+    p.add_argument("--ttl", type=float, help="max connection age in seconds (0 = unlimited)")
+    p.add_argument("--ttl-jitter", type=float)
+    p.add_argument("--max-idle", type=float, help="seconds an idle connection beyond min-idle is kept")
+    p.add_argument("--no-release", action="store_true", help="refuse connections handed back (op release)")
+    p.add_argument("--allow-uid", type=int, action="append", help="allowed peer uid (repeatable)")
+    p.add_argument("--allow-gid", type=int, action="append", help="allowed peer gid (repeatable)")
+    p.add_argument("--socket-mode", help="octal mode of the socket file (default 0660)")
+    p.add_argument("--socket-dir-mode", help="octal mode applied to the socket directory")
+    p.add_argument("--request-timeout", type=float, help="seconds a client has to send its request")
+    p.add_argument("--max-clients", type=int)
+    p.add_argument("--health-interval", type=float)
+    p.add_argument("--log-grants", choices=("each", "none"))
+    return p
+
+
+def load_config(argv: list[str] | None = None) -> ManagerConfig:
+    args = build_parser().parse_args(argv)
+    data: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read config {args.config}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {args.config}: top level must be an object")
+    raw_pools = data.get("pools", {})
+    if not isinstance(raw_pools, dict):
+        raise ConfigError("'pools' must be an object of name -> settings")
+    pools = {name: pool_from_dict(name, dict(spec)) for name, spec in raw_pools.items()}
+
+    pool_name = args.pool or data.get("default_pool") or "echo"
+    overrides = {
+        "target": args.target,
+        "size": args.size,
+        "min_idle": args.min_idle,
+        "exhaustion": args.exhaustion,
+        "borrow_timeout": args.borrow_timeout,
+        "connect_timeout": args.connect_timeout,
+        "max_connecting": args.max_connecting,
+        "ttl": args.ttl,
+        "ttl_jitter": args.ttl_jitter,
+        "max_idle": args.max_idle,
+        "accept_release": False if args.no_release else None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        if pool_name in pools:
+            for key, value in overrides.items():
+                setattr(pools[pool_name], key, value)
+        elif "target" in overrides or not pools:
+            pools[pool_name] = pool_from_dict(pool_name, overrides)
+        else:
+            for pool in pools.values():
+                for key, value in overrides.items():
+                    setattr(pool, key, value)
+
+    me = os.getuid()
+    allow_uids = set(args.allow_uid) if args.allow_uid else set(data.get("allow_uids", [me, 0]))
+    allow_gids = set(args.allow_gid) if args.allow_gid else set(data.get("allow_gids", []))
+    dir_mode = args.socket_dir_mode or data.get("socket_dir_mode")
+    cfg = ManagerConfig(
+        socket=args.socket or data.get("socket", ""),
+        pools=pools,
+        socket_mode=_octal(args.socket_mode or data.get("socket_mode", "0660")),
+        socket_dir_mode=_octal(dir_mode) if dir_mode is not None else None,
+        allow_uids=allow_uids,
+        allow_gids=allow_gids,
+        request_timeout=args.request_timeout or float(data.get("request_timeout", 2.0)),
+        max_clients=args.max_clients or int(data.get("max_clients", 1024)),
+        health_interval=args.health_interval or float(data.get("health_interval", 1.0)),
+        log_grants=args.log_grants or str(data.get("log_grants", "each")),
+        default_pool=pool_name,
+    )
+    cfg.validate()
+    return cfg
