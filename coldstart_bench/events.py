@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -88,10 +89,8 @@ class LifecycleEvents:
 
     def stop(self) -> None:
         if self._stream is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._stream.close()
-            except Exception:
-                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
 

@@ -100,10 +100,11 @@ def coldstart(request: pytest.FixtureRequest) -> Iterator[Harness]:
         if reporter is not None:
             reporter.write_line(line)
 
+    selected: list[str] = config.stash[SELECTED_KEY]
     harness = Harness(
         config.stash[OPTIONS_KEY],
         config.stash[STATE_KEY],
-        config.stash[SELECTED_KEY],
+        selected,
         write,
         _planned_cold_starts(config),
     )

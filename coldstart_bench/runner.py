@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -75,16 +76,13 @@ class ColdStartRunner:
             exit_code = int(status.get("StatusCode", -1))
         except Exception as exc:  # timeout or engine error: kill it, keep what we can
             error = f"function container did not exit within {self._timeout:.0f}s ({exc})"
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 self._api.kill(cid)
-            except docker.errors.APIError:
-                pass
         stdout = self._logs(cid, stdout=True)
         stderr = self._logs(cid, stdout=False)
-        try:
+        # Removed by someone else is fine: its events still tell the lifecycle.
+        with contextlib.suppress(docker.errors.NotFound):
             self._api.remove_container(cid, force=True)
-        except docker.errors.NotFound:
-            pass  # removed by someone else: its events still tell the lifecycle
         events: dict[str, int] = {}
         try:
             events = self._events.wait(cid, timeout=30.0)

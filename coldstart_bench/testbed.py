@@ -15,16 +15,16 @@ from typing import Any
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-import docker  # noqa: E402
-import docker.errors  # noqa: E402
-from testcontainers.core.container import DockerContainer  # noqa: E402
-from testcontainers.core.network import Network  # noqa: E402
-from testcontainers.core.wait_strategies import LogMessageWaitStrategy  # noqa: E402
+import docker
+import docker.errors
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-from .delay import SynAckDelay  # noqa: E402
-from .images import ImageSet  # noqa: E402
-from .runner import FunctionSpec  # noqa: E402
-from .scenarios import Scenario  # noqa: E402
+from .delay import SynAckDelay
+from .images import ImageSet
+from .runner import FunctionSpec
+from .scenarios import Scenario
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"

@@ -8,6 +8,7 @@ single-use hand-outs) cost one wake-up per batch, not one per connection.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import select
@@ -67,10 +68,8 @@ class EchoServer:
         conn = self.conns.pop(fd, None)
         self.pending.pop(fd, None)
         if conn is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.ep.unregister(fd)
-            except OSError:
-                pass
             conn.close()
 
     def _readable(self, fd: int) -> None:

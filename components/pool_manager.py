@@ -111,6 +111,7 @@ class Pool:
     def __init__(self, cfg: PoolConfig, plugin: ModuleType | None) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        self.jname = json.dumps(cfg.name)
         self.plugin = plugin
         self.idle: deque[_Conn] = deque()
         self.waiters: deque[_Client] = deque()
@@ -124,7 +125,7 @@ class Pool:
         self.last_error = ""
         self.last_acquire = 0.0
         self.handed: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self.reply_head = ('{"ok":true,"pool":%s,"peer":"' % json.dumps(cfg.name)).encode()
+        self.reply_head = ('{"ok":true,"pool":' + json.dumps(cfg.name) + ',"peer":"').encode()
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "handed_out",
@@ -314,7 +315,11 @@ class Manager:
     def announce_ready(self) -> None:
         if all(len(p.idle) >= p.cfg.size for p in self.pools.values()):
             self.ready_announced = True
-            line = {"event": "ready", "socket": self.cfg.socket, "pools": {n: len(p.idle) for n, p in self.pools.items()}}
+            line = {
+                "event": "ready",
+                "socket": self.cfg.socket,
+                "pools": {n: len(p.idle) for n, p in self.pools.items()},
+            }
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
             self.log("ready", pools={n: len(p.idle) for n, p in self.pools.items()})
@@ -419,12 +424,13 @@ class Manager:
                 _close_fds(fds)
                 self.reply_error(client, "bad_request", f"unsupported protocol version {req.get('v')!r}")
                 return
-            op = req.get("op")
+            raw_op = req.get("op")
             name = req.get("pool", self.cfg.default_pool)
-            if not isinstance(op, str) or not isinstance(name, str):
+            if not isinstance(raw_op, str) or not isinstance(name, str):
                 _close_fds(fds)
                 self.reply_error(client, "bad_request", "'op' and 'pool' must be strings")
                 return
+            op = raw_op
             found = self.pools.get(name)
             if op in ("acquire", "release", "report") and found is None:
                 _close_fds(fds)
@@ -534,7 +540,7 @@ class Manager:
     def hand_out(self, client: _Client, pool: Pool, conn: _Conn) -> bool:
         self.next_id += 1
         hid = self.next_id
-        reply = b"%s%s\",\"id\":%d,\"meta\":%s}\n" % (pool.reply_head, conn.peer.encode(), hid, conn.meta)
+        reply = b'%s%s","id":%d,"meta":%s}\n' % (pool.reply_head, conn.peer.encode(), hid, conn.meta)
         try:
             sent = client.sock.sendmsg(
                 [reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fd))], _SEND_FLAGS
@@ -560,8 +566,8 @@ class Manager:
         self.lat_counts[bisect.bisect_left(_LAT_BOUNDS_US, lat_us)] += 1
         if self.cfg.log_grants == "each":
             self.logbuf.append(
-                '{"ts":%.6f,"level":"info","event":"grant","pool":%s,"id":%d,"pid":%d,"uid":%d,"gid":%d,"peer":"%s"}'
-                % (time.time(), json.dumps(pool.name), hid, client.pid, client.uid, client.gid, conn.peer)
+                f'{{"ts":{time.time():.6f},"level":"info","event":"grant","pool":{pool.jname},"id":{hid},'
+                f'"pid":{client.pid},"uid":{client.uid},"gid":{client.gid},"peer":"{conn.peer}"}}'
             )
         self.close_client(client)
         return True
@@ -942,7 +948,7 @@ def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             n = len(data) // _FD_SIZE
-            out.extend(struct.unpack("%di" % n, data[: n * _FD_SIZE]))
+            out.extend(struct.unpack(f"{n}i", data[: n * _FD_SIZE]))
     return out
 
 
@@ -1012,12 +1018,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(argv)
         limit, need = raise_fd_limit(cfg)
     except ConfigError as exc:
-        sys.stderr.write(json.dumps({"ts": time.time(), "level": "error", "event": "config_error", "error": str(exc)}) + "\n")
+        sys.stderr.write(
+            json.dumps({"ts": time.time(), "level": "error", "event": "config_error", "error": str(exc)}) + "\n"
+        )
         return 2
     try:
         manager = Manager(cfg)
     except ImportError as exc:
-        sys.stderr.write(json.dumps({"ts": time.time(), "level": "error", "event": "plugin_import_failed", "error": str(exc)}) + "\n")
+        sys.stderr.write(
+            json.dumps({"ts": time.time(), "level": "error", "event": "plugin_import_failed", "error": str(exc)}) + "\n"
+        )
         return 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -1,0 +1,278 @@
+"""The serverless function: get a backend connection, send one request, verify the echo, report.
+
+Modes:
+  direct  resolve the target (resolve_us) and TCP-connect (handshake_us); connect_us = both.
+  socket  acquire a pooled connection from the pool manager over its Unix socket
+          (fd_recv_us = connect_us), then check the fd is a connected TCP socket whose
+          peer is the address the manager announced.
+If socket mode fails (manager unreachable, refusing, exhausted, bad fd) and fallback is on,
+the function connects directly and reports path "fallback"; then connect_us also counts the
+failed attempt (socket_attempt_us), because that is what the caller waited.
+
+Prints exactly one JSON line on stdout; exit status 0 iff ok. Imports are kept minimal
+(no argparse) because every run is a cold process and start-up time is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+USAGE = """usage: python -m components.function --mode {direct,socket} [--target HOST:PORT]
+       [--socket PATH] [--pool NAME] [--payload-size N] [--fallback | --no-fallback]
+       [--release] [--timeout S]
+
+  --mode          direct (resolve + TCP connect) or socket (fd from the pool manager)
+  --target        backend HOST:PORT (direct mode and fallback)       default echo:7000
+  --socket        pool manager Unix socket (socket mode)            default /run/cpm/pool.sock
+  --pool          pool name                                         default echo
+  --payload-size  request size in bytes (>= 24)                     default 64
+  --fallback      connect directly if socket mode fails (default); --no-fallback disables
+  --release       hand the connection back to the pool (op release) instead of closing it
+  --timeout       seconds for each network step                     default 2.0
+"""
+
+
+def _parse(argv: list[str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "mode": None,
+        "target": "echo:7000",
+        "socket": "/run/cpm/pool.sock",
+        "pool": "echo",
+        "payload_size": 64,
+        "fallback": True,
+        "release": False,
+        "timeout": 2.0,
+    }
+    valued = {"--mode", "--target", "--socket", "--pool", "--payload-size", "--timeout"}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            raise SystemExit(0)
+        key, eq, value = arg.partition("=")
+        if key in valued:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise ValueError(f"{key} needs a value")
+                value = argv[i]
+            name = key[2:].replace("-", "_")
+            if name == "payload_size":
+                opts[name] = int(value)
+            elif name == "timeout":
+                opts[name] = float(value)
+            else:
+                opts[name] = value
+        elif arg == "--fallback":
+            opts["fallback"] = True
+        elif arg == "--no-fallback":
+            opts["fallback"] = False
+        elif arg == "--release":
+            opts["release"] = True
+        else:
+            raise ValueError(f"unknown argument {arg!r}")
+        i += 1
+    if opts["mode"] not in ("direct", "socket"):
+        raise ValueError("--mode must be direct or socket")
+    if opts["payload_size"] < 24:
+        raise ValueError("--payload-size must be >= 24")
+    return opts
+
+
+def _split(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _peer(addr: tuple[Any, ...]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def connect_direct(target: str, timeout: float) -> tuple[socket.socket, int, int]:
+    """Resolve then connect; returns the socket and both phase durations in ns."""
+    host, port = _split(target)
+    t0 = time.perf_counter_ns()
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    t1 = time.perf_counter_ns()
+    last: OSError | None = None
+    for family, kind, proto, _name, addr in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        t2 = time.perf_counter_ns()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(None)  # blocking, like an injected connection
+        return sock, t1 - t0, t2 - t1
+    raise last or OSError(f"no address for {target}")
+
+
+def check_fd(sock: socket.socket, expected_peer: str | None) -> dict[str, Any]:
+    """What the received descriptor really is; ok only for a connected, blocking TCP socket."""
+    import fcntl
+
+    family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    try:
+        peer: str | None = _peer(sock.getpeername())
+    except OSError:
+        peer = None
+    blocking = not fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+    is_tcp = family in (socket.AF_INET, socket.AF_INET6) and kind == socket.SOCK_STREAM
+    matches = expected_peer is None or peer == expected_peer
+    return {
+        "family": socket.AddressFamily(family).name if is_tcp else family,
+        "type": "SOCK_STREAM" if kind == socket.SOCK_STREAM else kind,
+        "connected": peer is not None,
+        "peer": peer,
+        "expected_peer": expected_peer,
+        "peer_matches": matches,
+        "blocking": blocking,
+        "ok": bool(is_tcp and peer is not None and matches and blocking),
+    }
+
+
+def echo(sock: socket.socket, size: int, timeout: float) -> int:
+    """Send a payload carrying a random nonce and read the whole echo back; returns ns."""
+    nonce = os.urandom(8).hex().encode()
+    payload = (b"REQ " + nonce + b" " + b"x" * size)[: size - 1] + b"\n"
+    sock.settimeout(timeout)
+    t0 = time.perf_counter_ns()
+    sock.sendall(payload)
+    got = bytearray()
+    while len(got) < len(payload):
+        chunk = sock.recv(len(payload) - len(got))
+        if not chunk:
+            raise ConnectionError(f"backend closed after {len(got)} of {len(payload)} echoed bytes")
+        got += chunk
+    elapsed = time.perf_counter_ns() - t0
+    if bytes(got) != payload:
+        raise ValueError("echo mismatch")
+    sock.settimeout(None)
+    return elapsed
+
+
+def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "ok": False,
+        "mode": opts["mode"],
+        "path": opts["mode"],
+        "error": None,
+        "t_main_ns": t_main_ns,
+        "t_connected_ns": None,
+        "t_end_ns": None,
+        "resolve_us": None,
+        "handshake_us": None,
+        "fd_recv_us": None,
+        "socket_attempt_us": None,
+        "connect_us": None,
+        "request_rtt_us": None,
+        "peer": None,
+        "fd_check": None,
+        "interfaces": [],
+        "released": False,
+        "fallback_reason": None,
+        "pool_id": None,
+    }
+    timeout = opts["timeout"]
+    sock: socket.socket | None = None
+    attempt_ns = 0
+    manager_error: str | None = None
+    try:
+        if opts["mode"] == "socket":
+            from components import protocol
+
+            t0 = time.perf_counter_ns()
+            try:
+                sock, reply = protocol.acquire(opts["socket"], opts["pool"], timeout)
+                elapsed = time.perf_counter_ns() - t0
+                rec["t_connected_ns"] = time.time_ns()
+                rec["fd_recv_us"] = rec["connect_us"] = elapsed / 1000
+                rec["pool_id"] = reply.get("id")
+                rec["fd_check"] = check_fd(sock, reply.get("peer"))
+                if not rec["fd_check"]["ok"]:
+                    raise protocol.PoolError("bad_fd", json.dumps(rec["fd_check"]))
+            except protocol.PoolError as exc:
+                attempt_ns = time.perf_counter_ns() - t0
+                if sock is not None:
+                    sock.close()
+                    sock = None
+                rec["fd_recv_us"] = rec["connect_us"] = rec["t_connected_ns"] = None
+                if not opts["fallback"]:
+                    raise
+                rec["path"] = "fallback"
+                rec["fallback_reason"] = f"{exc.code}: {exc.detail}"
+                rec["socket_attempt_us"] = attempt_ns / 1000
+                manager_error = exc.code
+        if sock is None:
+            sock, resolve_ns, handshake_ns = connect_direct(opts["target"], timeout)
+            rec["t_connected_ns"] = time.time_ns()
+            rec["resolve_us"] = resolve_ns / 1000
+            rec["handshake_us"] = handshake_ns / 1000
+            rec["connect_us"] = (attempt_ns + resolve_ns + handshake_ns) / 1000
+            rec["fd_check"] = check_fd(sock, None)
+        rec["peer"] = _peer(sock.getpeername())
+        rec["request_rtt_us"] = echo(sock, opts["payload_size"], timeout) / 1000
+        rec["ok"] = True
+        if opts["release"] and rec["path"] == "socket":
+            from components import protocol
+
+            reply = protocol.release(opts["socket"], sock, opts["pool"], timeout)
+            sock = None
+            rec["released"] = bool(reply.get("reused"))
+    except Exception as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"
+        rec["ok"] = False
+    finally:
+        if sock is not None:
+            sock.close()
+    rec["t_end_ns"] = time.time_ns()
+    if manager_error is not None and manager_error not in ("manager_unavailable", "timeout"):
+        # The manager answered but could not serve us: tell it, so its stats count fallbacks.
+        from components import protocol
+
+        with contextlib.suppress(protocol.PoolError, OSError):
+            protocol.request(
+                opts["socket"],
+                "report",
+                timeout=0.2,
+                pool=opts["pool"],
+                event="fallback",
+                reason=rec["fallback_reason"],
+            )
+    try:
+        rec["interfaces"] = [name for _idx, name in socket.if_nameindex()]
+    except OSError:
+        rec["interfaces"] = []
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_main_ns = time.time_ns()
+    try:
+        opts = _parse(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        sys.stderr.write(f"{exc}\n{USAGE}")
+        return 2
+    rec = run(opts, t_main_ns)
+    sys.stdout.write(json.dumps(rec) + "\n")
+    sys.stdout.flush()
+    return 0 if rec["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

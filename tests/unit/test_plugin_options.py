@@ -1,0 +1,43 @@
+"""The plugin's options and usage errors, through a real pytest run (pytester), no Docker."""
+
+from __future__ import annotations
+
+import pytest
+
+PLUGIN = "-p", "coldstart_bench.plugin"
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    pytester.makepyfile(test_x="def test_x():\n    assert 1 + 1 == 2\n")
+    return pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", *args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--bench-iterations", "0"), "--bench-iterations must be >= 1"),
+        (("--bench-warmup", "-1"), "--bench-warmup must be >= 0"),
+        (("--bench-bursts", "1,x"), "--bench-bursts expects comma-separated positive integers"),
+        (("--bench-max-regression", "lots"), "--bench-max-regression"),
+        (("-o", "bench_gate=socket.connect_us.p42 <= 1"), "bench_gate"),
+        (("-o", "bench_gate=socket.connect_us.median >= 1"), "bench_gate"),
+        (("-o", "bench_alpha=2"), "bench_alpha must be between 0 and 1"),
+    ],
+)
+def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
+    result = _run(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_good_options_do_not_touch_docker_or_write_reports(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, "--bench-iterations", "5", "--bench-report-dir", "out",
+                  "-o", "bench_gate=socket.connect_us.p95 <= 100")  # fmt: skip
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "out").exists()  # no benchmark ran: no report directory
+
+
+def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess(*PLUGIN, "--help")
+    result.stdout.fnmatch_lines(["*--bench-iterations=N*", "*--bench-baseline=PATH*", "*bench_gate*"])
