@@ -20,7 +20,7 @@ from .expectations import Expectation, Verdict, evaluate, verdicts_fail
 from .gate import GateResult, GateRule, evaluate_gate
 from .noise import noise_warnings
 from .samples import ALL_METRICS, PRIMARY_METRICS, Sample, group_by_scenario
-from .stats import as_array, describe, json_safe, values_by_scenario
+from .stats import describe, json_safe, values_by_scenario
 
 SUMMARY_VERSION = 1
 _DIRECT_FAMILIES: dict[str, re.Pattern[str]] = {
@@ -208,14 +208,17 @@ def build_findings(
     def have(*names: str) -> bool:
         return all(n in values and values[n]["lifecycle_ms"].size >= 2 for n in names)
 
-    def lifecycle_saving(topic: str, slow: str, fast: str, what: str) -> None:
+    def lifecycle_saving(topic: str, slow: str, fast: str, subject: str) -> None:
+        """What `fast` saves against `slow` (median difference); a negative saving is reported as a cost."""
         d, ci = _saving(values, slow, fast, "lifecycle_ms", resamples, seed)
         base = float(np.median(values[slow]["lifecycle_ms"]))
-        verdict = "" if ci and (ci[0] > 0 or ci[1] < 0) else " — not distinguishable from zero at this sample size"
+        verb = f"saves {d:.1f} ms" if d >= 0 else f"costs {-d:.1f} ms more"
+        unclear = not ci or ci[0] <= 0 <= ci[1]
+        tail = " — not distinguishable from zero at this sample size" if unclear else ""
         add(
             topic,
-            f"{what}: {d:.1f} ms per cold start ({d / base:.1%} of {slow}'s median lifecycle {base:.1f} ms; "
-            f"median {slow} − median {fast}, {_ci_text(ci, ' ms')}){verdict}.",
+            f"{subject} {verb} per cold start ({abs(d) / base:.1%} of {slow}'s median lifecycle {base:.1f} ms; "
+            f"median {slow} − median {fast} = {d:.1f} ms, {_ci_text(ci, ' ms')}){tail}.",
             d,
             ci,
             "ms",
@@ -239,7 +242,7 @@ def build_findings(
 
     if have("direct", "socket"):
         connect_speedup("connection", "direct", "socket")
-        lifecycle_saving("injection", "direct", "socket", "Injection saves")
+        lifecycle_saving("injection", "direct", "socket", "Injection")
         v_d = summary_scenarios["direct"]["lifecycle_ms"]
         v_s = summary_scenarios["socket"]["lifecycle_ms"]
         add(
@@ -265,35 +268,43 @@ def build_findings(
         )
     if have("direct-100ms", "socket-100ms"):
         connect_speedup("delay", "direct-100ms", "socket-100ms")
-        lifecycle_saving("delay", "direct-100ms", "socket-100ms", "With 100 ms of SYN-ACK delay, injection saves")
+        lifecycle_saving("delay", "direct-100ms", "socket-100ms", "With 100 ms of SYN-ACK delay, injection")
     if have("direct", "socket-nonet"):
         lifecycle_saving(
-            "no-network", "direct", "socket-nonet", "Injection into a function without container networking saves"
+            "no-network", "direct", "socket-nonet", "Injection into a function without container networking"
         )
     if have("socket", "socket-nonet"):
-        lifecycle_saving(
-            "no-network", "socket", "socket-nonet", "Dropping container networking on top of injection saves"
-        )
+        lifecycle_saving("no-network", "socket", "socket-nonet", "Dropping container networking on top of injection")
     if have("fallback", "direct"):
-        lifecycle_saving("fallback", "fallback", "direct", "Falling back (pool down) costs, against plain direct,")
+        lifecycle_saving("fallback", "direct", "fallback", "Falling back to direct because the pool is down")
     if have("socket", "socket-return"):
-        lifecycle_saving("release", "socket", "socket-return", "Handing the connection back to the pool saves")
+        lifecycle_saving("release", "socket", "socket-return", "Handing the connection back to the pool")
     if have("pg-direct", "pg-socket"):
         connect_speedup("pg", "pg-direct", "pg-socket")
-        lifecycle_saving("pg", "pg-direct", "pg-socket", "On PostgreSQL, injecting an authenticated session saves")
+        lifecycle_saving("pg", "pg-direct", "pg-socket", "On PostgreSQL, injecting an authenticated session")
     if have("pg-direct", "pg-socket-nonet"):
-        lifecycle_saving("pg", "pg-direct", "pg-socket-nonet", "On PostgreSQL without container networking, injection saves")
+        lifecycle_saving("pg", "pg-direct", "pg-socket-nonet", "On PostgreSQL without container networking, injection")
     for n, modes in sorted(burst_groups(values).items()):
         if "direct" in modes and "socket-nonet" in modes and have(modes["direct"], modes["socket-nonet"]):
-            lifecycle_saving("burst", modes["direct"], modes["socket-nonet"], f"With {n} cold starts at once, injection without networking saves")
+            lifecycle_saving(
+                "burst",
+                modes["direct"],
+                modes["socket-nonet"],
+                (f"With {n} cold starts at once" if n > 1 else "Started one at a time")
+                + ", injection without networking",
+            )
     bursts_direct = {n: m["direct"] for n, m in burst_groups(values).items() if "direct" in m}
     if 1 in bursts_direct and len(bursts_direct) > 1:
         top = max(bursts_direct)
         one = float(np.median(values[bursts_direct[1]]["lifecycle_ms"]))
         many = float(np.median(values[bursts_direct[top]]["lifecycle_ms"]))
         ratio, ci = two_sample_estimate(
-            values[bursts_direct[top]]["lifecycle_ms"], values[bursts_direct[1]]["lifecycle_ms"], "median", "ratio",
-            resamples=resamples, seed=seed,
+            values[bursts_direct[top]]["lifecycle_ms"],
+            values[bursts_direct[1]]["lifecycle_ms"],
+            "median",
+            "ratio",
+            resamples=resamples,
+            seed=seed,
         )
         add(
             "burst",
@@ -378,19 +389,3 @@ def terminal_lines(analysis: RunAnalysis) -> list[str]:
     from .report.terminal import render
 
     return render(analysis)
-
-
-def values_of(samples: Sequence[Sample]) -> dict[str, dict[str, np.ndarray]]:
-    """Convenience re-export for callers that want the per-scenario value arrays."""
-    return values_by_scenario(samples)
-
-
-__all__ = [
-    "AnalysisConfig",
-    "RunAnalysis",
-    "analyse",
-    "as_array",
-    "terminal_lines",
-    "values_of",
-    "write_report",
-]

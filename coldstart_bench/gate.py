@@ -33,15 +33,6 @@ RULE_SYNTAX = "<scenario>.<metric>.<stat> <= <value>  (or '<'; stat one of " + "
 # Fewer values than this on a side and a rank test cannot reach significance at 0.05: say so.
 MIN_N_RELATIVE = 5
 
-# Generous limits that only a broken setup exceeds; pytest.ini can tighten them.
-DEFAULT_GATE_RULES = """\
-socket.connect_us.p50 <= 5000
-direct.connect_us.p50 <= 50000
-socket.lifecycle_ms.p50 <= 5000
-direct.lifecycle_ms.p50 <= 5000
-"""
-
-
 class GateRuleError(ValueError):
     """A bench_gate rule that cannot be understood: a usage error, not a crash."""
 

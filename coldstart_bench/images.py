@@ -233,7 +233,7 @@ class WheelCache:
                         f"could not fetch the wheel {pin} into {self.directory} "
                         f"(command: {' '.join(argv)}): "
                         + " | ".join(detail)
-                        + f". Put the wheel there by hand, or set {WHEEL_CACHE_ENV} to a directory holding it."
+                        + f". Put the wheel there by hand, or set {WHEEL_CACHE_ENV} to a directory with it."
                     )
             paths.append(path)
         return paths

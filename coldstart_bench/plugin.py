@@ -95,9 +95,16 @@ def coldstart(request: pytest.FixtureRequest) -> Iterator[Harness]:
     """The session's harness: testbed up on first use, torn down (and swept) at the end."""
     config = request.config
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capman = config.pluginmanager.get_plugin("capturemanager")
 
     def write(line: str) -> None:
-        if reporter is not None:
+        # Progress must reach the terminal while the test's output is captured.
+        if reporter is None:
+            return
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                reporter.write_line(line)
+        else:
             reporter.write_line(line)
 
     selected: list[str] = config.stash[SELECTED_KEY]

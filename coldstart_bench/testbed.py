@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
@@ -21,10 +21,12 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-from .delay import SynAckDelay
-from .images import ImageSet
 from .runner import FunctionSpec
 from .scenarios import Scenario
+
+if TYPE_CHECKING:
+    from .delay import SynAckDelay
+    from .images import ImageSet
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
@@ -193,6 +195,8 @@ class Testbed:
             self.delay = None
             self.delay_ms = 0.0
         if delay_ms > 0:
+            from .delay import SynAckDelay
+
             assert self.echo is not None
             self.delay = SynAckDelay(
                 self.client,

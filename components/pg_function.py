@@ -19,14 +19,13 @@ T_MAIN_NS = time.time_ns()  # first thing: the process is up and Python is runni
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
+import struct  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
-NAN = math.nan
 # Must match images/postgres/schema.sql.
 DEFAULT_ACCOUNTS = 100
 
@@ -35,11 +34,11 @@ def _us(start_ns: int, end_ns: int) -> float:
     return round((end_ns - start_ns) / 1e3, 1)
 
 
-def _interfaces() -> str:
+def _interfaces() -> list[str]:
     try:
-        return ";".join(name for _, name in socket.if_nameindex())
+        return [name for _, name in socket.if_nameindex()]
     except OSError:
-        return ""
+        return []
 
 
 def _peer(sock: socket.socket) -> str:
@@ -103,7 +102,7 @@ def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
     plain = pg_pool._take_socket(conn, traced)
     session = pg_wire.Session(plain, parameters=params)
     if len(key) >= 8:
-        session.backend_pid, session.secret_key = pg_pool.struct.unpack("!ii", key[:8])
+        session.backend_pid, session.secret_key = struct.unpack("!ii", key[:8])
     t_ready = time.perf_counter_ns()
     rec.update(
         resolve_us=_us(t0, t_resolved),
@@ -138,9 +137,7 @@ def transfer(session: Any, accounts: int, transfer_id: str, rng: random.Random) 
     amount = rng.randint(1, 1000)
     t0 = time.perf_counter_ns()
     session.begin()
-    locked = session.query(
-        "SELECT id, balance FROM accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE", (src, dst)
-    )
+    locked = session.query("SELECT id, balance FROM accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE", (src, dst))
     t_first = time.perf_counter_ns()
     before = {int(r[0] or 0): int(r[1] or 0) for r in locked.rows}
     if len(before) != 2:
@@ -203,31 +200,35 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "ok": False,
         "mode": args.mode,
         "path": args.mode,
-        "error": "",
+        "error": None,
         "t_main_ns": T_MAIN_NS,
-        "t_connected_ns": 0,
-        "t_end_ns": 0,
-        "resolve_us": NAN,
-        "handshake_us": NAN,
-        "fd_recv_us": NAN,
-        "connect_us": NAN,
-        "request_rtt_us": NAN,
-        "peer": "",
+        "t_connected_ns": None,
+        "t_end_ns": None,
+        "resolve_us": None,
+        "handshake_us": None,
+        "fd_recv_us": None,
+        "connect_us": None,
+        "request_rtt_us": None,
+        "peer": None,
         "interfaces": _interfaces(),
         "released": False,  # sessions are single-use: the function terminates its own
-        "startup_us": NAN,
-        "auth_us": NAN,
-        "first_query_us": NAN,
-        "verify_us": NAN,
-        "import_us": NAN,
+        "startup_us": None,
+        "auth_us": None,
+        "first_query_us": None,
+        "verify_us": None,
+        "import_us": None,
         "backend_pid": None,
         "database": args.database,
         "transfer_id": transfer_id,
         "verified": False,
+        "fallback_reason": None,
+        "socket_attempt_us": None,
+        "auth_method": None,
     }
     session = None
     try:
         if args.mode == "socket":
+            t_attempt = time.perf_counter_ns()
             try:
                 session, sock = connect_socket(args, rec)
             except Exception as exc:
@@ -235,7 +236,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                     raise
                 rec["path"] = "fallback"
                 rec["fallback_reason"] = f"{type(exc).__name__}: {exc}"
+                rec["fd_recv_us"] = None
+                attempt_us = _us(t_attempt, time.perf_counter_ns())
+                rec["socket_attempt_us"] = attempt_us
                 session, sock = connect_direct(args, rec)
+                # What the caller waited for a usable session includes the failed attempt.
+                rec["connect_us"] = round(rec["connect_us"] + attempt_us, 1)
         else:
             session, sock = connect_direct(args, rec)
         rec["t_connected_ns"] = time.time_ns()
@@ -247,8 +253,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         if not rec["ok"]:
             rec["error"] = rec["verify_error"]
     except Exception as exc:
-        code = getattr(exc, "code", None) or getattr(exc, "sqlstate", None)
-        rec["error"] = f"{type(exc).__name__}{f' [{code}]' if code else ''}: {exc}"
+        rec["error"] = _describe(exc)
     finally:
         if session is not None:
             session.close()
@@ -256,15 +261,18 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return rec
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+def _describe(exc: BaseException) -> str:
+    """One readable line; pg8000 errors carry the server's fields as a dict."""
+    arg = exc.args[0] if exc.args else None
+    if isinstance(arg, dict):
+        return f"{type(exc).__name__}: {arg.get('S', 'ERROR')} {arg.get('C', '')}: {arg.get('M', '')}"
+    code = getattr(exc, "code", None) or getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}{f' [{code}]' if code else ''}: {exc}"
 
 
 def main(argv: list[str] | None = None) -> int:
     rec = run(argv)
-    sys.stdout.write(json.dumps({k: _json_safe(v) for k, v in rec.items()}, separators=(",", ":")) + "\n")
+    sys.stdout.write(json.dumps(rec, separators=(",", ":")) + "\n")
     sys.stdout.flush()
     return 0 if rec["ok"] else 1
 

@@ -17,6 +17,7 @@ would be useless to the receiver (kernel TLS could change that; it is not used h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -420,15 +421,12 @@ def _read_message(sock: socket.socket, deadline: float) -> tuple[str, bytes]:
 
 
 def _apply_async(kind: str, body: bytes, state: _SessionState | None) -> None:
-    """Absorb a ParameterStatus/NoticeResponse into the session's meta; anything else is fatal."""
-    if kind == "S":
-        if state is not None:
-            name, _, rest = body.partition(b"\x00")
-            state.meta.setdefault("parameters", {})[_text(name)] = _text(rest.split(b"\x00", 1)[0])
-        return
+    """Absorb a NoticeResponse; anything else makes the session unfit. A ParameterStatus on an
+    idle session (e.g. after a configuration reload) would make the meta the manager already
+    serialised stale, and the receiver trusts that meta, so such a session is replaced."""
     if kind == "N":
         return
-    raise _Dead(f"unexpected message {kind!r} on an idle session")
+    raise _Dead(f"unsolicited message {kind!r} on an idle session")
 
 
 def _peek_pending(sock: socket.socket) -> bytes | None:
@@ -506,9 +504,7 @@ def session_meta(sock: socket.socket) -> dict[str, Any] | None:
 
 def close_session(sock: socket.socket) -> None:
     """Terminate politely and close (for a manager discarding a session it still holds)."""
-    try:
+    with contextlib.suppress(OSError):
         sock.send(b"X\x00\x00\x00\x04", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-    except OSError:
-        pass
     _SESSIONS.pop(sock, None)
     sock.close()

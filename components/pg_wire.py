@@ -13,6 +13,7 @@ Stdlib only and cheap to import: it runs in a cold function process.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import socket
 import struct
 from collections.abc import Sequence
@@ -317,10 +318,7 @@ class Session:
                 current.command = payload.rstrip(b"\x00").decode(self._encoding)
                 results.append(current)
                 current = Result()
-            elif kind == "I":  # EmptyQueryResponse
-                results.append(current)
-                current = Result()
-            elif kind == "s":  # PortalSuspended: only with a row limit, which we never set
+            elif kind in ("I", "s"):  # EmptyQueryResponse; PortalSuspended (never: no row limit)
                 results.append(current)
                 current = Result()
             elif kind == "G":  # CopyInResponse: refuse, the server then errors and syncs
@@ -391,19 +389,15 @@ class Session:
         return struct.pack("!iiii", 16, 80877102, self.backend_pid, self.secret_key)
 
     def _close_socket(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
     def close(self) -> None:
         """Terminate the session politely and close the socket (idempotent)."""
         if not self.closed:
             self.closed = True
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.sendall(_TERMINATE)
-            except OSError:
-                pass
         self._close_socket()
 
     def __enter__(self) -> Session:

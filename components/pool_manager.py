@@ -75,7 +75,7 @@ class _Conn:
 
     __slots__ = ("created", "expires", "fd", "idle_since", "local", "meta", "peer", "sock")
 
-    def __init__(self, sock: socket.socket, peer: str, local: str, meta: bytes, now: float, expires: float) -> None:
+    def __init__(self, sock: socket.socket, peer: str, local: Any, meta: bytes, now: float, expires: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
@@ -124,7 +124,8 @@ class Pool:
         self.next_attempt = 0.0
         self.last_error = ""
         self.last_acquire = 0.0
-        self.handed: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.handed: OrderedDict[tuple[Any, str], float] = OrderedDict()
+        self.peer_names: dict[tuple[Any, ...], str] = {}
         self.reply_head = ('{"ok":true,"pool":' + json.dumps(cfg.name) + ',"peer":"').encode()
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -594,7 +595,7 @@ class Manager:
             self.reply(client, (json.dumps(body, separators=(",", ":")) + "\n").encode())
             return
         peer = format_peer(sock.getpeername())
-        local = format_peer(sock.getsockname())
+        local = sock.getsockname()
         created = pool.handed.pop((local, peer))
         sock.setblocking(True)
         conn = _Conn(sock, peer, local, b"{}", now, float("inf"))
@@ -612,7 +613,7 @@ class Manager:
             return "not_tcp"
         try:
             peer = format_peer(sock.getpeername())
-            local = format_peer(sock.getsockname())
+            local = sock.getsockname()
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
         except OSError:
@@ -697,10 +698,16 @@ class Manager:
             sock.close()
             self.connect_failed(pool, now, os.strerror(err))
             return False
-        fd = sock.fileno()
-        pool.connecting += 1
-        self.connecting[fd] = (pool, sock, now + cfg.connect_timeout)
-        self.ep.register(fd, _EPOLLOUT)
+        try:
+            # Over loopback or a veth pair the handshake completes inside connect(): skip the epoll round.
+            peer_addr = sock.getpeername()
+        except OSError:
+            fd = sock.fileno()
+            pool.connecting += 1
+            self.connecting[fd] = (pool, sock, now + cfg.connect_timeout)
+            self.ep.register(fd, _EPOLLOUT)
+            return True
+        self.connected(pool, sock, peer_addr, now)
         return True
 
     def connect_done(self, fd: int, ev: int) -> None:
@@ -709,25 +716,34 @@ class Manager:
         self.ep.unregister(fd)
         now = time.monotonic()
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            sock.close()
-            self.connect_failed(pool, now, os.strerror(err))
-            return
         try:
-            peer = format_peer(sock.getpeername())
-            local = format_peer(sock.getsockname())
+            if err:
+                raise OSError(err, os.strerror(err))
+            peer_addr = sock.getpeername()
+        except OSError as exc:
+            sock.close()
+            self.connect_failed(pool, now, exc.strerror or str(exc))
+            return
+        self.connected(pool, sock, peer_addr, now)
+        self.refill(pool, now)
+
+    def connected(self, pool: Pool, sock: socket.socket, peer_addr: tuple[Any, ...], now: float) -> None:
+        try:
+            local = sock.getsockname()
             sock.setblocking(True)  # O_NONBLOCK travels with the fd: hand out blocking sockets
         except OSError as exc:
             sock.close()
             self.connect_failed(pool, now, exc.strerror or str(exc))
             return
+        peer = pool.peer_names.get(peer_addr)
+        if peer is None:
+            peer = pool.peer_names[peer_addr] = format_peer(peer_addr)
         pool.stats["refills"] += 1
         if pool.level:
             self.log("backend_up", pool=pool.name, peer=peer)
             pool.level = 0
             pool.last_error = ""
         self.conn_ready(pool, _Conn(sock, peer, local, b"{}", now, pool.expiry(now)), now)
-        self.refill(pool, now)
 
     def conn_ready(self, pool: Pool, conn: _Conn, now: float) -> None:
         if pool.plugin is not None:
@@ -803,7 +819,7 @@ class Manager:
                 try:
                     sock.setblocking(True)
                     peer = format_peer(sock.getpeername())
-                    local = format_peer(sock.getsockname())
+                    local = sock.getsockname()
                     meta_json = json.dumps(meta, separators=(",", ":")).encode()
                 except (OSError, TypeError, ValueError) as exc:
                     sock.close()

@@ -158,9 +158,7 @@ def lifecycle_vs_delay(samples: Sequence[Sample], summary: Mapping[str, Any]) ->
             continue
         delay = float(summary["scenarios"].get(name, {}).get("delay_ms") or 0.0)
         xs = delay + rng.uniform(-1.2, 1.2, ys.size)
-        ax.scatter(
-            xs, ys, s=9, alpha=0.45, marker="o" if direct else "x", color="tab:blue" if direct else "tab:orange"
-        )
+        ax.scatter(xs, ys, s=9, alpha=0.45, marker="o" if direct else "x", color="tab:blue" if direct else "tab:orange")
         ax.scatter([delay], [ys.mean()], s=70, marker="D" if direct else "s", color="black", zorder=3)
         ax.annotate(name, (delay, ys.mean()), textcoords="offset points", xytext=(6, 6), fontsize=8)
         plotted = True
@@ -175,8 +173,14 @@ def lifecycle_vs_delay(samples: Sequence[Sample], summary: Mapping[str, Any]) ->
         )
         ax.legend(fontsize=8)
     elif plotted:
-        ax.text(0.02, 0.96, "no fit: needs direct scenarios with at least two different delays",
-                transform=ax.transAxes, va="top", fontsize=9)  # fmt: skip
+        ax.text(
+            0.02,
+            0.96,
+            "no fit: needs direct scenarios with at least two different delays",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=9,
+        )
     if plotted:
         ax.set_xlabel("configured SYN-ACK delay (ms)")
         ax.set_ylabel("lifecycle (ms, create → destroy)")
@@ -207,7 +211,7 @@ def phases(summary: Mapping[str, Any]) -> bytes:
                 ax.text(left[y], y, f"  connection {share:.1%}", va="center", fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("mean time (ms)")
-        ax.legend(fontsize=7, ncol=3, loc="lower right")
+        ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(1, len(rows))))
         ax.margins(x=0.15)
     else:
         _no_data(ax, "no phase timings in this run")

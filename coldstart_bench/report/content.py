@@ -1,0 +1,355 @@
+"""What the report says, as a list of neutral blocks that markdown.py and html.py render.
+
+Built only from summary.json content (plus plot file names), so a report can be re-rendered
+from a saved summary without the samples."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .plots import PHASES
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Image:
+    file: str
+    alt: str
+
+
+@dataclass
+class Document:
+    title: str
+    blocks: list[Heading | Para | Bullets | Table | Image] = field(default_factory=list)
+
+
+_BURST = re.compile(r"^burst-(\d+)-")
+
+
+def num(x: Any, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def pval(p: Any) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def ci(c: Any, digits: int = 2, unit: str = "") -> str:
+    if not c or c[0] is None or c[1] is None:
+        return "–"
+    return f"[{c[0]:,.{digits}f}, {c[1]:,.{digits}f}]{unit}"
+
+
+def _reference(name: str, scenarios: Mapping[str, Any]) -> str | None:
+    ref = "pg-socket" if name.startswith("pg-") else "socket"
+    return ref if ref in scenarios else None
+
+
+def table2(scenarios: Mapping[str, Any]) -> Table:
+    """The thesis's Table 2, widened: a column per scenario, the lifecycle mean and its difference
+    from the injected reference (socket, or pg-socket for PostgreSQL), then connect percentiles."""
+    names = [n for n in scenarios if not n.startswith("burst-")]
+    rows: list[list[str]] = [
+        ["n (ok / failed)"] + [f"{scenarios[n]['ok']} / {scenarios[n]['failed']}" for n in names],
+        ["Average ms (lifecycle)"] + [num(scenarios[n]["lifecycle_ms"]["mean"]) for n in names],
+    ]
+    diff = ["Diff ms vs socket"]
+    for n in names:
+        ref = _reference(n, scenarios)
+        mean, ref_mean = scenarios[n]["lifecycle_ms"]["mean"], scenarios[ref]["lifecycle_ms"]["mean"] if ref else None
+        diff.append(
+            num(mean - ref_mean) + (" (vs pg-socket)" if ref == "pg-socket" and n != ref else "")
+            if mean is not None and ref_mean is not None
+            else "–"
+        )
+    rows.append(diff)
+    rows.append(["Lifecycle median ms"] + [num(scenarios[n]["lifecycle_ms"]["median"]) for n in names])
+    rows.append(["Lifecycle p99 ms"] + [num(scenarios[n]["lifecycle_ms"]["p99"]) for n in names])
+    rows.append(["Lifecycle variance ms²"] + [num(scenarios[n]["lifecycle_ms"]["variance"], 2) for n in names])
+    rows.append(["Connect median µs"] + [num(scenarios[n]["connect_us"]["median"], 0) for n in names])
+    rows.append(["Connect p95 µs"] + [num(scenarios[n]["connect_us"]["p95"], 0) for n in names])
+    rows.append(["Connect p99 µs"] + [num(scenarios[n]["connect_us"]["p99"], 0) for n in names])
+    rows.append(["Configured delay ms"] + [num(scenarios[n]["delay_ms"], 0) for n in names])
+    return Table(
+        ["", *names],
+        rows,
+        "Shaped like the thesis's Table 2 (Average ms, Diff ms vs socket), extended with medians, "
+        "variance and connect percentiles.",
+    )
+
+
+def stats_table(scenarios: Mapping[str, Any], metric: str, digits: int) -> Table:
+    rows = []
+    for name, entry in scenarios.items():
+        d = entry.get(metric)
+        if not d or not d.get("n"):
+            continue
+        rows.append(
+            [name, str(d["n"])]
+            + [num(d[k], digits) for k in ("mean", "median", "p95", "p99", "stdev", "min", "max")]
+            + [
+                ci(d.get("ci_median"), digits),
+                ci(d.get("ci_p95"), digits),
+                f"{d['outliers']} / {d['extreme_outliers']}",
+            ]
+        )
+    return Table(
+        [
+            "scenario",
+            "n",
+            "mean",
+            "median",
+            "p95",
+            "p99",
+            "stdev",
+            "min",
+            "max",
+            "95% CI median",
+            "95% CI p95",
+            "outliers 1.5×/3× IQR",
+        ],
+        rows,
+    )
+
+
+def comparisons_table(comparisons: Sequence[Mapping[str, Any]]) -> Table:
+    rows = []
+    for c in comparisons:
+        star = "**" if c.get("emphasis") else ""
+        rows.append(
+            [
+                f"{star}{c['a']} vs {c['b']}{star}",
+                c["metric"],
+                f"{num(c['median_a'], 1)} / {num(c['median_b'], 1)}",
+                f"{num(c['ratio_median'], 3)} {ci(c['ratio_median_ci'], 3)}",
+                f"{num(c['diff_median'], 1)} {ci(c['diff_median_ci'], 1)}",
+                f"{pval(c['mannwhitney_p'])} ({pval(c['mannwhitney_p_holm'])})",
+                f"{num(c['cliffs_delta'], 2)} {c['effect']}",
+                f"{pval(c['levene_mean_p'])} ({pval(c['levene_mean_p_holm'])})",
+                f"{pval(c['levene_median_p'])} ({pval(c['levene_median_p_holm'])})",
+                f"{num(c['variance_a'], 2)} / {num(c['variance_b'], 2)}",
+            ]
+        )
+    return Table(
+        [
+            "comparison",
+            "metric",
+            "median a / b",
+            "ratio of medians [95% CI]",
+            "a − b median [95% CI]",
+            "Mann–Whitney p (Holm)",
+            "Cliff's δ",
+            "Levene p (Holm)",
+            "Brown–Forsythe p (Holm)",
+            "variance a / b",
+        ],
+        rows,
+        "Ratio < 1 and negative δ: the first scenario is faster. Holm correction within each test "
+        "across all comparisons of the run. Bold: the thesis's headline pairs.",
+    )
+
+
+def delay_table(fits: Mapping[str, Any]) -> list[Heading | Para | Bullets | Table | Image]:
+    blocks: list[Heading | Para | Bullets | Table | Image] = []
+    for family in ("direct", "pg-direct"):
+        fam = fits.get(family)
+        if not fam:
+            continue
+        life, conn = fam.get("lifecycle_ms"), fam.get("connect_us")
+        if life:
+            rows = [
+                [r["scenario"], num(r["delay_ms"], 0), str(r["n"]), num(r["mean"]), num(r["diff"])]
+                for r in life["table"]
+            ]
+            blocks.append(
+                Table(
+                    ["scenario", "delay ms", "n", "Average ms", "Diff ms vs reference"],
+                    rows,
+                    f"Lifecycle vs configured delay ({family} family).",
+                )
+            )
+        lines = []
+        for label, fit, unit in (("lifecycle", life, "ms per ms"), ("connect", conn, "µs per ms")):
+            if fit and fit.get("slope") is not None:
+                lines.append(
+                    f"{label}: slope {num(fit['slope'], 3)} {unit} (95% CI {ci(fit['slope_ci'], 3)}), "
+                    f"intercept {num(fit['intercept'], 2)}, r = {num(fit['r'], 3)}, n = {fit['n']}, "
+                    f"over {', '.join(fit['scenarios'])}"
+                )
+        if lines:
+            blocks.append(Bullets(lines))
+    if not blocks:
+        blocks.append(Para("No fit: it needs direct scenarios with at least two different configured delays."))
+    return blocks
+
+
+def phases_table(scenarios: Mapping[str, Any]) -> Table:
+    rows = []
+    for name, entry in scenarios.items():
+        p = entry.get("phases") or {}
+        rows.append(
+            [name]
+            + [num(p.get(k), 2) for k, _ in PHASES]
+            + [
+                num(p.get("lifecycle_ms"), 1),
+                num(p.get("resolve_ms"), 3),
+                num(p.get("handshake_ms"), 3),
+                num(p.get("fd_recv_ms"), 3),
+                f"{p['connect_share']:.2%}" if p.get("connect_share") is not None else "–",
+            ]
+        )
+    return Table(
+        [
+            "scenario",
+            *[label + " ms" for _, label in PHASES],
+            "lifecycle ms",
+            "resolve ms",
+            "handshake ms",
+            "fd receive ms",
+            "connection share",
+        ],
+        rows,
+        "Means per phase. start → die is split into start → ready, connection, request and the rest, "
+        "so the six phases add up to the lifecycle. Connection share = mean connect time / mean lifecycle.",
+    )
+
+
+def burst_table(scenarios: Mapping[str, Any]) -> Table | None:
+    rows = []
+    for name, entry in scenarios.items():
+        m = _BURST.match(name)
+        if m:
+            life = entry["lifecycle_ms"]
+            rows.append(
+                [
+                    m.group(1),
+                    name,
+                    str(life["n"]),
+                    num(life["median"]),
+                    ci(life.get("ci_median"), 1),
+                    num(life["p95"]),
+                    num(entry["connect_us"]["median"], 0),
+                ]
+            )
+    if not rows:
+        return None
+    rows.sort(key=lambda r: (int(r[0]), r[1]))
+    return Table(
+        ["N", "scenario", "n", "lifecycle median ms", "95% CI", "lifecycle p95 ms", "connect median µs"],
+        rows,
+        "Per cold start, with N cold starts started at once.",
+    )
+
+
+def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
+    scenarios = summary.get("scenarios", {})
+    doc = Document("Cold-start benchmark report")
+    b = doc.blocks
+    env = summary.get("environment", {})
+    if env:
+        b.append(Heading("Environment"))
+        b.append(Table(["key", "value"], [[str(k), str(v)] for k, v in env.items()]))
+    b.append(Heading("Summary (thesis Table 2 shape)"))
+    if scenarios:
+        b.append(table2(scenarios))
+    else:
+        b.append(Para("No samples in this run."))
+    findings = summary.get("findings", [])
+    b.append(Heading("Findings"))
+    if findings:
+        b.append(Bullets([f["text"] for f in findings]))
+        cmd = next((f["command"] for f in findings if f.get("command")), None)
+        if cmd:
+            b.append(Para(f"Produced by: `{cmd}`"))
+    else:
+        b.append(Para("No findings: the run lacks the scenario pairs they compare (e.g. socket and direct)."))
+    verdicts = summary.get("verdicts", [])
+    b.append(Heading("Expectations"))
+    if verdicts:
+        policy = summary.get("analysis", {}).get("expectation_policy", "report")
+        b.append(Para(f"Policy: {policy}. p-values are two-sided and Holm-corrected across the expectations."))
+        b.append(
+            Table(
+                ["status", "expectation", "observed", "threshold", "test", "p (Holm)", "n", "note"],
+                [
+                    [
+                        v["status"],
+                        v["expectation"],
+                        num(v["lhs_value"], 2),
+                        num(v["threshold"], 2),
+                        v["test"],
+                        f"{pval(v['p'])} ({pval(v['p_holm'])})",
+                        f"{v['n_lhs']}" + (f" / {v['n_rhs']}" if v.get("rhs") else "") + f" (min {v['min_n']})",
+                        v.get("note", ""),
+                    ]
+                    for v in verdicts
+                ],
+            )
+        )
+    else:
+        b.append(Para("No expectations were declared."))
+    gate = summary.get("gate", [])
+    b.append(Heading("Gate"))
+    b.append(Bullets([g["line"] for g in gate]) if gate else Para("No gate rules and no baseline."))
+    b.append(Heading("Noise warnings"))
+    warnings = summary.get("warnings", [])
+    b.append(Bullets(list(warnings)) if warnings else Para("None."))
+    b.append(Heading("Comparisons"))
+    comps = summary.get("comparisons", [])
+    b.append(comparisons_table(comps) if comps else Para("Fewer than two comparable scenarios."))
+    b.append(Heading("Lifecycle vs configured delay"))
+    b.extend(delay_table(summary.get("delay_fit", {})))
+    b.append(Heading("Phase attribution"))
+    b.append(phases_table(scenarios))
+    bt = burst_table(scenarios)
+    if bt:
+        b.append(Heading("Bursts"))
+        b.append(bt)
+    b.append(Heading("Statistics per scenario"))
+    b.append(Heading("connect_us (µs)", 3))
+    b.append(stats_table(scenarios, "connect_us", 1))
+    b.append(Heading("lifecycle_ms (ms)", 3))
+    b.append(stats_table(scenarios, "lifecycle_ms", 2))
+    b.append(Heading("Plots"))
+    captions = {
+        "connect_per_iteration.png": "Connection time per cold start (thesis Fig. 5)",
+        "lifecycle_per_iteration.png": "Lifecycle per cold start (thesis Fig. 6)",
+        "ecdf_connect.png": "ECDF of connection time",
+        "box_lifecycle.png": "Lifecycle per scenario",
+        "lifecycle_vs_delay.png": "Lifecycle vs configured delay with the fitted line",
+        "phases.png": "Where the lifecycle goes",
+        "burst.png": "Per-start lifecycle vs burst size",
+    }
+    for f in plot_files:
+        b.append(Image(f, captions.get(f, f)))
+    return doc

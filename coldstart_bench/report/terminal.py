@@ -1,0 +1,43 @@
+"""The end-of-run terminal summary: a table per scenario, then verdicts, warnings and gate lines."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..analysis import RunAnalysis
+
+
+def _n(x: Any, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def table_lines(scenarios: dict[str, Any]) -> list[str]:
+    if not scenarios:
+        return ["no samples"]
+    width = max(8, *(len(n) for n in scenarios))
+    head = (
+        f"{'scenario':<{width}} {'n':>5} {'failed':>6} | {'connect_us median':>17} {'p95':>9} {'p99':>9} | "
+        f"{'lifecycle_ms median':>19} {'p95':>8} {'p99':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, e in scenarios.items():
+        c, lc = e["connect_us"], e["lifecycle_ms"]
+        lines.append(
+            f"{name:<{width}} {e['ok']:>5} {e['failed']:>6} | {_n(c['median'], 1):>17} {_n(c['p95'], 1):>9} "
+            f"{_n(c['p99'], 1):>9} | {_n(lc['median'], 1):>19} {_n(lc['p95'], 1):>8} {_n(lc['p99'], 1):>8}"
+        )
+    return lines
+
+
+def render(analysis: RunAnalysis) -> list[str]:
+    summary = analysis.summary
+    lines = table_lines(summary.get("scenarios", {}))
+    if analysis.verdicts:
+        policy = analysis.expectation_policy
+        lines += ["", f"expectations (policy: {policy}):"] + [v.line() for v in analysis.verdicts]
+    if analysis.warnings:
+        lines += [""] + [f"WARNING: {w}" for w in analysis.warnings]
+    if analysis.gate_results:
+        lines += [""] + [g.line() for g in analysis.gate_results]
+    return lines
