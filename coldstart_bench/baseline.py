@@ -55,10 +55,11 @@ class Baseline:
 
 
 def save_baseline(path: Path, samples: Sequence[Sample], analysis: RunAnalysis | None = None) -> None:
-    """Write `path/samples.csv` and `path/summary.json` (the directory is created)."""
+    """Write `path/samples.csv` and `path/summary.json` (the directory is created).
+    Raises ReportWriteError (an OSError) naming the path that could not be written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise BaselineError(f"--bench-save-baseline {path}: exists and is not a directory")
+        raise ReportWriteError(f"cannot save a baseline to {path}: it exists and is not a directory", path)
     ensure_dir(path)
     target = path / SAMPLES_FILE
     try:

@@ -344,15 +344,11 @@ def delay_fit(
     if reference is not None:
         ref = as_array(reference[1])
         ref_mean = float(np.mean(ref)) if ref.size else math.nan
-        table.append(
-            {"scenario": reference[0], "delay_ms": None, "n": int(ref.size), "mean": ref_mean, "diff": 0.0}
-        )
+        table.append({"scenario": reference[0], "delay_ms": None, "n": int(ref.size), "mean": ref_mean, "diff": 0.0})
     for name, (delay, values) in sorted(series.items(), key=lambda kv: kv[1][0]):
         arr = as_array(values)
         mean = float(np.mean(arr)) if arr.size else math.nan
-        table.append(
-            {"scenario": name, "delay_ms": delay, "n": int(arr.size), "mean": mean, "diff": mean - ref_mean}
-        )
+        table.append({"scenario": name, "delay_ms": delay, "n": int(arr.size), "mean": mean, "diff": mean - ref_mean})
     return DelayFit(
         metric=metric,
         scenarios=list(series),

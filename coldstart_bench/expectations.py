@@ -78,28 +78,9 @@ SYNTAX = (
     "test one of bootstrap, mannwhitney, levene, brown-forsythe"
 )
 
-# The thesis's claims and this project's, as shipped defaults (any missing scenario is skipped).
-DEFAULT_EXPECTATIONS: tuple[str, ...] = (
-    "socket.connect_us.median <= direct.connect_us.median / 2",
-    "socket.connect_us.median < direct.connect_us.median (mannwhitney)",
-    "socket.lifecycle_ms.median < direct.lifecycle_ms.median (mannwhitney)",
-    "socket.lifecycle_ms.variance < direct.lifecycle_ms.variance (levene)",
-    "socket.lifecycle_ms.variance < direct.lifecycle_ms.variance (brown-forsythe)",
-    "socket.lifecycle_ms.p99 < direct.lifecycle_ms.p99",
-    "direct-50ms.lifecycle_ms.median > direct-10ms.lifecycle_ms.median (mannwhitney)",
-    "direct-100ms.lifecycle_ms.median > direct-50ms.lifecycle_ms.median (mannwhitney)",
-    "socket-100ms.connect_us.median < 10000",
-    "socket-100ms.lifecycle_ms.median < direct-100ms.lifecycle_ms.median (mannwhitney)",
-    "socket-nonet.lifecycle_ms.median < direct.lifecycle_ms.median (mannwhitney)",
-    "pg-socket.connect_us.median <= pg-direct.connect_us.median / 5",
-    "pg-socket.lifecycle_ms.median < pg-direct.lifecycle_ms.median (mannwhitney)",
-)
-
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _OPERAND = r"[A-Za-z0-9_][A-Za-z0-9_\-]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_]+"
-_EXPR = re.compile(
-    rf"^\s*(?P<lhs>{_OPERAND})\s*(?P<op><=|>=|<|>)\s*(?P<rhs>[^()]+?)\s*(?:\((?P<opts>[^()]*)\))?\s*$"
-)
+_EXPR = re.compile(rf"^\s*(?P<lhs>{_OPERAND})\s*(?P<op><=|>=|<|>)\s*(?P<rhs>[^()]+?)\s*(?:\((?P<opts>[^()]*)\))?\s*$")
 _RHS_OPERAND = re.compile(rf"^(?P<ref>{_OPERAND})\s*(?:(?P<mul>[*/])\s*(?P<num>{_NUM}))?$")
 _RHS_LEFT_FACTOR = re.compile(rf"^(?P<num>{_NUM})\s*\*\s*(?P<ref>{_OPERAND})$")
 _RHS_NUMBER = re.compile(rf"^{_NUM}$")
@@ -146,13 +127,9 @@ class Expectation:
 def _operand(text: str, where: str) -> Operand:
     scenario, metric, stat = text.split(".")
     if metric not in ALL_METRICS:
-        raise ValueError(
-            f"{where}: unknown metric {metric!r} in {text!r}; expected one of {', '.join(ALL_METRICS)}"
-        )
+        raise ValueError(f"{where}: unknown metric {metric!r} in {text!r}; expected one of {', '.join(ALL_METRICS)}")
     if stat not in STAT_NAMES:
-        raise ValueError(
-            f"{where}: unknown statistic {stat!r} in {text!r}; expected one of {', '.join(STAT_NAMES)}"
-        )
+        raise ValueError(f"{where}: unknown statistic {stat!r} in {text!r}; expected one of {', '.join(STAT_NAMES)}")
     return Operand(scenario, metric, stat)
 
 
@@ -193,9 +170,7 @@ def parse_expectation(text: str) -> Expectation:
         key = key.lower()
         if not _:
             if key not in TESTS:
-                raise ValueError(
-                    f"{where}: unknown test {item!r}; expected one of {', '.join(sorted(set(TESTS)))}"
-                )
+                raise ValueError(f"{where}: unknown test {item!r}; expected one of {', '.join(sorted(set(TESTS)))}")
             test = TESTS[key]
         elif key == "alpha":
             try:
@@ -213,15 +188,9 @@ def parse_expectation(text: str) -> Expectation:
 
     if test != "bootstrap" and rhs is None:
         raise ValueError(f"{where}: {test} compares two scenarios; against a fixed number use the bootstrap")
-    if test == "mannwhitney" and (
-        lhs.stat not in LOCATION_STATS or rhs is None or rhs.stat not in LOCATION_STATS
-    ):
-        raise ValueError(
-            f"{where}: mannwhitney tests a location shift; use it with {', '.join(LOCATION_STATS)}"
-        )
-    if test in ("levene", "brown-forsythe") and (
-        lhs.stat not in SPREAD_STATS or rhs is None or rhs.stat != lhs.stat
-    ):
+    if test == "mannwhitney" and (lhs.stat not in LOCATION_STATS or rhs is None or rhs.stat not in LOCATION_STATS):
+        raise ValueError(f"{where}: mannwhitney tests a location shift; use it with {', '.join(LOCATION_STATS)}")
+    if test in ("levene", "brown-forsythe") and (lhs.stat not in SPREAD_STATS or rhs is None or rhs.stat != lhs.stat):
         raise ValueError(f"{where}: {test} compares spreads; use it with variance or stdev on both sides")
     return Expectation(
         text=" ".join(text.split()),
@@ -354,9 +323,7 @@ def _bootstrap_test(
     """Percentile-bootstrap test of lhs − threshold: two-sided p from the share of replicates on
     either side of zero (the CI-inversion p-value), and the sign of the point estimate."""
     if b is None:
-        reps = bootstrap_distribution(a, e.lhs.stat, resamples=resamples, seed=seed) - float(
-            e.constant or 0.0
-        )
+        reps = bootstrap_distribution(a, e.lhs.stat, resamples=resamples, seed=seed) - float(e.constant or 0.0)
         point = statistic(a, e.lhs.stat) - float(e.constant or 0.0)
     else:
         assert e.rhs is not None
@@ -383,9 +350,7 @@ def evaluate(
     """Verdicts for all expectations; `values[scenario][metric]` holds the successful samples' values."""
     verdicts: list[Verdict] = []
     for i, e in enumerate(expectations):
-        v = Verdict(
-            expectation=e, status=NO_EVIDENCE, test=e.test, alpha=e.alpha or alpha, min_n=e.required_n()
-        )
+        v = Verdict(expectation=e, status=NO_EVIDENCE, test=e.test, alpha=e.alpha or alpha, min_n=e.required_n())
         verdicts.append(v)
         missing = [s for s in e.scenarios if s not in values]
         if missing:
@@ -404,11 +369,7 @@ def evaluate(
         smallest = min(v.n_lhs, v.n_rhs) if b is not None else v.n_lhs
         if smallest < v.min_n:
             v.status = TOO_FEW
-            v.note = (
-                f"n={v.n_lhs}"
-                + (f"/{v.n_rhs}" if b is not None else "")
-                + f", needs at least {v.min_n} a side"
-            )
+            v.note = f"n={v.n_lhs}" + (f"/{v.n_rhs}" if b is not None else "") + f", needs at least {v.min_n} a side"
             continue
         if e.test == "bootstrap":
             v.p, v.direction = _bootstrap_test(a, b, e, resamples, seed + i)

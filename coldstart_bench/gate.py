@@ -33,6 +33,7 @@ RULE_SYNTAX = "<scenario>.<metric>.<stat> <= <value>  (or '<'; stat one of " + "
 # Fewer values than this on a side and a rank test cannot reach significance at 0.05: say so.
 MIN_N_RELATIVE = 5
 
+
 class GateRuleError(ValueError):
     """A bench_gate rule that cannot be understood: a usage error, not a crash."""
 
@@ -53,7 +54,7 @@ class GateRule:
 
 _RULE = re.compile(
     r"^(?P<scenario>[A-Za-z0-9_][A-Za-z0-9_\-]*)\.(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\.(?P<stat>[A-Za-z0-9_]+)"
-    r"\s*(?P<op><=|<|>=|>|==|=)\s*(?P<value>\S+)$"
+    r"\s*(?P<op><=|<|>=|>|==|=)\s*(?P<value>[^\s<>=]\S*)$"
 )
 
 
@@ -75,23 +76,15 @@ def _parse_rule(body: str, line_no: int) -> GateRule:
     if not m:
         raise GateRuleError(f"{where}: cannot parse; expected {RULE_SYNTAX}")
     if m["op"] not in ("<=", "<"):
-        raise GateRuleError(
-            f"{where}: operator {m['op']!r} not allowed; a gate rule is an upper limit, use <= or <"
-        )
+        raise GateRuleError(f"{where}: operator {m['op']!r} not allowed; a gate rule is an upper limit, use <= or <")
     if m["metric"] not in ALL_METRICS:
-        raise GateRuleError(
-            f"{where}: unknown metric {m['metric']!r}; expected one of {', '.join(ALL_METRICS)}"
-        )
+        raise GateRuleError(f"{where}: unknown metric {m['metric']!r}; expected one of {', '.join(ALL_METRICS)}")
     if m["stat"] not in STAT_NAMES:
-        raise GateRuleError(
-            f"{where}: unknown statistic {m['stat']!r}; expected one of {', '.join(STAT_NAMES)}"
-        )
+        raise GateRuleError(f"{where}: unknown statistic {m['stat']!r}; expected one of {', '.join(STAT_NAMES)}")
     try:
         limit = float(m["value"])
     except ValueError:
-        raise GateRuleError(
-            f"{where}: limit {m['value']!r} is not a number; expected {RULE_SYNTAX}"
-        ) from None
+        raise GateRuleError(f"{where}: limit {m['value']!r} is not a number; expected {RULE_SYNTAX}") from None
     if not math.isfinite(limit):
         raise GateRuleError(f"{where}: limit must be a finite number, got {m['value']!r}")
     return GateRule(m["scenario"], m["metric"], m["stat"], m["op"], limit, m["value"], line_no)
@@ -110,8 +103,7 @@ def parse_max_regression(text: str) -> float:
         raise ValueError(f"--bench-max-regression must be a non-negative percentage, got {text!r}")
     if not raw.endswith("%") and value >= 1:
         raise ValueError(
-            f"--bench-max-regression {text!r} is ambiguous: "
-            f"write '{raw}%' for a percentage or a fraction below 1"
+            f"--bench-max-regression {text!r} is ambiguous: write '{raw}%' for a percentage or a fraction below 1"
         )
     return value
 
@@ -263,9 +255,7 @@ def compare_with_baseline(
                 n_baseline=int(base.size),
             )
             if cur.size < MIN_N_RELATIVE or base.size < MIN_N_RELATIVE:
-                res.note = (
-                    f"too few samples to test (n={cur.size}/{base.size}, needs {MIN_N_RELATIVE} a side)"
-                )
+                res.note = f"too few samples to test (n={cur.size}/{base.size}, needs {MIN_N_RELATIVE} a side)"
             else:
                 _u, res.p = mann_whitney(cur, base, "greater")
             results.append(res)
@@ -291,7 +281,5 @@ def evaluate_gate(
 ) -> list[GateResult]:
     results = evaluate_rules(rules, values)
     if baseline is not None:
-        results += compare_with_baseline(
-            values, baseline.values(), max_regression=max_regression, alpha=alpha
-        )
+        results += compare_with_baseline(values, baseline.values(), max_regression=max_regression, alpha=alpha)
     return results

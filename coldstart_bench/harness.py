@@ -113,6 +113,7 @@ class Harness:
                 self._broken = f"coldstart-bench: the testbed did not come up: {exc}"
             pytest.fail(self._broken, pytrace=False)
         self.testbed = testbed
+        self.progress.restart_clock()
         return testbed
 
     @staticmethod
@@ -154,7 +155,9 @@ class Harness:
                 testbed.delay.backend
             )
         for _ in range(warmup):
-            cold_start_samples(testbed, self.runner, scenario, iteration=-1)
+            warm = cold_start_samples(testbed, self.runner, scenario, iteration=-1)
+            if scenario.backend == "pg":
+                testbed.pg_cold_starts_ok += sum(s.ok for s in warm)
             self.progress.tick(f"{scenario.id} (warm-up)", scenario.burst)
         measured: list[Sample] = []
         first = len([s for s in self.state.samples if s.scenario == scenario.id]) // max(scenario.burst, 1)
@@ -163,6 +166,8 @@ class Harness:
             for sample in batch:
                 self.state.add(sample)
             measured.extend(batch)
+            if scenario.backend == "pg":
+                testbed.pg_cold_starts_ok += sum(s.ok for s in batch)
             self.progress.tick(scenario.id, len(batch))
             if any(not s.ok for s in batch) and sum(not s.ok for s in measured) >= 3:
                 break  # something is broken: stop burning time, report what we have
@@ -205,9 +210,26 @@ class Harness:
         self._record_benchmark(benchmark, scenario, samples)
         status = self.testbed.pool_status() if self.testbed is not None else ""
         problems = validate(scenario, samples, pool_status=status)
+        if scenario.backend == "pg":
+            problems.extend(self._check_database())
         if problems:
             pytest.fail(f"{scenario_id}: " + "\n  ".join(problems), pytrace=False)
         return samples
+
+    def _check_database(self) -> list[str]:
+        """Every successful OLTP cold start committed exactly one transfer, and money is conserved."""
+        if self.testbed is None or self.testbed.pg is None:
+            return []
+        transfers, balanced = self.testbed.pg.check_balances()
+        self.state.environment["pg_transfers_checked"] = transfers
+        problems = []
+        if transfers != self.testbed.pg_cold_starts_ok:
+            problems.append(
+                f"database holds {transfers} transfers but {self.testbed.pg_cold_starts_ok} cold starts committed one"
+            )
+        if not balanced:
+            problems.append("account balances do not add up to the initial total")
+        return problems
 
     @staticmethod
     def _record_benchmark(benchmark: Any, scenario: Scenario, samples: Sequence[Sample]) -> None:

@@ -190,14 +190,15 @@ class PostgresBackend(_Admin):
         from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
         kwargs: dict[str, Any] = {"labels": self.labels, "network": self.network_name, **self.container_kwargs}
-        if self.publish:
-            kwargs["ports"] = {f"{PG_PORT}/tcp": ("127.0.0.1", None)}
         container = (
             DockerContainer(self.image)
             .with_name(self.name)
             .with_kwargs(**kwargs)
             .waiting_for(LogMessageWaitStrategy(READY_LINE).with_startup_timeout(int(self.start_timeout)))
         )
+        if self.publish:
+            # Loopback only, random port: the host needs it for ad-hoc access, nobody else.
+            container = container.with_bind_ports(PG_PORT, ("127.0.0.1", None))  # type: ignore[arg-type]
         if self.postgres_args:
             container = container.with_command(list(self.postgres_args))
         try:

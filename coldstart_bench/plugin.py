@@ -65,6 +65,7 @@ def _scenario_of(item: pytest.Item) -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: count only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     selected: list[str] = []
     expectations: list[str] = []

@@ -31,6 +31,10 @@ class Progress:
         self._started = clock()
         self._last = -1e9
 
+    def restart_clock(self) -> None:
+        """Start the ETA clock when measuring starts, not while images build."""
+        self._started = self._clock()
+
     def add_planned(self, n: int) -> None:
         self.total += n
 

@@ -129,9 +129,7 @@ def bootstrap_distribution_two(
         return combine(stat_function(stat_a)(xa[ia]), stat_function(stat_b)(xb[ib]))
 
 
-def percentile_interval(
-    replicates: np.ndarray, confidence: float = DEFAULT_CONFIDENCE
-) -> tuple[float, float]:
+def percentile_interval(replicates: np.ndarray, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
     finite = replicates[np.isfinite(replicates)]
     if finite.size == 0:
         return (math.nan, math.nan)
@@ -203,7 +201,4 @@ def values_by_scenario(
     samples: Sequence[Sample], metrics: Sequence[str] = ALL_METRICS
 ) -> dict[str, dict[str, np.ndarray]]:
     """{scenario: {metric: finite values of the successful samples}}, scenarios in run order."""
-    return {
-        name: {m: as_array(group.values(m)) for m in metrics}
-        for name, group in group_by_scenario(samples).items()
-    }
+    return {name: {m: as_array(group.values(m)) for m in metrics} for name, group in group_by_scenario(samples).items()}

@@ -27,12 +27,16 @@ from .scenarios import Scenario
 if TYPE_CHECKING:
     from .delay import SynAckDelay
     from .images import ImageSet
+    from .pg import PostgresBackend
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
 LABEL_PID = "coldstart-bench.pid"
 SOCKET_MOUNT = "/run/cpm"
 SOCKET_NAME = "pool.sock"
+# Credentials and the manager's config live apart from the socket: functions that get an
+# injected session never see them (only the pool manager and direct-mode functions mount it).
+SECRET_MOUNT = "/run/cpm-secret"
 READY = r'"event":\s*"ready"'
 
 
@@ -76,6 +80,10 @@ class Testbed:
         self.labels = run_labels(run_id)
         self.socket_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-", dir="/tmp"))
         self.socket_dir.chmod(0o755)
+        self.secret_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-secret-", dir="/tmp"))
+        self.pg: PostgresBackend | None = None
+        self.pg_cold_starts_ok = 0  # successful pg function runs, warm-ups included: each commits one transfer
+        self.delay_target = "echo"
         self.network: Network | None = None
         self.echo: DockerContainer | None = None
         self.pool: DockerContainer | None = None
@@ -138,7 +146,13 @@ class Testbed:
                 f"{name} ({image}) did not become ready: {exc}\nlast log lines:\n{logs}"
             ) from exc
 
+    @property
+    def pg_name(self) -> str:
+        return f"csb-pg-{self.run_id}"
+
     def pool_command(self) -> list[str]:
+        if self.pg is not None:
+            return ["python3", "-m", "components.pool_manager", "--config", f"{SECRET_MOUNT}/pool.json"]
         return [
             "python3", "-m", "components.pool_manager",
             "--target", self.target,
@@ -150,11 +164,14 @@ class Testbed:
     def start_pool(self) -> None:
         if self.pool is not None:
             return
+        # The postgres pool kind needs the driver, which the pgfunction image carries.
+        image = self.images.extra["pgfunction"] if self.pg is not None else self.images.pool
         container = (
-            DockerContainer(self.images.pool)
+            DockerContainer(image)
             .with_name(self.pool_name)
             .with_command(self.pool_command())
             .with_volume_mapping(str(self.socket_dir), SOCKET_MOUNT, "rw")
+            .with_volume_mapping(str(self.secret_dir), SECRET_MOUNT, "ro")
             .with_kwargs(labels=self.labels, network=self.network_name)
             .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
         )
@@ -186,9 +203,29 @@ class Testbed:
             return "running"
         return f"exited with code {state.get('ExitCode')} ({state.get('Error') or 'no error'}); logs:\n{_tail(wrapped)}"
 
-    def set_delay(self, delay_ms: float) -> str | None:
-        """Apply the SYN-ACK delay of a scenario (or remove it); returns the backend used."""
-        if delay_ms == self.delay_ms and (self.delay is not None or delay_ms == 0):
+    def ensure_pg(self) -> PostgresBackend:
+        """Start the database once, then restart the pool manager with an authenticated-session pool."""
+        if self.pg is not None:
+            return self.pg
+        from .pg import PostgresBackend, manager_config
+
+        backend = PostgresBackend(self.client, self.images.extra["postgres"], self.network_name, self.pg_name,
+                                  self.labels, publish=False)  # fmt: skip
+        self.pg = backend.start()
+        backend.write_password_file(self.secret_dir)
+        pools = {
+            self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
+            **backend.pool_config(backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)),
+        }
+        (self.secret_dir / "pool.json").write_text(manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools))
+        self.secret_dir.chmod(0o755)
+        self.stop_pool()
+        self.start_pool()
+        return backend
+
+    def set_delay(self, delay_ms: float, target: str = "echo") -> str | None:
+        """Apply the SYN-ACK delay of a scenario to a backend (or remove it); returns the backend used."""
+        if delay_ms == self.delay_ms and target == self.delay_target and (self.delay is not None or delay_ms == 0):
             return self.delay.backend if self.delay else None
         if self.delay is not None:
             self.delay.stop()
@@ -197,16 +234,17 @@ class Testbed:
         if delay_ms > 0:
             from .delay import SynAckDelay
 
-            assert self.echo is not None
+            if target == "pg":
+                assert self.pg is not None
+                container_id, port = self.pg.container_id, self.pg.port
+            else:
+                assert self.echo is not None
+                container_id, port = self.echo.get_wrapped_container().id, self.config.echo_port
             self.delay = SynAckDelay(
-                self.client,
-                self.images.delay,
-                self.echo.get_wrapped_container().id,
-                self.config.echo_port,
-                delay_ms,
-                labels=self.labels,
+                self.client, self.images.delay, container_id, port, delay_ms, labels=self.labels
             ).start()
             self.delay_ms = delay_ms
+            self.delay_target = target
             if self.delay.backend:
                 self.delay_backends.add(self.delay.backend)
             return self.delay.backend
@@ -214,13 +252,17 @@ class Testbed:
 
     def prepare(self, scenario: Scenario) -> None:
         """Bring the testbed into the state a scenario needs."""
-        self.set_delay(scenario.delay_ms)
+        if scenario.backend == "pg":
+            self.ensure_pg()
+        self.set_delay(scenario.delay_ms, scenario.backend)
         if scenario.pool_up:
             self.start_pool()
         else:
             self.stop_pool()
 
     def function_spec(self, scenario: Scenario) -> FunctionSpec:
+        if scenario.backend == "pg":
+            return self._pg_function_spec(scenario)
         command = [
             "python3", "-m", "components.function",
             "--mode", scenario.mode,
@@ -239,15 +281,38 @@ class Testbed:
             labels={**self.labels, "coldstart-bench.role": "function"},
         )
 
+    def _pg_function_spec(self, scenario: Scenario) -> FunctionSpec:
+        assert self.pg is not None
+        command = [
+            "python3", "-m", "components.pg_function",
+            "--mode", scenario.mode,
+            "--host", self.pg.host, "--port", str(self.pg.port),
+            "--database", self.pg.database, "--user", self.pg.user,
+            "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--pool", "pg",
+        ]  # fmt: skip
+        binds = {str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}}
+        if scenario.mode == "direct":
+            # Only a function that authenticates itself gets the credential.
+            command += ["--password-file", f"{SECRET_MOUNT}/pgpassword"]
+            binds[str(self.secret_dir)] = {"bind": SECRET_MOUNT, "mode": "ro"}
+        return FunctionSpec(
+            image=self.images.extra["pgfunction"],
+            command=command,
+            network="none" if scenario.network == "none" else self.network_name,
+            binds=binds,
+            labels={**self.labels, "coldstart-bench.role": "function"},
+        )
+
     def close(self) -> None:
         errors: list[str] = []
-        for step in (self._close_delay, self.stop_pool, self._close_echo, self._close_network):
+        for step in (self._close_delay, self.stop_pool, self._close_pg, self._close_echo, self._close_network):
             try:
                 step()
             except Exception as exc:
                 errors.append(f"{step.__name__}: {exc}")
         sweep(self.client, self.run_id)
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+        shutil.rmtree(self.secret_dir, ignore_errors=True)
         if errors:
             raise TestbedError("cleanup incomplete: " + "; ".join(errors))
 
@@ -255,6 +320,11 @@ class Testbed:
         if self.delay is not None:
             self.delay.stop()
             self.delay = None
+
+    def _close_pg(self) -> None:
+        if self.pg is not None:
+            self.pg.stop()
+            self.pg = None
 
     def _close_echo(self) -> None:
         if self.echo is not None:

@@ -470,7 +470,13 @@ class Manager:
     def reply_error(self, client: _Client, code: str, detail: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
         line = json.dumps({"ok": False, "error": code, "detail": detail}, separators=(",", ":")) + "\n"
-        self.reply(client, line.encode())
+        with contextlib.suppress(OSError):
+            client.sock.send(line.encode(), _SEND_FLAGS)
+            # Closing with unread input would reset the caller's read of this reply: drain a little first.
+            for _ in range(16):
+                if not client.sock.recv(65536, socket.MSG_DONTWAIT):
+                    break
+        self.close_client(client)
 
     def close_client(self, client: _Client) -> None:
         if self.clients.pop(client.fd, None) is None:
@@ -541,6 +547,8 @@ class Manager:
     def hand_out(self, client: _Client, pool: Pool, conn: _Conn) -> bool:
         self.next_id += 1
         hid = self.next_id
+        # Time in the manager up to the reply (measured before sending: the woken caller may preempt us).
+        self.lat_counts[bisect.bisect_left(_LAT_BOUNDS_US, (time.monotonic() - client.t0) * 1e6)] += 1
         reply = b'%s%s","id":%d,"meta":%s}\n' % (pool.reply_head, conn.peer.encode(), hid, conn.meta)
         try:
             sent = client.sock.sendmsg(
@@ -563,8 +571,6 @@ class Manager:
         if len(handed) > _HANDED_MEMORY:
             handed.popitem(last=False)
         conn.sock.close()
-        lat_us = (time.monotonic() - client.t0) * 1e6
-        self.lat_counts[bisect.bisect_left(_LAT_BOUNDS_US, lat_us)] += 1
         if self.cfg.log_grants == "each":
             self.logbuf.append(
                 f'{{"ts":{time.time():.6f},"level":"info","event":"grant","pool":{pool.jname},"id":{hid},'

@@ -11,7 +11,7 @@ from ..samples import Sample
 from . import html, markdown
 from .content import build_document
 from .files import ReportWriteError, ensure_dir, write_bytes_atomic, write_text_atomic
-from .plots import make_plots
+from .plots import iter_plots
 
 __all__ = ["ReportWriteError", "write_all"]
 
@@ -26,9 +26,10 @@ def write_all(run_dir: Path, samples: Sequence[Sample], summary: Mapping[str, An
         ensure_dir(run_dir)
         text = json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
         written.append(write_text_atomic(run_dir / "summary.json", text))
-        plots = make_plots(samples, summary)
-        for name, data in plots.items():
+        plots: dict[str, bytes] = {}
+        for name, data in iter_plots(samples, summary):
             written.append(write_bytes_atomic(run_dir / name, data))
+            plots[name] = data
         doc = build_document(summary, list(plots))
         written.append(write_text_atomic(run_dir / "report.md", markdown.render(doc)))
         written.append(write_text_atomic(run_dir / "report.html", html.render(doc, plots)))

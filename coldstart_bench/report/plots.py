@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -254,21 +254,25 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and math.isfinite(x)
 
 
-def make_plots(samples: Sequence[Sample], summary: Mapping[str, Any]) -> dict[str, bytes]:
-    """{file name: PNG bytes} for every plot this run has data for (burst.png only with bursts)."""
-    plots: dict[str, bytes] = {
-        "connect_per_iteration.png": per_iteration(
-            samples, "connect_us", "Connection time per cold start (thesis Fig. 5)", "connect (µs)"
-        ),
-        "lifecycle_per_iteration.png": per_iteration(
-            samples, "lifecycle_ms", "Container lifecycle per cold start (thesis Fig. 6)", "lifecycle (ms)"
-        ),
-        "ecdf_connect.png": ecdf(samples, "connect_us", "connect (µs)"),
-        "box_lifecycle.png": box(samples, "lifecycle_ms", "lifecycle (ms)"),
-        "lifecycle_vs_delay.png": lifecycle_vs_delay(samples, summary),
-        "phases.png": phases(summary),
-    }
+def iter_plots(samples: Sequence[Sample], summary: Mapping[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """(file name, PNG bytes) for every plot this run has data for, rendered one at a time so a
+    caller can write each before drawing the next (burst.png only when bursts ran)."""
+    yield (
+        "connect_per_iteration.png",
+        per_iteration(samples, "connect_us", "Connection time per cold start (thesis Fig. 5)", "connect (µs)"),
+    )
+    yield (
+        "lifecycle_per_iteration.png",
+        per_iteration(samples, "lifecycle_ms", "Container lifecycle per cold start (thesis Fig. 6)", "lifecycle (ms)"),
+    )
+    yield "ecdf_connect.png", ecdf(samples, "connect_us", "connect (µs)")
+    yield "box_lifecycle.png", box(samples, "lifecycle_ms", "lifecycle (ms)")
+    yield "lifecycle_vs_delay.png", lifecycle_vs_delay(samples, summary)
+    yield "phases.png", phases(summary)
     b = burst(summary)
     if b is not None:
-        plots["burst.png"] = b
-    return plots
+        yield "burst.png", b
+
+
+def make_plots(samples: Sequence[Sample], summary: Mapping[str, Any]) -> dict[str, bytes]:
+    return dict(iter_plots(samples, summary))

@@ -66,9 +66,14 @@ def test_mann_whitney_hand_example() -> None:
 
 @pytest.mark.parametrize(
     ("a", "b", "expected"),
-    [([1, 2, 3], [4, 5, 6], -1.0), ([4, 5, 6], [1, 2, 3], 1.0), ([1, 3], [2], 0.0), ([1, 2], [1, 2], 0.0),
-     ([1, 2, 3, 4], [2], 0.25)],
-)  # fmt: skip
+    [
+        ([1, 2, 3], [4, 5, 6], -1.0),
+        ([4, 5, 6], [1, 2, 3], 1.0),
+        ([1, 3], [2], 0.0),
+        ([1, 2], [1, 2], 0.0),
+        ([1, 2, 3, 4], [2], 0.25),
+    ],
+)
 def test_cliffs_delta_hand_examples(a: list[float], b: list[float], expected: float) -> None:
     assert cliffs_delta(a, b) == pytest.approx(expected)
 
@@ -87,8 +92,12 @@ def test_cliffs_delta_equals_its_definition(a: list[float], b: list[float]) -> N
 
 def test_cliffs_magnitude_thresholds() -> None:
     assert [cliffs_magnitude(d) for d in (0.1, -0.2, 0.4, -0.9, math.nan)] == [
-        "negligible", "small", "medium", "large", "n/a"
-    ]  # fmt: skip
+        "negligible",
+        "small",
+        "medium",
+        "large",
+        "n/a",
+    ]
 
 
 def test_holm_hand_example() -> None:
@@ -125,13 +134,13 @@ def test_ratio_ci_covers_a_known_scale_factor() -> None:
     rng = np.random.default_rng(5)
     slow = rng.lognormal(np.log(951), 0.2, 200)
     fast = rng.lognormal(np.log(951 / 3.6), 0.2, 200)
-    ratio, ci = ratio_of_medians(slow, fast, resamples=500)
+    _ratio, ci = ratio_of_medians(slow, fast, resamples=500)
     assert ci is not None and ci[0] < 3.6 < ci[1]
 
 
 def test_linear_fit_exact_and_against_scipy() -> None:
     x = np.array([0, 0, 10, 10, 50, 50, 100, 100], dtype=float)
-    slope, ci, intercept, r, _p, stderr = linear_fit(x, 3 + 2 * x)
+    slope, ci, intercept, r, *_ = linear_fit(x, 3 + 2 * x)
     assert slope == pytest.approx(2.0) and intercept == pytest.approx(3.0) and r == pytest.approx(1.0)
     assert ci == pytest.approx((2.0, 2.0), abs=1e-9)
     y = 350 + x + np.random.default_rng(2).normal(0, 5, x.size)
@@ -145,8 +154,12 @@ def test_linear_fit_exact_and_against_scipy() -> None:
 
 def test_delay_fit_reproduces_thesis_table_2() -> None:
     # The thesis's averages: socket 338, direct 353, +10 ms 365, +50 ms 410, +100 ms 461.
-    means = {"direct": (0.0, 353.0), "direct-10ms": (10.0, 365.0), "direct-50ms": (50.0, 410.0),
-             "direct-100ms": (100.0, 461.0)}  # fmt: skip
+    means = {
+        "direct": (0.0, 353.0),
+        "direct-10ms": (10.0, 365.0),
+        "direct-50ms": (50.0, 410.0),
+        "direct-100ms": (100.0, 461.0),
+    }
     series = {k: (d, [m - 1.0, m, m + 1.0]) for k, (d, m) in means.items()}
     fit = delay_fit(series, "lifecycle_ms", reference=("socket", [337.0, 338.0, 339.0]))
     assert fit is not None
@@ -160,8 +173,18 @@ def test_delay_fit_reproduces_thesis_table_2() -> None:
 
 
 def test_reference_pairs() -> None:
-    present = ["socket", "direct", "direct-100ms", "socket-100ms", "socket-nonet", "pg-direct", "pg-socket",
-               "burst-1-socket-nonet", "burst-4-socket-nonet", "burst-4-direct"]  # fmt: skip
+    present = [
+        "socket",
+        "direct",
+        "direct-100ms",
+        "socket-100ms",
+        "socket-nonet",
+        "pg-direct",
+        "pg-socket",
+        "burst-1-socket-nonet",
+        "burst-4-socket-nonet",
+        "burst-4-direct",
+    ]
     assert reference_for("socket", present) == [("direct", True)]
     assert reference_for("direct", present) == []
     assert reference_for("socket-100ms", present) == [("direct", False), ("direct-100ms", True)]

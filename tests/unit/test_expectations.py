@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coldstart_bench.expectations import (
-    DEFAULT_EXPECTATIONS,
     NO_EVIDENCE,
     PASS,
     SKIPPED,
@@ -32,8 +31,12 @@ def lognormal(median: float, sigma: float, n: int, seed: int) -> np.ndarray:
 def test_parse_the_documented_examples() -> None:
     e = parse_expectation("socket.connect_us.median <= direct.connect_us.median / 2")
     assert (str(e.lhs), e.op, str(e.rhs), e.factor, e.test) == (
-        "socket.connect_us.median", "<=", "direct.connect_us.median", 0.5, "bootstrap"
-    )  # fmt: skip
+        "socket.connect_us.median",
+        "<=",
+        "direct.connect_us.median",
+        0.5,
+        "bootstrap",
+    )
     e = parse_expectation("socket.lifecycle_ms.variance < direct.lifecycle_ms.variance (levene, alpha=0.05)")
     assert e.test == "levene" and e.alpha == 0.05 and e.expected_sign == -1
     e = parse_expectation("direct-100ms.lifecycle_ms.median > direct-50ms.lifecycle_ms.median (mannwhitney)")
@@ -44,8 +47,6 @@ def test_parse_the_documented_examples() -> None:
     assert parse_expectation("a.connect_us.median < 0.5 * b.connect_us.median").factor == 0.5
     assert parse_expectation("a.connect_us.median < b.connect_us.median * 3").factor == 3.0
     assert parse_expectation("a.lifecycle_ms.stdev < b.lifecycle_ms.stdev (Brown-Forsythe)").test == "brown-forsythe"
-    for text in DEFAULT_EXPECTATIONS:
-        parse_expectation(text)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,9 @@ def test_same_distribution_gives_no_evidence() -> None:
 
 
 def test_too_few_samples_and_absent_scenarios() -> None:
-    values = run_values(socket={"connect_us": lognormal(260, 0.2, 5, 1)}, direct={"connect_us": lognormal(951, 0.2, 40, 2)})
+    values = run_values(
+        socket={"connect_us": lognormal(260, 0.2, 5, 1)}, direct={"connect_us": lognormal(951, 0.2, 40, 2)}
+    )
     verdicts = evaluate(
         [
             parse_expectation("socket.connect_us.median < direct.connect_us.median (mannwhitney)"),
@@ -145,7 +148,9 @@ def test_holm_makes_marginal_results_inconclusive() -> None:
 
 def test_factor_scales_the_threshold() -> None:
     values = run_values(socket={"connect_us": np.full(20, 300.0)}, direct={"connect_us": np.full(20, 1000.0)})
-    v = evaluate([parse_expectation("socket.connect_us.median <= direct.connect_us.median / 2")], values, resamples=50)[0]
+    v = evaluate([parse_expectation("socket.connect_us.median <= direct.connect_us.median / 2")], values, resamples=50)[
+        0
+    ]
     assert v.rhs_raw == 1000.0 and v.rhs_value == 500.0 and v.status == PASS
     assert "× 0.5 → threshold 500.0" in v.line()
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
+from synthetic_samples import scenario_samples
 
 from coldstart_bench.stats import (
     STAT_NAMES,
@@ -18,7 +19,6 @@ from coldstart_bench.stats import (
     statistic,
     values_by_scenario,
 )
-from synthetic_samples import scenario_samples
 
 ONE_TO_TEN = [float(x) for x in range(1, 11)]
 
@@ -74,8 +74,23 @@ def test_bootstrap_ci_degenerate_inputs() -> None:
 
 def test_describe_has_every_field_and_is_json_safe() -> None:
     d = describe(ONE_TO_TEN, resamples=100)
-    for key in ("n", "mean", "median", "p50", "p95", "p99", "variance", "stdev", "min", "max", "iqr",
-                "outliers", "extreme_outliers", "ci_median", "ci_p95"):  # fmt: skip
+    for key in (
+        "n",
+        "mean",
+        "median",
+        "p50",
+        "p95",
+        "p99",
+        "variance",
+        "stdev",
+        "min",
+        "max",
+        "iqr",
+        "outliers",
+        "extreme_outliers",
+        "ci_median",
+        "ci_p95",
+    ):
         assert key in d
     assert d["n"] == 10 and d["min"] == 1.0 and d["max"] == 10.0 and d["iqr"] == pytest.approx(4.5)
     json.dumps(d, allow_nan=False)
