@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .baseline import Baseline
-from .compare import Comparison, adjust, compare, delay_fit, reference_for, two_sample_estimate
+from .compare import Comparison, adjust, compare, delay_fit, paired_blocks, reference_for, two_sample_estimate
 from .expectations import Expectation, Verdict, evaluate, verdicts_fail
 from .gate import GateResult, GateRule, evaluate_gate
 from .noise import noise_warnings
@@ -141,6 +141,29 @@ def _comparisons(values: Mapping[str, Mapping[str, np.ndarray]], resamples: int,
                 if a.size and b.size:
                     out.append(compare(scenario, a, ref, b, metric, resamples=resamples, seed=seed, emphasis=emphasis))
     adjust(out)
+    return out
+
+
+def _paired_blocks(groups: Mapping[str, Sequence[Sample]], resamples: int, seed: int) -> list[dict[str, Any]]:
+    """Per-block paired differences for every compared pair that ran interleaved (several blocks)."""
+
+    def by_block(samples: Sequence[Sample], metric: str) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for s in samples:
+            if s.ok:
+                out.setdefault(s.block, []).append(s.value(metric))
+        return out
+
+    present = list(groups)
+    out = []
+    for scenario in present:
+        for ref, _emphasis in reference_for(scenario, present):
+            for metric in PRIMARY_METRICS:
+                a, b = by_block(groups[scenario], metric), by_block(groups[ref], metric)
+                if len(a) > 1 and len(b) > 1:
+                    res = paired_blocks(scenario, a, ref, b, metric, resamples=resamples, seed=seed)
+                    if res is not None:
+                        out.append(res)
     return out
 
 
@@ -340,6 +363,7 @@ def analyse(samples: Sequence[Sample], environment: Mapping[str, Any], config: A
     delays = {name: float(entry["delay_ms"]) for name, entry in scenarios.items()}
     comparisons = _comparisons(values, resamples, seed)
     fits = _delay_fits(values, delays)
+    blocks = _paired_blocks({k: g.samples for k, g in groups.items()}, resamples, seed)
     verdicts = evaluate(config.expectations, values, alpha=config.alpha, resamples=resamples, seed=seed)
     gate_results = evaluate_gate(
         config.gate_rules, values, config.baseline, max_regression=config.max_regression, alpha=config.alpha
@@ -361,6 +385,7 @@ def analyse(samples: Sequence[Sample], environment: Mapping[str, Any], config: A
         },
         "comparisons": [c.to_dict() for c in comparisons],
         "delay_fit": fits,
+        "paired_blocks": blocks,
         "verdicts": [v.to_dict() for v in verdicts],
         "gate": [g.to_dict() for g in gate_results],
         "warnings": list(warnings),

@@ -8,6 +8,7 @@ removes its qdisc or iptables rule; the container is then removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -48,10 +49,8 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def _remove(container: Any) -> None:
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         container.remove(force=True)
-    except docker.errors.NotFound:
-        pass
 
 
 class SynAckDelay:
@@ -155,9 +154,7 @@ class SynAckDelay:
         self.stop()
 
 
-def detect_delay_backend(
-    client: docker.DockerClient, image: str, labels: dict[str, str] | None = None
-) -> str:
+def detect_delay_backend(client: docker.DockerClient, image: str, labels: dict[str, str] | None = None) -> str:
     """The backend ``auto`` picks on this engine's kernel ("netem" or "nfqueue"); probed once.
 
     The probe runs in a throwaway container with no network (only loopback is

@@ -140,7 +140,8 @@ def _positive(name: str, value: int, minimum: int) -> int:
 def from_config(config: pytest.Config) -> BenchOptions:
     """Validate everything up front: a bad option is a usage error before any container starts."""
     opt = config.getoption
-    iterations = _positive("--bench-iterations", opt("bench_iterations") or DEFAULT_ITERATIONS, 1)
+    iterations_raw = opt("bench_iterations")
+    iterations = _positive("--bench-iterations", DEFAULT_ITERATIONS if iterations_raw is None else iterations_raw, 1)
     warmup_raw = opt("bench_warmup")
     warmup = _positive("--bench-warmup", DEFAULT_WARMUP if warmup_raw is None else warmup_raw, 0)
     try:
@@ -151,8 +152,8 @@ def from_config(config: pytest.Config) -> BenchOptions:
     if not report_dir.is_absolute():
         report_dir = config.rootpath / report_dir
     policy = opt("bench_expectations") or str(config.getini("bench_expectations")).strip() or "report"
-    if policy not in ("report", "fail"):
-        raise pytest.UsageError(f"bench_expectations must be 'report' or 'fail', got {policy!r}")
+    if policy not in ("report", "fail", "strict"):
+        raise pytest.UsageError(f"bench_expectations must be 'report', 'fail' or 'strict', got {policy!r}")
     try:
         alpha = float(str(config.getini("bench_alpha")))
     except ValueError:

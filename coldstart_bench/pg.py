@@ -198,7 +198,7 @@ class PostgresBackend(_Admin):
         )
         if self.publish:
             # Loopback only, random port: the host needs it for ad-hoc access, nobody else.
-            container = container.with_bind_ports(PG_PORT, ("127.0.0.1", None))  # type: ignore[arg-type]
+            container.ports[f"{PG_PORT}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
         if self.postgres_args:
             container = container.with_command(list(self.postgres_args))
         try:
@@ -227,7 +227,7 @@ class PostgresBackend(_Admin):
     def stop(self) -> None:
         if self._container is not None:
             with contextlib.suppress(Exception):
-                self._container.get_wrapped_container().remove(force=True)
+                self._container.stop()  # force-removes the container and closes its client
             self._container = None
 
     def __enter__(self) -> PostgresBackend:

@@ -41,6 +41,14 @@ def pytest_configure(config: pytest.Config) -> None:
         parse_max_regression(opts.max_regression_text)
     except ValueError as exc:
         raise pytest.UsageError(f"--bench-max-regression: {exc}") from None
+    if opts.baseline is not None:
+        # A missing or corrupt baseline must stop the run before minutes of measuring, not after.
+        from .baseline import BaselineError, load_baseline
+
+        try:
+            load_baseline(opts.baseline)
+        except BaselineError as exc:
+            raise pytest.UsageError(f"--bench-baseline: {exc}") from None
     config.stash[OPTIONS_KEY] = opts
     config.stash[STATE_KEY] = RunState(report_root=opts.report_dir, run_id=new_run_id())
     config.stash[SELECTED_KEY] = []

@@ -194,7 +194,12 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float | np.floating):
         f = float(value)
         return f if math.isfinite(f) else None
-    return value
+    if isinstance(value, set | frozenset):
+        return [json_safe(v) for v in sorted(value, key=str)]
+    if value is None or isinstance(value, str):
+        return value
+    # Anything else (a Path in the environment, say) is reported as its text rather than crash the write.
+    return str(value)
 
 
 def values_by_scenario(

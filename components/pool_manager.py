@@ -123,7 +123,7 @@ class Pool:
         self.level = 0  # backoff level: consecutive failed connect rounds
         self.next_attempt = 0.0
         self.last_error = ""
-        self.last_acquire = 0.0
+        self.last_acquire = time.monotonic()  # start full; shrink to min_idle only after max_idle unused
         self.handed: OrderedDict[tuple[Any, str], float] = OrderedDict()
         self.peer_names: dict[tuple[Any, ...], str] = {}
         self.reply_head = ('{"ok":true,"pool":' + json.dumps(cfg.name) + ',"peer":"').encode()
@@ -321,9 +321,10 @@ class Manager:
                 "socket": self.cfg.socket,
                 "pools": {n: len(p.idle) for n, p in self.pools.items()},
             }
+            self.log("ready", pools={n: len(p.idle) for n, p in self.pools.items()})
+            self.flush_log()  # logs first: whoever waits for the ready line may read them next
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
-            self.log("ready", pools={n: len(p.idle) for n, p in self.pools.items()})
 
     # ---------------------------------------------------------------- callers
     def accept(self) -> None:

@@ -19,6 +19,7 @@ removes its qdisc or rule (normal handshakes restored) and exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import itertools
 import json
@@ -322,10 +323,8 @@ class NfqueueBackend(Backend):
     def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
 
     def stop(self) -> None:
         # Rule first, so no new packet is queued; then let everything held go.
@@ -384,7 +383,7 @@ def _emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.synack_delay", description=__doc__.split("\n")[0])
     parser.add_argument("--delay-ms", type=float, default=50.0)
     parser.add_argument("--port", type=int, default=7000)
@@ -400,9 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.delay_ms <= 0 or not 0 < args.port < 65536:
         parser.error("--delay-ms must be > 0 and --port in 1..65535")
 
-    stop = threading.Event()
+    stop_event = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: stop_event.set())
 
     dev = args.dev or default_interface()
     try:
@@ -415,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _emit({**ready, **backend.describe(), "fallback_reasons": errors})
     status = 0
     try:
-        while not stop.wait(0.5):
+        while not stop_event.wait(0.5):
             error = getattr(backend, "error", None)
             if error is not None:
                 print(f"synack_delay: {backend.name} failed: {error}", file=sys.stderr, flush=True)

@@ -271,6 +271,25 @@ def burst_table(scenarios: Mapping[str, Any]) -> Table | None:
     )
 
 
+def paired_blocks_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    return Table(
+        ["comparison", "metric", "blocks", "mean a − b [95% CI]", "median a − b", "Wilcoxon p"],
+        [
+            [
+                f"{r['a']} vs {r['b']}",
+                r["metric"],
+                str(r["blocks"]),
+                f"{num(r['mean_diff'], 2)} {ci(r['mean_diff_ci'], 2)}",
+                num(r["median_diff"], 2),
+                pval(r["wilcoxon_p"]),
+            ]
+            for r in rows
+        ],
+        "Interleaved run: per randomised block, the difference of the two scenarios' medians in that block; "
+        "drift of the machine cancels within a block. Wilcoxon signed-rank over blocks (needs at least 5).",
+    )
+
+
 def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
     scenarios = summary.get("scenarios", {})
     doc = Document("Cold-start benchmark report")
@@ -327,6 +346,9 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     b.append(Heading("Comparisons"))
     comps = summary.get("comparisons", [])
     b.append(comparisons_table(comps) if comps else Para("Fewer than two comparable scenarios."))
+    if summary.get("paired_blocks"):
+        b.append(Heading("Paired differences per block (interleaved run)"))
+        b.append(paired_blocks_table(summary["paired_blocks"]))
     b.append(Heading("Lifecycle vs configured delay"))
     b.extend(delay_table(summary.get("delay_fit", {})))
     b.append(Heading("Phase attribution"))

@@ -75,7 +75,14 @@ def shared_dirs(db: PostgresBackend) -> Iterator[tuple[Path, Path]]:
 
 
 def _start_manager(
-    client: Any, image: str, network: str, name: str, labels: dict[str, str], sock_dir: Path, config: Path
+    client: Any,
+    image: str,
+    network: str,
+    name: str,
+    labels: dict[str, str],
+    sock_dir: Path,
+    config: Path,
+    event: str = "ready",
 ) -> Any:
     container = client.containers.run(
         image,
@@ -265,6 +272,7 @@ def test_wrong_credentials_in_manager_config(
             run_labels(run_id),
             sock_dir,
             config,
+            event="listening",  # it never gets ready: no session can be opened
         )
         try:
             rec = run_function(

@@ -226,3 +226,23 @@ def test_save_baseline_over_a_file_is_a_clear_error(tmp_path: Path, samples: lis
     (tmp_path / "f").write_text("x")
     with pytest.raises(ReportWriteError, match="exists and is not a directory"):
         save_baseline(tmp_path / "f", samples)
+
+
+def test_interleaved_run_gets_paired_block_differences(tmp_path: Path) -> None:
+    samples = []
+    for block in range(6):
+        for name, (connect, life, delay, mode) in (
+            ("socket", THESIS_LIKE["socket"]),
+            ("direct", THESIS_LIKE["direct"]),
+        ):
+            for s in scenario_samples(name, 3, connect, life + 5 * block, delay_ms=delay, mode=mode, seed=block):
+                s.block, s.iteration = block, block * 3 + s.iteration
+                samples.append(s)
+    a = analyse(samples, {}, quick())
+    rows = {(r["a"], r["b"], r["metric"]): r for r in a.summary["paired_blocks"]}
+    life = rows[("socket", "direct", "lifecycle_ms")]
+    assert life["blocks"] == 6 and life["mean_diff"] < 0
+    from coldstart_bench.analysis import write_report
+
+    write_report(tmp_path, samples, a)
+    assert "Paired differences per block" in (tmp_path / "report.md").read_text()

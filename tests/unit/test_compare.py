@@ -19,6 +19,7 @@ from coldstart_bench.compare import (
     levene,
     linear_fit,
     mann_whitney,
+    paired_blocks,
     ratio_of_medians,
     reference_for,
 )
@@ -208,3 +209,25 @@ def test_compare_and_adjust() -> None:
     assert d["ratio_median_ci"] is not None and isinstance(d["ratio_median_ci"], list)
     tiny = compare("a", [1.0, 2.0], "b", [3.0, 4.0], "connect_us", resamples=20)
     assert math.isnan(tiny.mannwhitney_p) and tiny.notes
+
+
+def test_paired_blocks_cancel_drift() -> None:
+    # Both arms drift upwards together; the per-block difference stays at −15.
+    a = {k: [338.0 + 10 * k, 338.0 + 10 * k + 1] for k in range(8)}
+    b = {k: [353.0 + 10 * k, 353.0 + 10 * k + 1] for k in range(8)}
+    res = paired_blocks("socket", a, "direct", b, "lifecycle_ms", resamples=100)
+    assert res is not None
+    assert res["blocks"] == 8 and res["mean_diff"] == pytest.approx(-15.0) and res["mean_diff_ci"] is None
+    assert res["wilcoxon_p"] == pytest.approx(sps.wilcoxon([-15.0] * 8).pvalue)
+    assert paired_blocks("a", {0: [1.0]}, "b", {0: [2.0], 1: [3.0]}, "lifecycle_ms") is None
+
+
+def test_paired_blocks_against_scipy() -> None:
+    rng = np.random.default_rng(4)
+    a = {k: rng.normal(100 + k, 1, 3) for k in range(10)}
+    b = {k: rng.normal(102 + k, 1, 3) for k in range(10)}
+    res = paired_blocks("a", a, "b", b, "connect_us", resamples=300)
+    assert res is not None
+    diffs = [np.median(a[k]) - np.median(b[k]) for k in range(10)]
+    assert res["diffs"] == pytest.approx(diffs) and res["wilcoxon_p"] == pytest.approx(sps.wilcoxon(diffs).pvalue)
+    assert res["mean_diff_ci"][0] <= res["mean_diff"] <= res["mean_diff_ci"][1]

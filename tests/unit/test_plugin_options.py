@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+from pathlib import Path
+
 import pytest
 
-PLUGIN = "-p", "coldstart_bench.plugin"
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+def _plugin_args(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """Installed: the pytest11 entry point loads the plugin. From a bare checkout: load it by name."""
+    try:
+        importlib.metadata.distribution("coldstart-bench")
+        return ()
+    except importlib.metadata.PackageNotFoundError:
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        return ("-p", "coldstart_bench.plugin")
+
+
+@pytest.fixture
+def plugin(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    return _plugin_args(monkeypatch)
+
+
+def _run(pytester: pytest.Pytester, plugin: tuple[str, ...], *args: str) -> pytest.RunResult:
     pytester.makepyfile(test_x="def test_x():\n    assert 1 + 1 == 2\n")
-    return pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", *args)
+    return pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", *args)
 
 
 @pytest.mark.parametrize(
@@ -24,20 +43,26 @@ def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
         (("-o", "bench_alpha=2"), "bench_alpha must be between 0 and 1"),
     ],
 )
-def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
-    result = _run(pytester, *args)
+def test_bad_options_are_usage_errors(pytester: pytest.Pytester, plugin: tuple[str, ...], args: tuple[str, ...], message: str) -> None:
+    result = _run(pytester, plugin, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{message}*"])
     assert "Traceback" not in result.stderr.str()
 
 
-def test_good_options_do_not_touch_docker_or_write_reports(pytester: pytest.Pytester) -> None:
-    result = _run(pytester, "--bench-iterations", "5", "--bench-report-dir", "out",
+def test_good_options_do_not_touch_docker_or_write_reports(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    result = _run(pytester, plugin, "--bench-iterations", "5", "--bench-report-dir", "out",
                   "-o", "bench_gate=socket.connect_us.p95 <= 100")  # fmt: skip
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "out").exists()  # no benchmark ran: no report directory
 
 
-def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess(*PLUGIN, "--help")
+def test_help_lists_the_options(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    result = pytester.runpytest_subprocess(*plugin, "--help")
     result.stdout.fnmatch_lines(["*--bench-iterations=N*", "*--bench-baseline=PATH*", "*bench_gate*"])
+
+
+def test_missing_baseline_is_a_usage_error_before_measuring(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    result = _run(pytester, plugin, "--bench-baseline", "no/such/baseline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--bench-baseline*no/such/baseline*--bench-save-baseline*"])

@@ -438,7 +438,7 @@ def test_allow_list_excluding_root_gives_forbidden(echo: Echo, start_manager: Ca
         reply = raw_exchange(m.sock_path, protocol.encode_request(op, pool="echo"))
         assert error_of(reply) == "forbidden"
     assert m.open_fds() <= 2 + 2 + 8  # no fd parked for the denied callers
-    events = [e for e in m.log_events() if e["event"] == "denied"]
+    events = wait_for(lambda: [e for e in m.log_events() if e["event"] == "denied"], timeout=3)
     assert len(events) == 3 and events[0]["uid"] == os.getuid()
 
 
@@ -474,8 +474,8 @@ def test_other_uid_is_forbidden_by_default(echo: Echo, start_manager: Callable[.
     # Root (allowed by default) still gets connections.
     sock, _ = protocol.acquire(m.sock_path)
     sock.close()
-    grants = [e for e in m.log_events() if e["event"] == "grant"]
-    assert grants and grants[-1]["uid"] == 0
+    grants = wait_for(lambda: [e for e in m.log_events() if e["event"] == "grant"], timeout=3)
+    assert grants[-1]["uid"] == 0
 
 
 # ---------------------------------------------------------------- release (issue 5)
@@ -521,7 +521,9 @@ def test_release_half_closed_is_discarded(echo: Echo, start_manager: Callable[..
     sock.shutdown(socket.SHUT_WR)
     time.sleep(0.1)
     out = _release(m, sock)
-    assert out["reused"] is False and out["reason"] in ("half_closed", "eof")
+    # Depending on how far the close got: our FIN sent (half_closed), the peer's FIN seen (eof),
+    # or both done and the socket in TIME_WAIT (not_connected). Never reused.
+    assert out["reused"] is False and out["reason"] in ("half_closed", "eof", "not_connected")
 
 
 def test_release_of_foreign_connection_is_refused(echo: Echo, start_manager: Callable[..., Manager]) -> None:

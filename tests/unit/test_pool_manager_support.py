@@ -76,10 +76,11 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
 
 class Echo:
     def __init__(self, port: int = 0) -> None:
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "components.echo_server", "--host", "127.0.0.1", "--port", str(port)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._err,
             env=env(),
             cwd=REPO,
         )
@@ -89,7 +90,12 @@ class Echo:
         self.target = f"127.0.0.1:{self.port}"
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        return stop(self.proc, sig)
+        rc = stop(self.proc, sig)
+        if not self._err.closed:
+            self._err.seek(0)
+            self.stderr = self._err.read().decode(errors="replace")
+            self._err.close()
+        return rc
 
 
 class Manager:
@@ -143,7 +149,8 @@ class Manager:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def logs(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def log_events(self) -> list[dict[str, Any]]:

@@ -196,8 +196,20 @@ def test_renderers() -> None:
 def test_subset_run_reports_without_crashing(tmp_path: Path) -> None:
     samples = scenario_samples("socket-nonet", 6, 250, 300, mode="socket")
     samples[0].ok = False
-    a = analyse(samples, {}, quick_config())
+    broken = scenario_samples("socket", 3, 250, 300, mode="socket")
+    for s in broken:
+        s.ok, s.error = False, "pool unreachable"
+    samples += broken
+    a = analyse(
+        samples, {"report_dir": tmp_path}, quick_config(gate_rules=parse_gate_rules("socket.connect_us.p50 <= 1"))
+    )
+    assert (
+        a.summary["scenarios"]["socket"]["ok"] == 0 and a.summary["scenarios"]["socket"]["connect_us"]["median"] is None
+    )
+    assert a.gate_results[0].line() == (
+        "GATE FAIL socket connect_us p50 observed=n/a limit<=1 (no successful samples with this metric)"
+    )
     paths = write_report(tmp_path, samples, a)
     assert {p.name for p in paths} >= {"summary.json", "report.md", "report.html", *PLOTS}
     assert "burst.png" not in {p.name for p in paths}
-    assert terminal_lines(a)[2].startswith("socket-nonet")
+    assert terminal_lines(a)[2].startswith("socket-nonet") and terminal_lines(a)[3].split()[:3] == ["socket", "0", "3"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +103,7 @@ def test_describe_has_every_field_and_is_json_safe() -> None:
 def test_json_safe() -> None:
     out = json_safe({"a": math.nan, "b": (1, np.float64(2.5)), "c": np.int64(3), "d": [math.inf], "e": np.bool_(1)})
     assert out == {"a": None, "b": [1, 2.5], "c": 3, "d": [None], "e": True}
+    assert json_safe({"p": Path("/x"), "s": {2, 1}, "n": None}) == {"p": "/x", "s": [1, 2], "n": None}
 
 
 def test_values_by_scenario_drops_failed_and_nan() -> None:

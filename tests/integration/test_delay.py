@@ -1,0 +1,180 @@
+"""The SYN-ACK delay on the real engine: only the handshake is delayed, and removal restores it.
+
+Traffic goes only to the echo container on a bridge network this module creates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from coldstart_bench.delay import DelayError, SynAckDelay, detect_delay_backend
+from coldstart_bench.images import ImageSet, ensure_images
+from coldstart_bench.testbed import run_labels, sweep
+
+pytestmark = pytest.mark.integration
+
+PORT = 7000
+DELAY_MS = 50.0
+SAMPLES = 7
+
+
+@pytest.fixture(scope="module")
+def images(docker_client: Any) -> ImageSet:
+    return ensure_images(docker_client, ["echo", "delay"], log=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def run_id() -> str:
+    return f"delay-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def echo(docker_client: Any, images: ImageSet, run_id: str) -> Iterator[tuple[str, str]]:
+    """(container id, IP) of an echo server on a fresh bridge network."""
+    labels = run_labels(run_id)
+    network = docker_client.networks.create(f"csb-net-{run_id}", driver="bridge", labels=labels)
+    try:
+        container = docker_client.containers.run(
+            images.echo,
+            ["python3", "-m", "components.echo_server", "--host", "0.0.0.0", "--port", str(PORT)],
+            detach=True,
+            network=network.name,
+            labels={**labels, "coldstart-bench.role": "echo"},
+        )
+        deadline = time.monotonic() + 30
+        while b'"ready"' not in container.logs():
+            container.reload()
+            assert container.status != "exited", container.logs().decode(errors="replace")
+            assert time.monotonic() < deadline, "echo server not ready within 30 s"
+            time.sleep(0.05)
+        container.reload()
+        ip = container.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+        yield container.id, ip
+    finally:
+        sweep(docker_client, run_id)  # containers first, then the network
+        with contextlib.suppress(Exception):
+            network.remove()
+
+
+def connect_ms(ip: str) -> float:
+    started = time.perf_counter()
+    with socket.create_connection((ip, PORT), timeout=5):
+        return (time.perf_counter() - started) * 1000
+
+
+def median_connect_ms(ip: str, n: int = SAMPLES) -> float:
+    return statistics.median(connect_ms(ip) for _ in range(n))
+
+
+def rtt_ms(sock: socket.socket, payload: bytes = b"ping-0123456789") -> float:
+    started = time.perf_counter()
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(len(payload) - len(got))
+        assert chunk, "echo server closed the connection"
+        got += chunk
+    elapsed = (time.perf_counter() - started) * 1000
+    assert got == payload
+    return elapsed
+
+
+def median_rtt_ms(sock: socket.socket, n: int = SAMPLES) -> float:
+    return statistics.median(rtt_ms(sock) for _ in range(n))
+
+
+def test_delay_hits_only_the_handshake_and_is_removed(
+    docker_client: Any, images: ImageSet, echo: tuple[str, str], run_id: str
+) -> None:
+    container_id, ip = echo
+    before = median_connect_ms(ip)
+    assert before < 10, f"connect before the delay already {before:.2f} ms"
+
+    with socket.create_connection((ip, PORT), timeout=5) as opened_before:
+        rtt_before = median_rtt_ms(opened_before)
+        delay = SynAckDelay(docker_client, images.delay, container_id, PORT, DELAY_MS, labels=run_labels(run_id))
+        with delay:
+            assert delay.backend in ("netem", "nfqueue")
+            print(f"\nSYN-ACK delay backend: {delay.backend}")
+            during = median_connect_ms(ip)
+            rtt_during = median_rtt_ms(opened_before)
+            with socket.create_connection((ip, PORT), timeout=5) as opened_during:
+                rtt_new = median_rtt_ms(opened_during)
+            sidecar_id = delay.container.id
+        after = median_connect_ms(ip)
+        rtt_after = median_rtt_ms(opened_before)
+
+    print(
+        f"connect median: before {before:.2f} ms, with {DELAY_MS:g} ms delay {during:.2f} ms, "
+        f"after {after:.2f} ms; RTT on a pre-opened connection {rtt_before:.3f} / {rtt_during:.3f} / "
+        f"{rtt_after:.3f} ms"
+    )
+    assert DELAY_MS <= during < DELAY_MS + 20, f"connect with the delay: {during:.2f} ms"
+    # The data path is untouched: a connection opened before (or during) the delay
+    # round-trips as fast as ever; only SYN-ACKs are held.
+    assert rtt_during < 10, f"RTT over a connection opened before the delay: {rtt_during:.2f} ms"
+    assert rtt_new < 10, f"RTT over a connection opened under the delay: {rtt_new:.2f} ms"
+    assert after < 10, f"connect after removing the delay: {after:.2f} ms"
+    assert rtt_after < 10
+    assert not docker_client.containers.list(all=True, filters={"id": sidecar_id}), "sidecar left behind"
+
+
+def test_concurrent_handshakes_each_get_the_delay_without_queueing(
+    docker_client: Any, images: ImageSet, echo: tuple[str, str], run_id: str
+) -> None:
+    container_id, ip = echo
+    results: list[float] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        ms = connect_ms(ip)
+        with lock:
+            results.append(ms)
+
+    with SynAckDelay(docker_client, images.delay, container_id, PORT, DELAY_MS, labels=run_labels(run_id)):
+        threads = [threading.Thread(target=one) for _ in range(16)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        wall = (time.perf_counter() - started) * 1000
+    assert len(results) == 16
+    assert min(results) >= DELAY_MS
+    # Serialised holding would take 16 x 50 ms.
+    assert wall < 3 * DELAY_MS, f"16 concurrent handshakes took {wall:.1f} ms: {sorted(results)}"
+
+
+def test_detected_backend_matches_what_auto_uses(
+    docker_client: Any, images: ImageSet, echo: tuple[str, str], run_id: str
+) -> None:
+    detected = detect_delay_backend(docker_client, images.delay, labels=run_labels(run_id))
+    assert detect_delay_backend(docker_client, images.delay) == detected  # cached
+    with SynAckDelay(docker_client, images.delay, echo[0], PORT, 5, labels=run_labels(run_id)) as delay:
+        assert delay.backend == detected
+
+
+def test_unusable_backend_fails_with_the_sidecar_logs(
+    docker_client: Any, images: ImageSet, echo: tuple[str, str], run_id: str
+) -> None:
+    detected = detect_delay_backend(docker_client, images.delay)
+    if detected != "nfqueue":
+        pytest.skip("this kernel has netem, so there is no failing backend to request")
+    delay = SynAckDelay(docker_client, images.delay, echo[0], PORT, 50, backend="netem", labels=run_labels(run_id))
+    with pytest.raises(DelayError, match=r"(?s)exited with code 2.*netem"):
+        delay.start()
+    assert delay.container is None
+    leftover = docker_client.containers.list(
+        all=True, filters={"label": [f"coldstart-bench.run={run_id}", "coldstart-bench.role=synack-delay"]}
+    )
+    assert leftover == []
+    assert median_connect_ms(echo[1]) < 10  # nothing was left applied

@@ -1,0 +1,131 @@
+"""The pool-kind plug-in point, exercised with a fake kind module (no PostgreSQL involved)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_pool_manager_support import Echo, Manager, echo_roundtrip, short_tmpdir, wait_for  # noqa: E402
+
+from components import protocol  # noqa: E402
+
+FAKE_KIND = textwrap.dedent(
+    '''
+    """Fake pool kind: sessions are plain TCP connections to the echo server, greeted once."""
+    import os
+    import socket
+    import threading
+
+    OPENED = 0
+    _lock = threading.Lock()
+
+    def open_session(config):
+        global OPENED
+        if os.path.exists(config["fail_flag"]):
+            raise ConnectionRefusedError("fake backend refuses")
+        host, port = config["target"].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=2)
+        sock.settimeout(None)
+        with _lock:
+            OPENED += 1
+            n = OPENED
+        return sock, {"greeting": config["greeting"], "session": n, "thread": threading.current_thread().name}
+
+    def check_session(sock):
+        # Reject every session while the flag file exists.
+        return not os.path.exists(sock_flag())
+
+    def sock_flag():
+        return os.environ["FAKE_KIND_REJECT"]
+    '''
+)
+
+
+def start(d: Path, echo: Echo, size: int = 3) -> Manager:
+    (d / "fakekind.py").write_text(FAKE_KIND)
+    cfg = {
+        "pools": {
+            "fake": {
+                "kind": "fake",
+                "module": "fakekind",
+                "target": echo.target,
+                "size": size,
+                "greeting": "hi",
+                "fail_flag": str(d / "fail"),
+                "borrow_timeout": 0.5,
+            }
+        }
+    }
+    (d / "cfg.json").write_text(json.dumps(cfg))
+    os.environ["FAKE_KIND_REJECT"] = str(d / "reject")
+    old = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = str(d) + (os.pathsep + old if old else "")
+    try:
+        return Manager(d / "m.sock", echo.target, size, "--config", str(d / "cfg.json"), "--pool", "fake")
+    finally:
+        os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture
+def echo() -> Echo:
+    e = Echo()
+    yield e  # type: ignore[misc]
+    e.stop()
+
+
+def test_plugin_sessions_carry_meta(echo: Echo) -> None:
+    with short_tmpdir() as d:
+        m = start(d, echo)
+        try:
+            assert m.ready is not None and m.ready["pools"] == {"fake": 3}
+            sock, reply = protocol.acquire(m.sock_path, "fake")
+            assert reply["meta"]["greeting"] == "hi"
+            assert reply["meta"]["thread"].startswith("cpm")  # opened off the event loop
+            assert reply["peer"] == echo.target
+            assert echo_roundtrip(sock)
+            sock.close()
+            st = m.stats()["pools"]["fake"]
+            assert st["kind"] == "fake" and st["handed_out"] == 1
+            wait_for(lambda: m.stats()["pools"]["fake"]["idle"] == 3, timeout=5)
+        finally:
+            m.stop()
+
+
+def test_plugin_check_session_rejects_and_open_failure_backs_off(echo: Echo) -> None:
+    with short_tmpdir() as d:
+        m = start(d, echo)
+        try:
+            (d / "reject").write_text("")
+            (d / "fail").write_text("")
+            with pytest.raises(protocol.PoolError) as exc:
+                protocol.acquire(m.sock_path, "fake")
+            assert exc.value.code in ("backend_unavailable", "pool_exhausted")
+            st = m.stats()["pools"]["fake"]
+            assert st["discard_health"] >= 3  # every idle session failed its check
+            assert st["connect_failures"] >= 1 and st["backend_up"] is False
+            os.unlink(d / "reject")
+            os.unlink(d / "fail")
+            wait_for(lambda: m.stats()["pools"]["fake"]["idle"] == 3, timeout=8)
+            sock, reply = protocol.acquire(m.sock_path, "fake")
+            assert reply["meta"]["session"] > 3
+            sock.close()
+        finally:
+            m.stop()
+
+
+def test_release_not_supported_for_plugin_kinds(echo: Echo) -> None:
+    with short_tmpdir() as d:
+        m = start(d, echo, size=1)
+        try:
+            sock, _ = protocol.acquire(m.sock_path, "fake")
+            out = protocol.release(m.sock_path, sock, "fake")
+            assert out["reused"] is False and out["reason"] == "release_disabled"
+        finally:
+            m.stop()
