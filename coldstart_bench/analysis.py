@@ -316,7 +316,7 @@ def build_findings(
                 (f"With {n} cold starts at once" if n > 1 else "Started one at a time")
                 + ", injection without networking",
             )
-    bursts_direct = {n: m["direct"] for n, m in burst_groups(values).items() if "direct" in m}
+    bursts_direct = {n: m["direct"] for n, m in burst_groups(values).items() if "direct" in m and have(m["direct"])}
     if 1 in bursts_direct and len(bursts_direct) > 1:
         top = max(bursts_direct)
         one = float(np.median(values[bursts_direct[1]]["lifecycle_ms"]))

@@ -145,7 +145,24 @@ class SynAckDelay:
             return
         except docker.errors.APIError:
             pass
+        clean = any(r.get("event") == "stopped" for r in _json_lines(_logs(container)))
         _remove(container)
+        if not clean:
+            self._cleanup_after_kill()
+
+    def _cleanup_after_kill(self) -> None:
+        # The sidecar did not get to remove its qdisc/rule (killed, or crashed):
+        # a netem qdisc would otherwise keep delaying the target's handshakes.
+        # If the target is gone there is nothing left to clean: errors are moot.
+        with contextlib.suppress(docker.errors.DockerException):
+            self.client.containers.run(
+                self.image,
+                ["python3", "-m", "components.synack_delay", "--cleanup", "--port", str(self.port)],
+                network_mode=f"container:{self.target_container_id}",
+                cap_add=["NET_ADMIN"],
+                labels={**self.labels, "coldstart-bench.role": "synack-delay-cleanup"},
+                remove=True,
+            )
 
     def __enter__(self) -> SynAckDelay:
         return self.start()

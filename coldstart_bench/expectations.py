@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from .compare import cliffs_delta, holm, levene, mann_whitney
 from .samples import ALL_METRICS
 from .stats import (
     MIN_N_FOR_PERCENTILE,
@@ -47,6 +46,7 @@ from .stats import (
     json_safe,
     statistic,
 )
+from .textfmt import pvalue, value
 
 PASS = "pass"
 WORSE = "significantly_worse"
@@ -166,9 +166,9 @@ def parse_expectation(text: str) -> Expectation:
         item = raw.strip()
         if not item:
             continue
-        key, _, value = (p.strip() for p in item.partition("="))
+        key, sep, value = (p.strip() for p in item.partition("="))
         key = key.lower()
-        if not _:
+        if not sep:
             if key not in TESTS:
                 raise ValueError(f"{where}: unknown test {item!r}; expected one of {', '.join(sorted(set(TESTS)))}")
             test = TESTS[key]
@@ -252,17 +252,17 @@ class Verdict:
         head = f"EXPECT {self.label}: {e.text}"
         if self.status == SKIPPED:
             return f"{head} — {self.note}"
-        obs = f"{e.lhs} = {_fmt(self.lhs_value)}"
+        obs = f"{e.lhs} = {value(self.lhs_value)}"
         if e.rhs is not None:
-            scaled = f" × {_fmt(e.factor)}" if e.factor != 1 else ""
-            obs += f", {e.rhs} = {_fmt(self.rhs_raw)}{scaled} → threshold {_fmt(self.rhs_value)}"
+            scaled = f" × {value(e.factor)}" if e.factor != 1 else ""
+            obs += f", {e.rhs} = {value(self.rhs_raw)}{scaled} → threshold {value(self.rhs_value)}"
         else:
-            obs += f", threshold {_fmt(self.rhs_value)}"
+            obs += f", threshold {value(self.rhs_value)}"
         if self.status == TOO_FEW:
             return f"{head} — {obs}; {self.note}"
         sig = "<" if self.p_holm < self.alpha else "≥"
         return (
-            f"{head} — {obs}; {self.test} p={_fmt_p(self.p)} (Holm {_fmt_p(self.p_holm)}) "
+            f"{head} — {obs}; {self.test} p={pvalue(self.p)} (Holm {pvalue(self.p_holm)}) "
             f"{sig} alpha={self.alpha:g}" + (f"; {self.note}" if self.note else "")
         )
 
@@ -294,23 +294,6 @@ class Verdict:
             }
         )
         return d
-
-
-def _fmt(x: float) -> str:
-    if x is None or math.isnan(x):
-        return "n/a"
-    ax = abs(x)
-    if ax >= 100:
-        return f"{x:.1f}"
-    if ax >= 1:
-        return f"{x:.3g}" if ax < 10 else f"{x:.2f}"
-    return f"{x:.3g}"
-
-
-def _fmt_p(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
 
 
 def _sign(x: float) -> int:
@@ -348,6 +331,8 @@ def evaluate(
     seed: int = 12345,
 ) -> list[Verdict]:
     """Verdicts for all expectations; `values[scenario][metric]` holds the successful samples' values."""
+    from .compare import cliffs_delta, holm, levene, mann_whitney  # deferred: parsing runs at start-up
+
     verdicts: list[Verdict] = []
     for i, e in enumerate(expectations):
         v = Verdict(expectation=e, status=NO_EVIDENCE, test=e.test, alpha=e.alpha or alpha, min_n=e.required_n())

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compare import holm, mann_whitney
 from .samples import ALL_METRICS, PRIMARY_METRICS
 from .stats import STAT_NAMES, Values, as_array, json_safe, statistic
+from .textfmt import percent_change, pvalue, value
 
 if TYPE_CHECKING:
     from .baseline import Baseline
@@ -108,12 +108,6 @@ def parse_max_regression(text: str) -> float:
     return value
 
 
-def _fmt(x: float) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    return f"{x:.1f}" if abs(x) >= 100 else f"{x:.4g}"
-
-
 @dataclass
 class GateResult:
     passed: bool
@@ -138,13 +132,13 @@ class GateResult:
         if self.kind == "absolute":
             text = (
                 f"{verdict} {self.scenario} {self.metric} {self.stat} "
-                f"observed={_fmt(self.observed)} limit{self.limit_text}"
+                f"observed={value(self.observed)} limit{self.limit_text}"
             )
         else:
             text = (
-                f"{verdict} {self.scenario} {self.metric} {self.stat} observed={_fmt(self.observed)} "
-                f"baseline={_fmt(self.baseline)} change={_pct(self.change)} limit=+{self.limit * 100:g}% "
-                f"p={_fmt_p(self.p_holm)}"
+                f"{verdict} {self.scenario} {self.metric} {self.stat} observed={value(self.observed)} "
+                f"baseline={value(self.baseline)} change={percent_change(self.change)} limit=+{self.limit * 100:g}% "
+                f"p={pvalue(self.p_holm)}"
             )
         return text + (f" ({self.note})" if self.note else "")
 
@@ -153,57 +147,20 @@ class GateResult:
         return d
 
 
-def _pct(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else f"{x * 100:+.1f}%"
-
-
-def _fmt_p(p: float) -> str:
-    if not math.isfinite(p):
-        return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
-
-
 def evaluate_rules(rules: Sequence[GateRule], values: Mapping[str, Mapping[str, Values]]) -> list[GateResult]:
     """Absolute rules on this run. A rule for a scenario not in the run passes with a note (users
     select scenarios with -k); a rule for a scenario that ran but has no value fails."""
     out = []
     for r in rules:
-        limit_text = f"{r.op}{r.limit_text}"
-        if r.scenario not in values:
-            out.append(
-                GateResult(
-                    True,
-                    "absolute",
-                    r.scenario,
-                    r.metric,
-                    r.stat,
-                    math.nan,
-                    r.limit,
-                    limit_text,
-                    note="scenario not in this run, rule not applied",
-                    skipped=True,
-                )
-            )
-            continue
-        arr = as_array(values[r.scenario].get(r.metric, []))
+        present = r.scenario in values
+        arr = as_array(values[r.scenario].get(r.metric, [])) if present else as_array([])
         observed = statistic(arr, r.stat)
-        if math.isnan(observed):
-            out.append(
-                GateResult(
-                    False,
-                    "absolute",
-                    r.scenario,
-                    r.metric,
-                    r.stat,
-                    observed,
-                    r.limit,
-                    limit_text,
-                    n=int(arr.size),
-                    note="no successful samples with this metric",
-                )
-            )
-            continue
-        passed = observed <= r.limit if r.op == "<=" else observed < r.limit
+        if not present:
+            passed, note = True, "scenario not in this run, rule not applied"
+        elif math.isnan(observed):
+            passed, note = False, "no successful samples with this metric"
+        else:
+            passed, note = (observed <= r.limit if r.op == "<=" else observed < r.limit), ""
         out.append(
             GateResult(
                 passed,
@@ -213,8 +170,10 @@ def evaluate_rules(rules: Sequence[GateRule], values: Mapping[str, Mapping[str, 
                 r.stat,
                 observed,
                 r.limit,
-                limit_text,
+                f"{r.op}{r.limit_text}",
                 n=int(arr.size),
+                note=note,
+                skipped=not present,
             )
         )
     return out
@@ -230,6 +189,8 @@ def compare_with_baseline(
 ) -> list[GateResult]:
     """Relative gate: fail only on a significant (Holm-corrected, one-sided Mann–Whitney U) slow-down
     whose median change also exceeds max_regression. Scenarios missing on either side are not compared."""
+    from .compare import holm, mann_whitney  # deferred: rule parsing runs at start-up, scipy is slow to load
+
     results: list[GateResult] = []
     for scenario in current:
         if scenario not in baseline:

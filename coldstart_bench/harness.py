@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -95,6 +96,7 @@ class Harness:
         self.state.environment["base_image"] = images.base
         self.state.environment["base_route"] = images.base_route
         self.state.environment["run_id"] = self.state.run_id
+        self.state.environment["command"] = "pytest " + " ".join(sys.argv[1:])
         self.state.environment["iterations"] = self.options.iterations
         self.state.environment["warmup"] = self.options.warmup
         self.state.environment["pool_size"] = self.options.pool_size

@@ -44,7 +44,8 @@ IMAGES_DIR = REPO_ROOT / "images"
 COMPONENTS_DIR = REPO_ROOT / "components"
 
 PREFIX = "coldstart-bench"
-PROJECT_LABEL = "coldstart-bench.project"
+# On every image this project builds; containers inherit it, so it names the image, not a run.
+IMAGE_LABEL = "coldstart-bench.image"
 ROUTE_LABEL = "coldstart-bench.base-route"
 CORE_IMAGES = ("echo", "pool", "function", "delay")
 
@@ -61,6 +62,8 @@ DEFAULT_WHEEL_CACHE = REPO_ROOT / ".cache" / "wheels"
 
 # Bumped when the offline recipe changes in a way the package list does not show.
 OFFLINE_RECIPE_VERSION = "1"
+# Bumped when the way images are built (build args, labels) changes, so tags follow.
+IMAGE_RECIPE_VERSION = "1"
 DEBIAN_SUITE = "bookworm"
 # Docs, man pages and translations are dead weight in every container.
 MMDEBSTRAP_OPTIONS = (
@@ -76,7 +79,6 @@ IMPORT_CHANGES = (
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "ENV LANG=C.UTF-8",
     'CMD ["python3"]',
-    f"LABEL {PROJECT_LABEL}=1",
 )
 
 _IGNORED_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
@@ -144,9 +146,7 @@ def read_list(path: Path) -> list[str]:
 def discover_images(images_dir: Path = IMAGES_DIR) -> list[str]:
     """Names of all images: directories of images/ with a Dockerfile, base excluded."""
     return sorted(
-        p.name
-        for p in images_dir.iterdir()
-        if p.is_dir() and p.name != "base" and (p / "Dockerfile").is_file()
+        p.name for p in images_dir.iterdir() if p.is_dir() and p.name != "base" and (p / "Dockerfile").is_file()
     )
 
 
@@ -252,11 +252,7 @@ def offline_base_hash(packages: Sequence[str]) -> str:
 
 
 def missing_base_message(pull_error: str | None) -> str:
-    why = (
-        f"pulling {REGISTRY_BASE} failed ({pull_error})"
-        if pull_error
-        else f"{REGISTRY_BASE} is not available"
-    )
+    why = f"pulling {REGISTRY_BASE} failed ({pull_error})" if pull_error else f"{REGISTRY_BASE} is not available"
     return (
         f"No base image: {why} and mmdebstrap is not installed, so the base cannot be built "
         f"offline from Debian packages either. Install it (apt-get install mmdebstrap), or set "
@@ -365,13 +361,12 @@ class ImageBuilder:
             try:
                 proc = subprocess.run(argv, capture_output=True, text=True, timeout=MMDEBSTRAP_TIMEOUT_S)
             except subprocess.TimeoutExpired as exc:
-                raise ImageBuildError(
-                    f"mmdebstrap did not finish within {MMDEBSTRAP_TIMEOUT_S:.0f} s"
-                ) from exc
+                raise ImageBuildError(f"mmdebstrap did not finish within {MMDEBSTRAP_TIMEOUT_S:.0f} s") from exc
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
                 raise ImageBuildError(f"mmdebstrap failed (exit {proc.returncode}) building {tag}:\n{tail}")
-            changes = [*IMPORT_CHANGES, f"LABEL {ROUTE_LABEL}=mmdebstrap"]
+            name = repo.removeprefix(f"{PREFIX}/")
+            changes = [*IMPORT_CHANGES, f"LABEL {IMAGE_LABEL}={name}", f"LABEL {ROUTE_LABEL}=mmdebstrap"]
             try:
                 self.client.api.import_image_from_file(tarball, repository=repo, tag=version, changes=changes)
             except docker.errors.APIError as exc:
@@ -421,7 +416,8 @@ class ImageBuilder:
             *tree_files(self.components_dir, "components/"),
             *((f"wheels/{w.name}", w) for w in wheels),
         ]
-        digest = content_hash(files, [f"image:{name}", base_ref, _image_id(self.client, base_ref)])
+        extra = [f"recipe:{IMAGE_RECIPE_VERSION}", f"image:{name}", base_ref, _image_id(self.client, base_ref)]
+        digest = content_hash(files, extra)
         return f"{PREFIX}/{name}:{digest[:12]}", base_ref, wheels
 
     def ensure(self, name: str) -> str:
@@ -448,7 +444,7 @@ class ImageBuilder:
         self.log(f"building {tag}")
         started = time.monotonic()
         output: list[str] = []
-        labels = {PROJECT_LABEL: "1", ROUTE_LABEL: route}
+        labels = {IMAGE_LABEL: tag.split(":")[0].removeprefix(f"{PREFIX}/"), ROUTE_LABEL: route}
         try:
             stream: Iterator[dict[str, Any]] = self.client.api.build(
                 path=str(context), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
@@ -510,7 +506,7 @@ def ensure_images(
 def images_created_by_project(client: docker.DockerClient) -> list[str]:
     """References of every image this project built (tags, or ids when untagged)."""
     refs: set[str] = set()
-    labelled = client.images.list(filters={"label": PROJECT_LABEL})
+    labelled = client.images.list(filters={"label": IMAGE_LABEL})
     for image in [*labelled, *client.images.list()]:
         tags = [t for t in image.tags if t.startswith(f"{PREFIX}/")]
         if tags:

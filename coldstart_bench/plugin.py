@@ -85,6 +85,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             for text in mark.args:
                 if text not in expectations:
                     expectations.append(str(text))
+    from .expectations import parse_expectation
+
+    for text in expectations:
+        try:
+            parse_expectation(text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"bench_expect({text!r}): {exc}") from None
     config.stash[SELECTED_KEY] = selected
     config.stash[EXPECT_KEY] = expectations
 

@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from .samples import ALL_METRICS, Sample, group_by_scenario
 
@@ -88,6 +87,8 @@ def bootstrap_ci(
     if np.all(arr == arr[0]):
         value = float(arr[0]) if stat not in ("variance", "stdev") else 0.0
         return (value, value)
+    from scipy import stats as sps  # deferred: scipy.stats costs ~1 s of every pytest start-up
+
     fn = stat_function(stat)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -148,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_sigterm)
     server = EchoServer(args.host, args.port, args.backlog)
     host, port = server.address
-    sys.stdout.write(json.dumps({"event": "ready", "host": host, "port": port}) + "\n")
-    sys.stdout.flush()
     try:
+        # Inside the try: a SIGTERM may land as soon as the reader has seen this line.
+        sys.stdout.write(json.dumps({"event": "ready", "host": host, "port": port}) + "\n")
+        sys.stdout.flush()
         server.serve_forever()
     except _Stop:
         pass
     finally:
+        # A second signal must not interrupt the clean-up.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         server.close()
     return 0
 

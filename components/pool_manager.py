@@ -46,6 +46,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -119,7 +120,6 @@ class Pool:
         self.checking = 0  # plug-in sessions being checked before hand-out
         self.addrs: list[tuple[int, tuple[Any, ...]]] = []
         self.addrs_expire = 0.0
-        self.resolving = False
         self.level = 0  # backoff level: consecutive failed connect rounds
         self.next_attempt = 0.0
         self.last_error = ""
@@ -204,8 +204,18 @@ class Manager:
         self.denied = 0
         self.errors: dict[str, int] = {}
         self.lat_counts = [0] * (len(_LAT_BOUNDS_US) + 1)
-        self.logbuf: list[str] = []
+        self.logbuf: deque[str] = deque()  # appended from both threads; deque.append is atomic
         self.ready_announced = False
+        # TCP refill runs in its own thread with its own epoll set: the kernel work of each
+        # handshake (done inside connect()) then overlaps with hand-outs instead of delaying them.
+        self.main_ident = threading.get_ident()
+        self.tcp_pools = [p for p in self.pools.values() if p.plugin is None]
+        self.rep = select.epoll()
+        self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.rep.register(self.kick_fd, _EPOLLIN)
+        self.refiller_sleeping = False
+        self.main_kicked = False
+        self.refiller = threading.Thread(target=self.refill_loop, name="cpm-refill", daemon=True)
         self._fast_requests: dict[bytes, tuple[str, Pool]] = {}
         for name, pool in self.pools.items():
             for op in ("acquire", "release"):
@@ -220,9 +230,12 @@ class Manager:
         self.logbuf.append(json.dumps(rec, separators=(",", ":"), default=str))
 
     def flush_log(self) -> None:
-        if self.logbuf:
-            data = ("\n".join(self.logbuf) + "\n").encode()
-            self.logbuf.clear()
+        lines = []
+        buf = self.logbuf
+        while buf:
+            lines.append(buf.popleft())
+        if lines:
+            data = ("\n".join(lines) + "\n").encode()
             with contextlib.suppress(OSError):
                 while data:
                     data = data[os.write(2, data) :]
@@ -285,33 +298,41 @@ class Manager:
         lfd = self.listener.fileno() if self.listener else -1
         evfd = self.evfd
         clients = self.clients
-        connecting = self.connecting
         next_tick = time.monotonic()
         next_sweep = next_tick + self.cfg.health_interval
+        self.refiller.start()
         for pool in self.pools.values():
             self.refill(pool, next_tick)
-        while not self.stopping:
-            events = ep_poll(_TICK, 1024)
-            for fd, ev in events:
-                if fd == lfd:
-                    self.accept()
-                elif fd in connecting:
-                    self.connect_done(fd, ev)
-                elif fd in clients:
-                    self.client_readable(clients[fd])
-                elif fd == evfd:
-                    self.drain_results()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + _TICK
-                self.tick(now)
-                if now >= next_sweep:
-                    next_sweep = now + self.cfg.health_interval
-                    self.sweep(now)
-            if not self.ready_announced:
-                self.announce_ready()
-            if self.logbuf:
-                self.flush_log()
+        try:
+            while not self.stopping:
+                events = ep_poll(_TICK, 1024)
+                for fd, _ev in events:
+                    if fd == lfd:
+                        self.accept()
+                    elif fd in clients:
+                        self.client_readable(clients[fd])
+                    elif fd == evfd:
+                        self.drain_results()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + _TICK
+                    self.tick(now)
+                    if now >= next_sweep:
+                        next_sweep = now + self.cfg.health_interval
+                        self.sweep(now)
+                if not self.ready_announced:
+                    self.announce_ready()
+                if self.logbuf:
+                    self.flush_log()
+        finally:
+            self.stop_refiller()
+
+    def stop_refiller(self) -> None:
+        self.stopping = True
+        if self.refiller.is_alive():
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self.kick_fd, 1)
+            self.refiller.join(5)
 
     def announce_ready(self) -> None:
         if all(len(p.idle) >= p.cfg.size for p in self.pools.values()):
@@ -349,7 +370,7 @@ class Manager:
                     self.log("accept_failed", level="error", error=exc.strerror)
                     return
                 continue
-            client = _Client(sock, now, deadline)
+            client = _Client(sock, time.monotonic(), deadline)
             clients[client.fd] = client
             # Callers usually send right after connecting: try before paying for an epoll round.
             self.client_readable(client)
@@ -658,20 +679,74 @@ class Manager:
 
     # ---------------------------------------------------------------- refill
     def refill(self, pool: Pool, now: float) -> None:
-        if pool.down and now < pool.next_attempt:
-            return
-        need = pool.target_size(now) + len(pool.waiters) - len(pool.idle) - pool.connecting - pool.checking
-        if need <= 0:
-            return
-        limit = pool.cfg.max_connecting
+        """Main-thread entry: TCP pools are refilled by the refill thread, plug-in pools from here."""
+        if pool.plugin is None:
+            if self.refiller_sleeping:
+                with contextlib.suppress(OSError):
+                    os.eventfd_write(self.kick_fd, 1)
+        else:
+            self._refill_pool(pool, now)
+
+    def _connect_limit(self, pool: Pool) -> int:
         if pool.down:
-            limit = 1  # one probe at a time until the backend answers again
-        elif pool.cfg.exhaustion == "connect":
-            limit += len(pool.waiters)  # on-demand connects for callers already waiting
-        while need > 0 and pool.connecting < limit:
+            return 1  # one probe at a time until the backend answers again
+        if pool.cfg.exhaustion == "connect":
+            return pool.cfg.max_connecting + len(pool.waiters)  # on-demand connects for waiting callers
+        return pool.cfg.max_connecting
+
+    def _need(self, pool: Pool, now: float) -> int:
+        if pool.down and now < pool.next_attempt:
+            return 0
+        need = pool.target_size(now) + len(pool.waiters) - len(pool.idle) - pool.connecting - pool.checking
+        return min(need, self._connect_limit(pool) - pool.connecting)
+
+    def _refill_pool(self, pool: Pool, now: float) -> None:
+        need = self._need(pool, now)
+        while need > 0:
             if not self.start_connect(pool, now):
                 return
             need -= 1
+
+    def refill_loop(self) -> None:
+        """The refill thread: non-blocking connects for every TCP pool, completed via its own epoll."""
+        rep_poll = self.rep.poll
+        kick_fd = self.kick_fd
+        pools = self.tcp_pools
+        connecting = self.connecting
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                for pool in pools:
+                    self._refill_pool(pool, now)
+                if connecting:
+                    self.expire_connects(now)
+                self.refiller_sleeping = True
+                # Re-check after publishing the flag: a hand-out just before it sent no kick.
+                busy = any(self._need(pool, now) > 0 for pool in pools)
+                events = rep_poll(0 if busy else _TICK, 1024)
+                self.refiller_sleeping = False
+                for fd, ev in events:
+                    if fd == kick_fd:
+                        with contextlib.suppress(BlockingIOError):
+                            os.eventfd_read(kick_fd)
+                    elif fd in connecting:
+                        self.connect_done(fd, ev)
+        except BaseException as exc:  # never die silently: the pool would stop refilling
+            self.log("refill_thread_failed", level="error", error=f"{type(exc).__name__}: {exc}")
+            self.stopping = True
+            self.kick_main()
+
+    def kick_main(self) -> None:
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self.evfd, 1)
+
+    def expire_connects(self, now: float) -> None:
+        for fd, (pool, sock, deadline) in list(self.connecting.items()):
+            if deadline <= now:
+                del self.connecting[fd]
+                pool.connecting -= 1
+                sock.close()  # closing drops it from epoll
+                self.connect_failed(pool, now, "connect timed out")
 
     def start_connect(self, pool: Pool, now: float) -> bool:
         cfg = pool.cfg
@@ -680,10 +755,16 @@ class Manager:
             self.submit("opened", pool, _run_open, pool.plugin, cfg.as_dict())
             return True
         if now >= pool.addrs_expire:
-            if not pool.resolving:
-                pool.resolving = True
-                self.submit("resolved", pool, _resolve, cfg.target)
-            return False
+            # Runs in the refill thread: a slow resolver delays refills, never hand-outs.
+            try:
+                pool.addrs = _resolve(cfg.target)
+            except OSError as exc:
+                self.connect_failed(pool, now, f"resolve {cfg.target}: {exc}")
+                return False
+            if not pool.addrs:
+                self.connect_failed(pool, now, f"resolve {cfg.target}: no address")
+                return False
+            pool.addrs_expire = now + cfg.resolve_ttl
         family, addr = pool.addrs[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -712,7 +793,7 @@ class Manager:
             fd = sock.fileno()
             pool.connecting += 1
             self.connecting[fd] = (pool, sock, now + cfg.connect_timeout)
-            self.ep.register(fd, _EPOLLOUT)
+            self.rep.register(fd, _EPOLLOUT)
             return True
         self.connected(pool, sock, peer_addr, now)
         return True
@@ -720,7 +801,7 @@ class Manager:
     def connect_done(self, fd: int, ev: int) -> None:
         pool, sock, _deadline = self.connecting.pop(fd)
         pool.connecting -= 1
-        self.ep.unregister(fd)
+        self.rep.unregister(fd)
         now = time.monotonic()
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         try:
@@ -732,7 +813,6 @@ class Manager:
             self.connect_failed(pool, now, exc.strerror or str(exc))
             return
         self.connected(pool, sock, peer_addr, now)
-        self.refill(pool, now)
 
     def connected(self, pool: Pool, sock: socket.socket, peer_addr: tuple[Any, ...], now: float) -> None:
         try:
@@ -753,17 +833,33 @@ class Manager:
         self.conn_ready(pool, _Conn(sock, peer, local, b"{}", now, pool.expiry(now)), now)
 
     def conn_ready(self, pool: Pool, conn: _Conn, now: float) -> None:
+        pool.idle.append(conn)
         if pool.plugin is not None:
-            pool.idle.append(conn)
             self.serve_plugin_waiters(pool)
-            return
+        elif pool.waiters:
+            if threading.get_ident() == self.main_ident:
+                self.serve_waiters(pool, now)
+            else:
+                self.kick_main()
+
+    def serve_waiters(self, pool: Pool, now: float) -> None:
+        """Main thread: give idle connections to waiting callers, or tell them the backend is down."""
+        while pool.waiters:
+            conn = self.take_healthy(pool, now)
+            if conn is None:
+                break
+            client = pool.waiters.popleft()
+            client.pool = None
+            self.hand_out(client, pool, conn)  # on failure the connection goes back to idle
+        if pool.waiters and pool.down and not pool.idle and pool.connecting == 0:
+            self.reject_waiters(pool, pool.last_error or "backend down")
+
+    def reject_waiters(self, pool: Pool, error: str) -> None:
         while pool.waiters:
             client = pool.waiters.popleft()
             client.pool = None
-            if self.hand_out(client, pool, conn):
-                return
-            conn = pool.idle.popleft()  # hand_out put it back
-        pool.idle.append(conn)
+            pool.stats["unavailable"] += 1
+            self.reply_error(client, "backend_unavailable", f"pool {pool.name}: {error}")
 
     def connect_failed(self, pool: Pool, now: float, error: str) -> None:
         pool.stats["connect_failures"] += 1
@@ -773,15 +869,15 @@ class Manager:
             pool.level += 1
             delay = min(pool.cfg.backoff_max, pool.cfg.backoff_initial * (2 ** (pool.level - 1)))
             pool.next_attempt = now + delay * (0.5 + random.random() / 2)
-            pool.addrs_expire = 0.0 if pool._literal is None else pool.addrs_expire  # re-resolve next time
+            if pool._literal is None:
+                pool.addrs_expire = 0.0  # re-resolve: the backend may have moved
             self.log("connect_failed", level="warning", pool=pool.name, error=error, retry_in_s=round(delay, 3))
-        if pool.connecting == 0 and not pool.idle:
+        if pool.connecting == 0 and not pool.idle and pool.waiters:
             # Nothing can arrive soon: let waiting callers fall back now instead of at their deadline.
-            while pool.waiters:
-                client = pool.waiters.popleft()
-                client.pool = None
-                pool.stats["unavailable"] += 1
-                self.reply_error(client, "backend_unavailable", f"pool {pool.name}: {error}")
+            if threading.get_ident() == self.main_ident:
+                self.reject_waiters(pool, error)
+            else:
+                self.kick_main()
 
     # ---------------------------------------------------------------- worker results
     def submit(self, kind: str, pool: Pool, fn: Callable[..., Any], *args: Any) -> None:
@@ -799,25 +895,19 @@ class Manager:
         self.executor.submit(job)
 
     def drain_results(self) -> None:
+        """Main thread, woken by the eventfd: plug-in results, and TCP pools the refill thread fed."""
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.evfd)
         now = time.monotonic()
+        for tcp_pool in self.tcp_pools:
+            if tcp_pool.waiters:
+                self.serve_waiters(tcp_pool, now)
         while True:
             try:
                 kind, pool, ((ok, value), args) = self.results.get_nowait()
             except queue.Empty:
                 return
-            if kind == "resolved":
-                pool.resolving = False
-                if ok and value:
-                    pool.addrs = value
-                    pool.addrs_expire = now + pool.cfg.resolve_ttl
-                else:
-                    pool.addrs_expire = 0.0
-                    self.connect_failed(pool, now, f"resolve {pool.cfg.target}: {value}")
-                    continue
-                self.refill(pool, now)
-            elif kind == "opened":
+            if kind == "opened":
                 pool.connecting -= 1
                 if not ok:
                     self.connect_failed(pool, now, f"{type(value).__name__}: {value}")
@@ -861,47 +951,48 @@ class Manager:
             else:
                 pool.stats["borrow_timeouts"] += 1
                 self.reject_unavailable(client, pool)
-        for fd, (pool, sock, deadline) in list(self.connecting.items()):
-            if deadline <= now:
-                del self.connecting[fd]
-                pool.connecting -= 1
-                sock.close()  # closing drops it from epoll
-                self.connect_failed(pool, now, "connect timed out")
         for pool in self.pools.values():
+            if pool.plugin is None and pool.waiters:
+                self.serve_waiters(pool, now)
             self.refill(pool, now)
 
     def sweep(self, now: float) -> None:
+        """Main thread: drop expired, long-idle and peer-closed connections.
+
+        The refill thread appends concurrently, so the deque is rotated in place (pop the
+        entries present now, append survivors) instead of being replaced.
+        """
         for pool in self.pools.values():
-            keep: deque[_Conn] = deque()
-            remaining = len(pool.idle)
+            idle = pool.idle
+            remaining = len(idle)
             floor = pool.cfg.min_idle
             max_idle = pool.cfg.max_idle
-            for conn in pool.idle:
+            for _ in range(remaining):
+                try:
+                    conn = idle.popleft()
+                except IndexError:
+                    break
+                reason = ""
                 if conn.expires <= now:
-                    pool.stats["discard_ttl"] += 1
-                    conn.sock.close()
-                    remaining -= 1
-                    continue
-                if max_idle > 0 and now - conn.idle_since > max_idle and remaining > floor:
-                    pool.stats["discard_idle"] += 1
-                    conn.sock.close()
-                    remaining -= 1
-                    continue
-                if pool.plugin is None:
+                    reason = "ttl"
+                elif max_idle > 0 and now - conn.idle_since > max_idle and remaining > floor:
+                    reason = "idle"
+                elif pool.plugin is None:
                     try:
                         peek = conn.sock.recv(1, _PEEK_FLAGS)
+                        reason = "health"
+                        self.log("discard", pool=pool.name, reason="eof" if not peek else "unread_data", peer=conn.peer)
                     except (BlockingIOError, InterruptedError):
-                        keep.append(conn)
-                        continue
+                        pass
                     except OSError:
-                        peek = b""
-                    pool.stats["discard_health"] += 1
-                    self.log("discard", pool=pool.name, reason="eof" if not peek else "unread_data", peer=conn.peer)
+                        reason = "health"
+                        self.log("discard", pool=pool.name, reason="error", peer=conn.peer)
+                if reason:
+                    pool.stats["discard_" + reason] += 1
                     conn.sock.close()
                     remaining -= 1
-                    continue
-                keep.append(conn)
-            pool.idle = keep
+                else:
+                    idle.append(conn)
             self.refill(pool, now)
 
     # ---------------------------------------------------------------- stats / shutdown
@@ -947,6 +1038,7 @@ class Manager:
         }
 
     def close(self) -> None:
+        self.stop_refiller()
         for client in list(self.clients.values()):
             self.close_client(client)
         for _pool, sock, _deadline in self.connecting.values():
@@ -963,7 +1055,9 @@ class Manager:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket)
         self.ep.close()
+        self.rep.close()
         os.close(self.evfd)
+        os.close(self.kick_fd)
 
 
 def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:

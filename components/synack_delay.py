@@ -379,6 +379,20 @@ def probe() -> dict[str, Any]:
     return {"event": "probe", "backend": usable[0] if usable else None, "results": results}
 
 
+def cleanup(dev: str, port: int, queue_num: int) -> list[str]:
+    """Remove whatever a killed instance may have left; returns what was removed."""
+    removed = []
+    if _run_all(netem_teardown_commands(dev)) is None:
+        removed.append(f"qdisc root on {dev}")
+    for iptables in ("iptables", "iptables-legacy"):
+        # Bounded: the same rule could have been added more than once.
+        for _ in range(8):
+            if _run_all(nfqueue_teardown_commands(port, queue_num, iptables)) is not None:
+                break
+            removed.append(f"{iptables} NFQUEUE rule for port {port}")
+    return removed
+
+
 def _emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
@@ -391,10 +405,16 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
     parser.add_argument("--queue-num", type=int, default=0)
     parser.add_argument("--dev", default=None, help="interface for netem (default: that of the default route)")
     parser.add_argument("--probe", action="store_true", help="report which backends work, then exit")
+    parser.add_argument(
+        "--cleanup", action="store_true", help="remove a qdisc/rule left by an instance that was killed, then exit"
+    )
     args = parser.parse_args(argv)
 
     if args.probe:
         _emit(probe())
+        return 0
+    if args.cleanup:
+        _emit({"event": "cleaned", "removed": cleanup(args.dev or default_interface(), args.port, args.queue_num)})
         return 0
     if args.delay_ms <= 0 or not 0 < args.port < 65536:
         parser.error("--delay-ms must be > 0 and --port in 1..65535")

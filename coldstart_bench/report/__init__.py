@@ -8,10 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..samples import Sample
-from . import html, markdown
-from .content import build_document
 from .files import ReportWriteError, ensure_dir, write_bytes_atomic, write_text_atomic
-from .plots import iter_plots
 
 __all__ = ["ReportWriteError", "write_all"]
 
@@ -21,6 +18,11 @@ def write_all(run_dir: Path, samples: Sequence[Sample], summary: Mapping[str, An
 
     Stops at the first file that cannot be written and raises ReportWriteError naming it; what was
     written before stays (each file is replaced atomically), and samples.csv is never touched."""
+    # Imported here: loading matplotlib is not worth paying when only gate or baseline code is needed.
+    from . import html, markdown
+    from .content import build_document
+    from .plots import iter_plots
+
     written: list[Path] = []
     try:
         ensure_dir(run_dir)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..textfmt import pvalue
 from .plots import PHASES
 
 
@@ -59,9 +60,7 @@ def num(x: Any, digits: int = 1) -> str:
 
 
 def pval(p: Any) -> str:
-    if p is None:
-        return "–"
-    return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
+    return pvalue(p, missing="–")
 
 
 def ci(c: Any, digits: int = 2, unit: str = "") -> str:
@@ -106,6 +105,65 @@ def table2(scenarios: Mapping[str, Any]) -> Table:
         "Shaped like the thesis's Table 2 (Average ms, Diff ms vs socket), extended with medians, "
         "variance and connect percentiles.",
     )
+
+
+# The thesis's own figures (AWS t3.micro, 1000 cold starts per scenario), to set beside a run.
+THESIS: dict[str, tuple[float, float]] = {
+    "connect_mean": (260.0, 951.0),
+    "connect_p95": (333.0, 1283.0),
+    "lifecycle_mean": (338.0, 353.0),
+    "lifecycle_variance": (0.6, 3.21),
+    "lifecycle_p99": (439.0, 514.0),
+}
+THESIS_LEVENE_P = 0.0055
+
+
+def thesis_table(scenarios: Mapping[str, Any], comparisons: Sequence[Mapping[str, Any]]) -> Table | None:
+    """The thesis's socket-vs-direct claims next to this run's values (same statistics: means where it
+    used means)."""
+    if "socket" not in scenarios or "direct" not in scenarios:
+        return None
+    sock, direct = scenarios["socket"], scenarios["direct"]
+    lev = next((c for c in comparisons if (c["a"], c["b"], c["metric"]) == ("socket", "direct", "lifecycle_ms")), None)
+
+    def pair(metric: str, stat: str, digits: int) -> str:
+        return f"{num(sock[metric][stat], digits)} / {num(direct[metric][stat], digits)}"
+
+    def ratio(metric: str, stat: str) -> str:
+        a, b = sock[metric][stat], direct[metric][stat]
+        return f"{b / a:.2f}×" if a and b else "–"
+
+    t = THESIS
+    rows = [
+        [
+            "connect mean µs (socket / direct)",
+            f"{t['connect_mean'][0]:g} / {t['connect_mean'][1]:g}",
+            pair("connect_us", "mean", 0),
+        ],
+        [
+            "connect speed-up (direct mean / socket mean)",
+            f"{t['connect_mean'][1] / t['connect_mean'][0]:.2f}×",
+            ratio("connect_us", "mean"),
+        ],
+        ["connect p95 µs", f"{t['connect_p95'][0]:g} / {t['connect_p95'][1]:g}", pair("connect_us", "p95", 0)],
+        [
+            "lifecycle mean ms",
+            f"{t['lifecycle_mean'][0]:g} / {t['lifecycle_mean'][1]:g}",
+            pair("lifecycle_ms", "mean", 1),
+        ],
+        [
+            "lifecycle variance ms²",
+            f"{t['lifecycle_variance'][0]:g} / {t['lifecycle_variance'][1]:g}",
+            pair("lifecycle_ms", "variance", 2),
+        ],
+        [
+            "Levene p (lifecycle variance, mean-centred)",
+            f"{THESIS_LEVENE_P:g}",
+            pval(lev["levene_mean_p"]) if lev else "–",
+        ],
+        ["lifecycle p99 ms", f"{t['lifecycle_p99'][0]:g} / {t['lifecycle_p99'][1]:g}", pair("lifecycle_ms", "p99", 1)],
+    ]
+    return Table(["claim (socket / direct)", "thesis", "this run"], rows, "Thesis figures: AWS t3.micro, n = 1000.")
 
 
 def stats_table(scenarios: Mapping[str, Any], metric: str, digits: int) -> Table:
@@ -175,7 +233,7 @@ def comparisons_table(comparisons: Sequence[Mapping[str, Any]]) -> Table:
         ],
         rows,
         "Ratio < 1 and negative δ: the first scenario is faster. Holm correction within each test "
-        "across all comparisons of the run. Bold: the thesis's headline pairs.",
+        "across all comparisons of the run. Bold: the headline pairs (injection against its direct twin).",
     )
 
 
@@ -294,15 +352,15 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     scenarios = summary.get("scenarios", {})
     doc = Document("Cold-start benchmark report")
     b = doc.blocks
-    env = summary.get("environment", {})
-    if env:
-        b.append(Heading("Environment"))
-        b.append(Table(["key", "value"], [[str(k), str(v)] for k, v in env.items()]))
     b.append(Heading("Summary (thesis Table 2 shape)"))
     if scenarios:
         b.append(table2(scenarios))
     else:
         b.append(Para("No samples in this run."))
+    versus = thesis_table(scenarios, summary.get("comparisons", []))
+    if versus:
+        b.append(Heading("Against the thesis"))
+        b.append(versus)
     findings = summary.get("findings", [])
     b.append(Heading("Findings"))
     if findings:
@@ -374,4 +432,8 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     }
     for f in plot_files:
         b.append(Image(f, captions.get(f, f)))
+    env = summary.get("environment", {})
+    if env:
+        b.append(Heading("Environment"))
+        b.append(Table(["key", "value"], [[str(k), str(v)] for k, v in env.items()]))
     return doc

@@ -89,7 +89,8 @@ def per_iteration(samples: Sequence[Sample], metric: str, title: str, ylabel: st
 
 
 def ecdf(samples: Sequence[Sample], metric: str, xlabel: str) -> bytes:
-    groups = group_by_scenario(samples)
+    # Bursts have their own plot; fifteen curves here would hide the thesis's comparison.
+    groups = {k: g for k, g in group_by_scenario(samples).items() if not k.startswith("burst-")}
     fig = Figure(figsize=(9, 4.8))
     ax = fig.add_subplot()
     colors = _colors(list(groups))
@@ -211,11 +212,11 @@ def phases(summary: Mapping[str, Any]) -> bytes:
                 ax.text(left[y], y, f"  connection {share:.1%}", va="center", fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("mean time (ms)")
-        ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(1, len(rows))))
+        ax.legend(fontsize=7, ncol=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
         ax.margins(x=0.15)
     else:
         _no_data(ax, "no phase timings in this run")
-    ax.set_title("Where the lifecycle goes (mean per phase)")
+    ax.set_title("Where the lifecycle goes (mean per phase)", pad=28)
     return _png(fig)
 
 

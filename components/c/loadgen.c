@@ -4,8 +4,10 @@
  * reply with its fd (SCM_RIGHTS), check it, close it. Written in C so the
  * clients cost little CPU next to the manager on a small machine.
  *
- * usage: loadgen --socket PATH [--procs N] [--duration S] [--pool NAME]
+ * usage: loadgen --socket PATH [--procs N] [--duration S] [--count N] [--pool NAME]
  *                [--timeout-ms MS] [--max-samples N]
+ * --count stops after N successful acquisitions in total (split over the processes),
+ * or at --duration, whichever comes first.
  * Prints one JSON object: count, failures, rate, latency percentiles (us).
  */
 #define _GNU_SOURCE
@@ -108,15 +110,17 @@ int main(int argc, char **argv) {
     int procs = 8, timeout_ms = 2000;
     double duration = 10.0;
     long max_samples = 400000;
+    long total = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--socket") && i + 1 < argc) path = argv[++i];
         else if (!strcmp(argv[i], "--procs") && i + 1 < argc) procs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--duration") && i + 1 < argc) duration = atof(argv[++i]);
         else if (!strcmp(argv[i], "--pool") && i + 1 < argc) pool = argv[++i];
+        else if (!strcmp(argv[i], "--count") && i + 1 < argc) total = atol(argv[++i]);
         else if (!strcmp(argv[i], "--timeout-ms") && i + 1 < argc) timeout_ms = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--max-samples") && i + 1 < argc) max_samples = atol(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s --socket PATH [--procs N] [--duration S] [--pool NAME] "
+            fprintf(stderr, "usage: %s --socket PATH [--procs N] [--duration S] [--count N] [--pool NAME] "
                             "[--timeout-ms MS] [--max-samples N]\n", argv[0]);
             return 2;
         }
@@ -146,9 +150,10 @@ int main(int argc, char **argv) {
         if (pid == 0) {
             struct shared *me = &sh[p];
             uint32_t *mine = lat + (size_t)p * (size_t)max_samples;
+            uint64_t quota = total > 0 ? (uint64_t)(total / procs + (p < total % procs ? 1 : 0)) : UINT64_MAX;
             for (;;) {
                 uint64_t t0 = now_ns();
-                if (t0 >= end) break;
+                if (t0 >= end || me->count >= quota) break;
                 int kind = 0;
                 char errbuf[256] = "";
                 int rc = acquire_once(&addr, req, (size_t)reqlen, timeout_ms, &kind, errbuf, sizeof(errbuf));

@@ -178,3 +178,31 @@ def test_unusable_backend_fails_with_the_sidecar_logs(
     )
     assert leftover == []
     assert median_connect_ms(echo[1]) < 10  # nothing was left applied
+
+
+def _output_rules(docker_client: Any, images: ImageSet, container_id: str, run_id: str) -> str:
+    out = docker_client.containers.run(
+        images.delay,
+        ["sh", "-c", "iptables -w 5 -S OUTPUT; tc qdisc show"],
+        network_mode=f"container:{container_id}",
+        cap_add=["NET_ADMIN"],
+        labels={**run_labels(run_id), "coldstart-bench.role": "inspect"},
+        remove=True,
+    )
+    return bytes(out).decode()
+
+
+def test_killed_sidecar_leaves_nothing_applied(
+    docker_client: Any, images: ImageSet, echo: tuple[str, str], run_id: str
+) -> None:
+    container_id, ip = echo
+    delay = SynAckDelay(docker_client, images.delay, container_id, PORT, DELAY_MS, labels=run_labels(run_id))
+    delay.start()
+    try:
+        assert "NFQUEUE" in _output_rules(docker_client, images, container_id, run_id) or delay.backend == "netem"
+        delay.container.kill()  # SIGKILL: no chance to clean up itself
+    finally:
+        delay.stop()
+    left = _output_rules(docker_client, images, container_id, run_id)
+    assert "NFQUEUE" not in left and "netem" not in left, left
+    assert median_connect_ms(ip) < 10

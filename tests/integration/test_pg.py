@@ -99,7 +99,7 @@ def _start_manager(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         logs = container.logs().decode("utf-8", "replace")
-        if '"event": "ready"' in logs or '"event":"ready"' in logs:
+        if f'"event": "{event}"' in logs or f'"event":"{event}"' in logs:
             return container
         container.reload()
         if container.status == "exited":

@@ -246,3 +246,13 @@ def test_interleaved_run_gets_paired_block_differences(tmp_path: Path) -> None:
 
     write_report(tmp_path, samples, a)
     assert "Paired differences per block" in (tmp_path / "report.md").read_text()
+
+
+def test_all_failed_burst_scenarios_do_not_break_findings() -> None:
+    samples = scenario_samples("burst-1-direct", 6, 951, 353, burst=1) + scenario_samples(
+        "burst-4-direct", 6, 951, 500, burst=4, seed=2
+    )
+    for s in samples[:6]:
+        s.ok = False
+    a = analyse(samples, {}, quick())
+    assert a.summary["findings"] == [] and a.summary["scenarios"]["burst-1-direct"]["ok"] == 0

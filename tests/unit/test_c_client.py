@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_pool_manager_support import Echo, Manager, short_tmpdir  # noqa: E402
+from test_pool_manager_support import Echo, Manager, short_tmpdir
 
 C_DIR = Path(__file__).resolve().parents[2] / "components" / "c"
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")

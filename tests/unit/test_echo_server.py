@@ -15,7 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_pool_manager_support import Echo  # noqa: E402
+import contextlib
+
+from test_pool_manager_support import Echo
 
 
 @pytest.fixture
@@ -89,10 +91,8 @@ def test_large_payload_backpressure_and_half_close(echo: Echo) -> None:
         while time.monotonic() < deadline:
             for _key, ev in sel.select(0.5):
                 if ev & selectors.EVENT_WRITE and sent < len(data):
-                    try:
+                    with contextlib.suppress(BlockingIOError):
                         sent += s.send(data[sent : sent + 65536])
-                    except BlockingIOError:
-                        pass
                 if ev & selectors.EVENT_READ:
                     chunk = s.recv(1 << 20)
                     if not chunk:

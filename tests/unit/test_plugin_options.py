@@ -66,3 +66,12 @@ def test_missing_baseline_is_a_usage_error_before_measuring(pytester: pytest.Pyt
     result = _run(pytester, plugin, "--bench-baseline", "no/such/baseline")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--bench-baseline*no/such/baseline*--bench-save-baseline*"])
+
+
+def test_malformed_expectation_is_a_usage_error(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    pytester.makepyfile(
+        test_y='import pytest\n@pytest.mark.bench_expect("socket.connect_us.p42 <= 1")\ndef test_y():\n    pass\n'
+    )
+    result = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bench_expect*p42*"])

@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_pool_manager_support import (  # noqa: E402
+from test_pool_manager_support import (
     Echo,
     Manager,
     dead_port,
@@ -28,7 +28,7 @@ from test_pool_manager_support import (  # noqa: E402
     wait_for,
 )
 
-from components import protocol  # noqa: E402
+from components import protocol
 
 
 @pytest.fixture
@@ -341,7 +341,9 @@ def test_exhaustion_policies(start_manager: Callable[..., Manager]) -> None:
         held.close()
         refuse.stop()
 
-        wait = start_manager(target, 1, "--exhaustion", "wait", "--borrow-timeout", "0.4", wait_ready=False, name="w.sock")
+        wait = start_manager(
+            target, 1, "--exhaustion", "wait", "--borrow-timeout", "0.4", wait_ready=False, name="w.sock"
+        )
         wait.wait_socket()
         time.sleep(0.3)
         t0 = time.monotonic()
@@ -487,7 +489,7 @@ def _release(m: Manager, sock: socket.socket) -> dict[str, Any]:
 
 def test_release_healthy_connection_is_reused(echo: Echo, start_manager: Callable[..., Manager]) -> None:
     m = start_manager(echo.target, 2)
-    sock, reply = protocol.acquire(m.sock_path)
+    sock, _reply = protocol.acquire(m.sock_path)
     local = sock.getsockname()
     assert echo_roundtrip(sock)
     out = _release(m, sock)
@@ -537,7 +539,10 @@ def test_release_of_foreign_connection_is_refused(echo: Echo, start_manager: Cal
     # A non-socket fd is refused too.
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(m.sock_path)
-    s.sendmsg([protocol.encode_request("release", pool="echo")], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]).tobytes())])
+    s.sendmsg(
+        [protocol.encode_request("release", pool="echo")],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]).tobytes())],
+    )
     s.settimeout(3)
     assert error_of(s.recv(4096)) == "bad_request"
     s.close()
@@ -579,7 +584,18 @@ def test_python_loadgen_cli(echo: Echo, start_manager: Callable[..., Manager]) -
 
     m = start_manager(echo.target, 8)
     out = subprocess.run(
-        [sys.executable, "-m", "components.loadgen", "--socket", m.sock_path, "--clients", "2", "--duration", "0.5", "--echo"],
+        [
+            sys.executable,
+            "-m",
+            "components.loadgen",
+            "--socket",
+            m.sock_path,
+            "--clients",
+            "2",
+            "--duration",
+            "0.5",
+            "--echo",
+        ],
         capture_output=True,
         env=env(),
         cwd=REPO,

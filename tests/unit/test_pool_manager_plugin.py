@@ -6,15 +6,16 @@ import json
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_pool_manager_support import Echo, Manager, echo_roundtrip, short_tmpdir, wait_for  # noqa: E402
+from test_pool_manager_support import Echo, Manager, echo_roundtrip, short_tmpdir, wait_for
 
-from components import protocol  # noqa: E402
+from components import protocol
 
 FAKE_KIND = textwrap.dedent(
     '''
@@ -74,9 +75,9 @@ def start(d: Path, echo: Echo, size: int = 3) -> Manager:
 
 
 @pytest.fixture
-def echo() -> Echo:
+def echo() -> Iterator[Echo]:
     e = Echo()
-    yield e  # type: ignore[misc]
+    yield e
     e.stop()
 
 

@@ -117,9 +117,7 @@ class Manager:
             *extra,
         ]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process lifetime
-        self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=self._log, env=env(), cwd=REPO, **kw
-        )
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._log, env=env(), cwd=REPO, **kw)
         self.ready: dict[str, Any] | None = None
         if wait_ready:
             self.ready = read_json_line(self.proc, 15)

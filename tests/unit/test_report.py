@@ -213,3 +213,10 @@ def test_subset_run_reports_without_crashing(tmp_path: Path) -> None:
     assert {p.name for p in paths} >= {"summary.json", "report.md", "report.html", *PLOTS}
     assert "burst.png" not in {p.name for p in paths}
     assert terminal_lines(a)[2].startswith("socket-nonet") and terminal_lines(a)[3].split()[:3] == ["socket", "0", "3"]
+
+
+def test_thesis_comparison_table(written: Path) -> None:
+    md = (written / "report.md").read_text()
+    assert "## Against the thesis" in md
+    row = next(line for line in md.splitlines() if line.startswith("| connect speed-up"))
+    assert "| 3.66× |" in row

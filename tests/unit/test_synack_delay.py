@@ -223,3 +223,24 @@ def test_cli_prints_ready_line_then_cleans_up_on_sigterm(
 def test_cli_rejects_nonpositive_delay() -> None:
     with pytest.raises(SystemExit):
         sd.main(["--delay-ms", "0", "--port", "7000"])
+
+
+def test_cleanup_removes_qdisc_and_every_copy_of_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = {"iptables": 2, "iptables-legacy": 0}
+    ran: list[list[str]] = []
+
+    def fake_run_all(commands: Any) -> str | None:
+        (argv,) = commands
+        ran.append(argv)
+        if argv[0] == "tc":
+            return "tc: Cannot delete qdisc with handle of zero."
+        if rules[argv[0]] > 0:
+            rules[argv[0]] -= 1
+            return None
+        return "iptables: Bad rule (does a matching rule exist in that chain?)."
+
+    monkeypatch.setattr(sd, "_run_all", fake_run_all)
+    removed = sd.cleanup("eth0", 7000, 0)
+    assert removed == ["iptables NFQUEUE rule for port 7000"] * 2
+    assert rules == {"iptables": 0, "iptables-legacy": 0}
+    assert len(ran) < 20  # bounded
