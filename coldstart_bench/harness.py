@@ -103,9 +103,7 @@ class Harness:
         self._install_sigterm()
         self.events = LifecycleEvents(self.client, f"{LABEL_RUN}={self.state.run_id}").start()
         self.runner = ColdStartRunner(self.client, self.events)
-        testbed = Testbed(
-            self.client, images, self.state.run_id, TestbedConfig(pool_size=self.options.pool_size)
-        )
+        testbed = Testbed(self.client, images, self.state.run_id, TestbedConfig(pool_size=self.options.pool_size))
         try:
             testbed.start()
         except (TestbedError, Exception) as exc:
@@ -153,9 +151,7 @@ class Harness:
         except Exception as exc:
             pytest.fail(f"{scenario.id}: could not prepare the testbed: {exc}", pytrace=False)
         if scenario.delay_ms > 0 and testbed.delay is not None:
-            self.state.environment.setdefault("delay_backends_by_scenario", {})[scenario.id] = (
-                testbed.delay.backend
-            )
+            self.state.environment.setdefault("delay_backends_by_scenario", {})[scenario.id] = testbed.delay.backend
         for _ in range(warmup):
             warm = cold_start_samples(testbed, self.runner, scenario, iteration=-1)
             if scenario.backend == "pg":
@@ -188,9 +184,7 @@ class Harness:
             "order": [[b.index, b.scenario, b.count] for b in blocks],
         }
         self.state.environment["interleave_seed"] = seed
-        self.write(
-            f"[coldstart-bench] interleaving {len(ids)} scenarios in {len(blocks)} blocks, seed {seed}"
-        )
+        self.write(f"[coldstart-bench] interleaving {len(ids)} scenarios in {len(blocks)} blocks, seed {seed}")
         results: dict[str, list[Sample]] = {sid: [] for sid in ids}
         warmed: set[str] = set()
         for block in blocks:
@@ -206,9 +200,7 @@ class Harness:
         if self.options.interleave and scenario_id in self.selected:
             samples = self._interleave_all()[scenario_id]
         else:
-            samples = self._measure(
-                scenario, rounds_for(scenario, self.options.iterations), warmup=self.options.warmup
-            )
+            samples = self._measure(scenario, rounds_for(scenario, self.options.iterations), warmup=self.options.warmup)
         self._record_benchmark(benchmark, scenario, samples)
         status = self.testbed.pool_status() if self.testbed is not None else ""
         problems = validate(scenario, samples, pool_status=status)

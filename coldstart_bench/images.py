@@ -404,40 +404,43 @@ class ImageBuilder:
 
     # images -------------------------------------------------------------------------
 
-    def image_tag(self, name: str) -> tuple[str, str, list[Path]]:
-        """(tag, base ref, wheel paths) for image name; builds the base variant if needed."""
+    def _assemble(self, name: str, ctx: Path) -> str:
+        """Lay out the build context of image name in ctx; returns the base it builds FROM."""
         directory = self.images_dir / name
         if not (directory / "Dockerfile").is_file():
             raise ImageBuildError(f"no image {name!r}: {directory / 'Dockerfile'} does not exist")
         base_ref = self.base_with_packages(name, read_list(directory / "debian-packages.txt"))
         wheels = self.wheels.ensure(read_list(directory / "wheels.txt"))
-        files = [
-            *tree_files(directory, "image/"),
+        copies = [
+            *tree_files(directory),
             *tree_files(self.components_dir, "components/"),
             *((f"wheels/{w.name}", w) for w in wheels),
         ]
+        for rel, src in copies:
+            dest = ctx / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+        (ctx / "wheels").mkdir(exist_ok=True)  # Dockerfiles may COPY it even when empty
+        return base_ref
+
+    def _tag(self, name: str, ctx: Path, base_ref: str) -> str:
+        # Hashing the assembled copy, not the tree, so the tag matches exactly what is built
+        # even while components/ is being edited.
         extra = [f"recipe:{IMAGE_RECIPE_VERSION}", f"image:{name}", base_ref, _image_id(self.client, base_ref)]
-        digest = content_hash(files, extra)
-        return f"{PREFIX}/{name}:{digest[:12]}", base_ref, wheels
+        return f"{PREFIX}/{name}:{content_hash(tree_files(ctx), extra)[:12]}"
+
+    def image_tag(self, name: str) -> str:
+        """The tag image name has with the current sources (builds base variants if needed)."""
+        with tempfile.TemporaryDirectory(prefix=f"coldstart-ctx-{name}-") as tmp:
+            return self._tag(name, Path(tmp), self._assemble(name, Path(tmp)))
 
     def ensure(self, name: str) -> str:
-        tag, base_ref, wheels = self.image_tag(name)
-        if _image_exists(self.client, tag):
-            return tag
         with tempfile.TemporaryDirectory(prefix=f"coldstart-ctx-{name}-") as tmp:
             ctx = Path(tmp)
-            for rel, src in tree_files(self.images_dir / name):
-                dest = ctx / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest)
-            for rel, src in tree_files(self.components_dir):
-                dest = ctx / "components" / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest)
-            (ctx / "wheels").mkdir(exist_ok=True)
-            for wheel in wheels:
-                shutil.copy2(wheel, ctx / "wheels" / wheel.name)
-            self._docker_build(ctx, tag, {"BASE_IMAGE": base_ref}, self.base().route)
+            base_ref = self._assemble(name, ctx)
+            tag = self._tag(name, ctx, base_ref)
+            if not _image_exists(self.client, tag):
+                self._docker_build(ctx, tag, {"BASE_IMAGE": base_ref}, self.base().route)
         return tag
 
     def _docker_build(self, context: Path, tag: str, buildargs: dict[str, str], route: str) -> None:
@@ -514,3 +517,29 @@ def images_created_by_project(client: docker.DockerClient) -> list[str]:
         elif image in labelled:
             refs.add(str(image.id))
     return sorted(refs)
+
+
+def prune_stale_images(client: docker.DockerClient, current: ImageSet, log: Callable[[str], None] = print) -> list[str]:
+    """Remove older tags of the images in current (superseded by a content change).
+
+    For cleanup tooling, when no run is in progress: a run started from an older
+    tag would lose its image between two cold starts. Images a container still
+    uses are kept (the engine refuses), as are base images and newer tags.
+    """
+    keep = {t for t in [current.echo, current.pool, current.function, current.delay, *current.extra.values()] if t}
+    removed = []
+    for tag in sorted(keep):
+        repo = tag.rsplit(":", 1)[0]
+        newest = client.images.get(tag).attrs.get("Created", "")
+        for image in client.images.list(name=repo):
+            if image.attrs.get("Created", "") >= newest:
+                continue  # newer than current: maybe another process's fresh build
+            for old in image.tags:
+                if old.startswith(f"{repo}:") and old not in keep:
+                    try:
+                        client.images.remove(old)
+                    except docker.errors.APIError as exc:
+                        log(f"kept {old}: {str(exc).splitlines()[0]}")
+                        continue
+                    removed.append(old)
+    return removed

@@ -108,9 +108,9 @@ def addoption(parser: pytest.Parser) -> None:
         "bench_expectations",
         type="string",
         default="report",
-        help="'report' (default) or 'fail': what a failed expectation does",
+        help="report (default), fail or strict: what a failed expectation does",
     )
-    parser.addini("bench_alpha", type="string", default="0.05", help="significance level of tests and gates")  # fmt: skip
+    parser.addini("bench_alpha", type="string", default="0.05", help="significance level of tests and gates")
 
 
 @dataclass(frozen=True)
@@ -157,9 +157,7 @@ def from_config(config: pytest.Config) -> BenchOptions:
     try:
         alpha = float(str(config.getini("bench_alpha")))
     except ValueError:
-        raise pytest.UsageError(
-            f"bench_alpha must be a number, got {config.getini('bench_alpha')!r}"
-        ) from None
+        raise pytest.UsageError(f"bench_alpha must be a number, got {config.getini('bench_alpha')!r}") from None
     if not 0 < alpha < 1:
         raise pytest.UsageError(f"bench_alpha must be between 0 and 1, got {alpha}")
     baseline = opt("bench_baseline")

@@ -142,9 +142,7 @@ class Testbed:
         except Exception as exc:
             wrapped = container._container
             logs = _tail(wrapped) if wrapped is not None else "(container not created)"
-            raise TestbedError(
-                f"{name} ({image}) did not become ready: {exc}\nlast log lines:\n{logs}"
-            ) from exc
+            raise TestbedError(f"{name} ({image}) did not become ready: {exc}\nlast log lines:\n{logs}") from exc
 
     @property
     def pg_name(self) -> str:

@@ -16,9 +16,10 @@ import codecs
 import contextlib
 import socket
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _I32 = struct.Struct("!i")
 _I16 = struct.Struct("!h")
@@ -80,13 +81,32 @@ class PgError(PgWireError):
         return self.severity in ("FATAL", "PANIC")
 
 
-@dataclass
 class Result:
-    """Outcome of one statement: its command tag and, for row-returning ones, the rows as text."""
+    """Outcome of one statement: its command tag and, for row-returning ones, the rows as text.
 
-    command: str = ""
-    columns: list[str] = field(default_factory=list)
-    rows: list[tuple[str | None, ...]] = field(default_factory=list)
+    A plain class rather than a dataclass: importing dataclasses costs a cold process ~10 ms."""
+
+    __slots__ = ("columns", "command", "rows")
+
+    def __init__(
+        self,
+        command: str = "",
+        columns: list[str] | None = None,
+        rows: list[tuple[str | None, ...]] | None = None,
+    ) -> None:
+        self.command = command
+        self.columns: list[str] = columns if columns is not None else []
+        self.rows: list[tuple[str | None, ...]] = rows if rows is not None else []
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return (self.command, self.columns, self.rows) == (other.command, other.columns, other.rows)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Result(command={self.command!r}, columns={self.columns!r}, rows={self.rows!r})"
 
     @property
     def rowcount(self) -> int:

@@ -46,7 +46,6 @@ import socket
 import stat
 import struct
 import sys
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -74,7 +73,7 @@ _HANDED_MEMORY = 65536  # handed-out connections remembered so a release can be 
 class _Conn:
     """One pooled backend connection."""
 
-    __slots__ = ("created", "expires", "fd", "idle_since", "local", "meta", "peer", "sock")
+    __slots__ = ("anc", "created", "expires", "fd", "idle_since", "local", "meta", "peer", "reply_tail", "sock")
 
     def __init__(self, sock: socket.socket, peer: str, local: Any, meta: bytes, now: float, expires: float) -> None:
         self.sock = sock
@@ -85,12 +84,16 @@ class _Conn:
         self.created = now
         self.expires = expires
         self.idle_since = now
+        # Prepared off the hot path (in the refill thread for TCP): the SCM_RIGHTS payload and
+        # the reply after the hand-out id.
+        self.anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", self.fd))]
+        self.reply_tail = b',"meta":' + meta + b"}\n"
 
 
 class _Client:
     """A caller connected to the Unix socket (one request per connection)."""
 
-    __slots__ = ("buf", "deadline", "fd", "gid", "pid", "pool", "registered", "sock", "t0", "uid")
+    __slots__ = ("allowed", "buf", "deadline", "fd", "gid", "pid", "pool", "registered", "sock", "t0", "uid")
 
     def __init__(self, sock: socket.socket, now: float, deadline: float) -> None:
         self.sock = sock
@@ -99,6 +102,7 @@ class _Client:
         self.t0 = now
         self.deadline = deadline
         self.registered = False
+        self.allowed = False
         self.pool: Pool | None = None  # set while waiting for a connection
         try:
             self.pid, self.uid, self.gid = _PEERCRED.unpack(
@@ -120,6 +124,7 @@ class Pool:
         self.checking = 0  # plug-in sessions being checked before hand-out
         self.addrs: list[tuple[int, tuple[Any, ...]]] = []
         self.addrs_expire = 0.0
+        self.resolving = False
         self.level = 0  # backoff level: consecutive failed connect rounds
         self.next_attempt = 0.0
         self.last_error = ""
@@ -204,24 +209,18 @@ class Manager:
         self.denied = 0
         self.errors: dict[str, int] = {}
         self.lat_counts = [0] * (len(_LAT_BOUNDS_US) + 1)
-        self.logbuf: deque[str] = deque()  # appended from both threads; deque.append is atomic
+        self.logbuf: deque[str] = deque()
         self.ready_announced = False
-        # TCP refill runs in its own thread with its own epoll set: the kernel work of each
-        # handshake (done inside connect()) then overlaps with hand-outs instead of delaying them.
-        self.main_ident = threading.get_ident()
-        self.tcp_pools = [p for p in self.pools.values() if p.plugin is None]
-        self.rep = select.epoll()
-        self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.rep.register(self.kick_fd, _EPOLLIN)
-        self.refiller_sleeping = False
-        self.main_kicked = False
-        self.refiller = threading.Thread(target=self.refill_loop, name="cpm-refill", daemon=True)
+        self.log_grants = cfg.log_grants == "each"
         self._fast_requests: dict[bytes, tuple[str, Pool]] = {}
+        self._fast_acquire: dict[bytes, Pool] = {}
         for name, pool in self.pools.items():
             for op in ("acquire", "release"):
                 for sep in ((",", ":"), (", ", ": ")):
                     line = json.dumps({"v": PROTOCOL_VERSION, "op": op, "pool": name}, separators=sep)
                     self._fast_requests[line.encode() + b"\n"] = (op, pool)
+                    if op == "acquire":
+                        self._fast_acquire[line.encode() + b"\n"] = pool
 
     # ---------------------------------------------------------------- logging
     def log(self, event: str, level: str = "info", **fields: Any) -> None:
@@ -298,41 +297,33 @@ class Manager:
         lfd = self.listener.fileno() if self.listener else -1
         evfd = self.evfd
         clients = self.clients
+        connecting = self.connecting
         next_tick = time.monotonic()
         next_sweep = next_tick + self.cfg.health_interval
-        self.refiller.start()
         for pool in self.pools.values():
             self.refill(pool, next_tick)
-        try:
-            while not self.stopping:
-                events = ep_poll(_TICK, 1024)
-                for fd, _ev in events:
-                    if fd == lfd:
-                        self.accept()
-                    elif fd in clients:
-                        self.client_readable(clients[fd])
-                    elif fd == evfd:
-                        self.drain_results()
-                now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + _TICK
-                    self.tick(now)
-                    if now >= next_sweep:
-                        next_sweep = now + self.cfg.health_interval
-                        self.sweep(now)
-                if not self.ready_announced:
-                    self.announce_ready()
-                if self.logbuf:
-                    self.flush_log()
-        finally:
-            self.stop_refiller()
-
-    def stop_refiller(self) -> None:
-        self.stopping = True
-        if self.refiller.is_alive():
-            with contextlib.suppress(OSError):
-                os.eventfd_write(self.kick_fd, 1)
-            self.refiller.join(5)
+        while not self.stopping:
+            events = ep_poll(_TICK, 1024)
+            for fd, ev in events:
+                if fd == lfd:
+                    self.accept()
+                elif fd in clients:
+                    self.client_readable(clients[fd])
+                elif fd in connecting:
+                    self.connect_done(fd, ev)
+                elif fd == evfd:
+                    self.drain_results()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + _TICK
+                self.tick(now)
+                if now >= next_sweep:
+                    next_sweep = now + self.cfg.health_interval
+                    self.sweep(now)
+            if not self.ready_announced:
+                self.announce_ready()
+            if self.logbuf:
+                self.flush_log()
 
     def announce_ready(self) -> None:
         if all(len(p.idle) >= p.cfg.size for p in self.pools.values()):
@@ -354,6 +345,7 @@ class Manager:
         now = time.monotonic()
         deadline = now + self.cfg.request_timeout
         clients = self.clients
+        allow_uids, allow_gids = self.cfg.allow_uids, self.cfg.allow_gids
         for _ in range(256):
             if len(clients) >= self.cfg.max_clients:
                 # Leave the rest in the backlog; resume when callers finish.
@@ -371,6 +363,7 @@ class Manager:
                     return
                 continue
             client = _Client(sock, time.monotonic(), deadline)
+            client.allowed = client.uid in allow_uids or client.gid in allow_gids
             clients[client.fd] = client
             # Callers usually send right after connecting: try before paying for an epoll round.
             self.client_readable(client)
@@ -390,7 +383,14 @@ class Manager:
         except OSError:
             self.close_client(client)
             return
-        fds = _fds(anc)
+        if not anc and client.allowed and not client.buf:
+            pool = self._fast_acquire.get(data)
+            if pool is not None:
+                # The common case, a complete plain acquire from an allowed caller: straight to hand-out.
+                self.requests += 1
+                self.acquire(client, pool)
+                return
+        fds = _fds(anc) if anc else []
         if not data:
             _close_fds(fds)
             self.close_client(client)
@@ -411,16 +411,11 @@ class Manager:
             _close_fds(fds)
             self.reply_error(client, "bad_request", f"request line longer than {MAX_REQUEST_BYTES} bytes")
             return
-        if client.registered:
-            # Unregister so a caller that closes while waiting is noticed via EPOLLIN/HUP only when idle.
-            self.ep.unregister(client.fd)
-            client.registered = False
         self.handle_request(client, buf[: nl + 1], fds)
 
     def handle_request(self, client: _Client, line: bytes, fds: list[int]) -> None:
         self.requests += 1
-        cfg = self.cfg
-        if client.uid not in cfg.allow_uids and client.gid not in cfg.allow_gids:
+        if not client.allowed:
             # Checked before parsing: a denied caller learns nothing about pools or ops.
             _close_fds(fds)
             self.denied += 1
@@ -520,7 +515,7 @@ class Manager:
         if pool.plugin is None:
             conn = self.take_healthy(pool, now)
             if conn is not None:
-                self.hand_out(client, pool, conn)
+                self.hand_out(client, pool, conn, now)
                 self.refill(pool, now)
                 return
         if not pool.idle and (pool.cfg.exhaustion == "refuse" or (pool.down and now < pool.next_attempt)):
@@ -532,8 +527,9 @@ class Manager:
         client.deadline = now + pool.cfg.borrow_timeout
         pool.waiters.append(client)
         # Watch the waiting caller so a hang-up gives up its place.
-        client.registered = True
-        self.ep.register(client.fd, _EPOLLIN)
+        if not client.registered:
+            client.registered = True
+            self.ep.register(client.fd, _EPOLLIN)
         self.refill(pool, now)
         if pool.plugin is not None:
             self.serve_plugin_waiters(pool)
@@ -566,16 +562,14 @@ class Manager:
             conn.sock.close()
         return None
 
-    def hand_out(self, client: _Client, pool: Pool, conn: _Conn) -> bool:
+    def hand_out(self, client: _Client, pool: Pool, conn: _Conn, now: float) -> bool:
         self.next_id += 1
         hid = self.next_id
         # Time in the manager up to the reply (measured before sending: the woken caller may preempt us).
-        self.lat_counts[bisect.bisect_left(_LAT_BOUNDS_US, (time.monotonic() - client.t0) * 1e6)] += 1
-        reply = b'%s%s","id":%d,"meta":%s}\n' % (pool.reply_head, conn.peer.encode(), hid, conn.meta)
+        self.lat_counts[bisect.bisect_left(_LAT_BOUNDS_US, (now - client.t0) * 1e6)] += 1
+        reply = b'%s%s","id":%d%s' % (pool.reply_head, conn.peer.encode(), hid, conn.reply_tail)
         try:
-            sent = client.sock.sendmsg(
-                [reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fd))], _SEND_FLAGS
-            )
+            sent = client.sock.sendmsg([reply], conn.anc, _SEND_FLAGS)
         except OSError:
             # Not transferred: the connection is still only ours and still unused.
             pool.stats["send_failures"] += 1
@@ -588,12 +582,13 @@ class Manager:
                 client.sock.settimeout(0.2)
                 client.sock.sendall(reply[sent:])
         pool.stats["handed_out"] += 1
-        handed = pool.handed
-        handed[(conn.local, conn.peer)] = conn.created
-        if len(handed) > _HANDED_MEMORY:
-            handed.popitem(last=False)
+        if pool.cfg.accept_release:
+            handed = pool.handed
+            handed[(conn.local, conn.peer)] = conn.created
+            if len(handed) > _HANDED_MEMORY:
+                handed.popitem(last=False)
         conn.sock.close()
-        if self.cfg.log_grants == "each":
+        if self.log_grants:
             self.logbuf.append(
                 f'{{"ts":{time.time():.6f},"level":"info","event":"grant","pool":{pool.jname},"id":{hid},'
                 f'"pid":{client.pid},"uid":{client.uid},"gid":{client.gid},"peer":"{conn.peer}"}}'
@@ -679,13 +674,12 @@ class Manager:
 
     # ---------------------------------------------------------------- refill
     def refill(self, pool: Pool, now: float) -> None:
-        """Main-thread entry: TCP pools are refilled by the refill thread, plug-in pools from here."""
-        if pool.plugin is None:
-            if self.refiller_sleeping:
-                with contextlib.suppress(OSError):
-                    os.eventfd_write(self.kick_fd, 1)
-        else:
-            self._refill_pool(pool, now)
+        """Top the pool up: start connects (or plug-in session opens) up to the concurrency bound."""
+        need = self._need(pool, now)
+        while need > 0:
+            if not self.start_connect(pool, now):
+                return
+            need -= 1
 
     def _connect_limit(self, pool: Pool) -> int:
         if pool.down:
@@ -699,46 +693,6 @@ class Manager:
             return 0
         need = pool.target_size(now) + len(pool.waiters) - len(pool.idle) - pool.connecting - pool.checking
         return min(need, self._connect_limit(pool) - pool.connecting)
-
-    def _refill_pool(self, pool: Pool, now: float) -> None:
-        need = self._need(pool, now)
-        while need > 0:
-            if not self.start_connect(pool, now):
-                return
-            need -= 1
-
-    def refill_loop(self) -> None:
-        """The refill thread: non-blocking connects for every TCP pool, completed via its own epoll."""
-        rep_poll = self.rep.poll
-        kick_fd = self.kick_fd
-        pools = self.tcp_pools
-        connecting = self.connecting
-        try:
-            while not self.stopping:
-                now = time.monotonic()
-                for pool in pools:
-                    self._refill_pool(pool, now)
-                if connecting:
-                    self.expire_connects(now)
-                self.refiller_sleeping = True
-                # Re-check after publishing the flag: a hand-out just before it sent no kick.
-                busy = any(self._need(pool, now) > 0 for pool in pools)
-                events = rep_poll(0 if busy else _TICK, 1024)
-                self.refiller_sleeping = False
-                for fd, ev in events:
-                    if fd == kick_fd:
-                        with contextlib.suppress(BlockingIOError):
-                            os.eventfd_read(kick_fd)
-                    elif fd in connecting:
-                        self.connect_done(fd, ev)
-        except BaseException as exc:  # never die silently: the pool would stop refilling
-            self.log("refill_thread_failed", level="error", error=f"{type(exc).__name__}: {exc}")
-            self.stopping = True
-            self.kick_main()
-
-    def kick_main(self) -> None:
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self.evfd, 1)
 
     def expire_connects(self, now: float) -> None:
         for fd, (pool, sock, deadline) in list(self.connecting.items()):
@@ -755,16 +709,11 @@ class Manager:
             self.submit("opened", pool, _run_open, pool.plugin, cfg.as_dict())
             return True
         if now >= pool.addrs_expire:
-            # Runs in the refill thread: a slow resolver delays refills, never hand-outs.
-            try:
-                pool.addrs = _resolve(cfg.target)
-            except OSError as exc:
-                self.connect_failed(pool, now, f"resolve {cfg.target}: {exc}")
-                return False
-            if not pool.addrs:
-                self.connect_failed(pool, now, f"resolve {cfg.target}: no address")
-                return False
-            pool.addrs_expire = now + cfg.resolve_ttl
+            # getaddrinfo blocks: resolve in a worker thread, connect when the answer is back.
+            if not pool.resolving:
+                pool.resolving = True
+                self.submit("resolved", pool, _resolve, cfg.target)
+            return False
         family, addr = pool.addrs[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -793,7 +742,7 @@ class Manager:
             fd = sock.fileno()
             pool.connecting += 1
             self.connecting[fd] = (pool, sock, now + cfg.connect_timeout)
-            self.rep.register(fd, _EPOLLOUT)
+            self.ep.register(fd, _EPOLLOUT)
             return True
         self.connected(pool, sock, peer_addr, now)
         return True
@@ -801,7 +750,7 @@ class Manager:
     def connect_done(self, fd: int, ev: int) -> None:
         pool, sock, _deadline = self.connecting.pop(fd)
         pool.connecting -= 1
-        self.rep.unregister(fd)
+        self.ep.unregister(fd)
         now = time.monotonic()
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         try:
@@ -813,6 +762,7 @@ class Manager:
             self.connect_failed(pool, now, exc.strerror or str(exc))
             return
         self.connected(pool, sock, peer_addr, now)
+        self.refill(pool, now)
 
     def connected(self, pool: Pool, sock: socket.socket, peer_addr: tuple[Any, ...], now: float) -> None:
         try:
@@ -837,20 +787,17 @@ class Manager:
         if pool.plugin is not None:
             self.serve_plugin_waiters(pool)
         elif pool.waiters:
-            if threading.get_ident() == self.main_ident:
-                self.serve_waiters(pool, now)
-            else:
-                self.kick_main()
+            self.serve_waiters(pool, now)
 
     def serve_waiters(self, pool: Pool, now: float) -> None:
-        """Main thread: give idle connections to waiting callers, or tell them the backend is down."""
+        """Give idle connections to waiting callers, or tell them the backend is down."""
         while pool.waiters:
             conn = self.take_healthy(pool, now)
             if conn is None:
                 break
             client = pool.waiters.popleft()
             client.pool = None
-            self.hand_out(client, pool, conn)  # on failure the connection goes back to idle
+            self.hand_out(client, pool, conn, now)  # on failure the connection goes back to idle
         if pool.waiters and pool.down and not pool.idle and pool.connecting == 0:
             self.reject_waiters(pool, pool.last_error or "backend down")
 
@@ -874,10 +821,7 @@ class Manager:
             self.log("connect_failed", level="warning", pool=pool.name, error=error, retry_in_s=round(delay, 3))
         if pool.connecting == 0 and not pool.idle and pool.waiters:
             # Nothing can arrive soon: let waiting callers fall back now instead of at their deadline.
-            if threading.get_ident() == self.main_ident:
-                self.reject_waiters(pool, error)
-            else:
-                self.kick_main()
+            self.reject_waiters(pool, error)
 
     # ---------------------------------------------------------------- worker results
     def submit(self, kind: str, pool: Pool, fn: Callable[..., Any], *args: Any) -> None:
@@ -895,19 +839,24 @@ class Manager:
         self.executor.submit(job)
 
     def drain_results(self) -> None:
-        """Main thread, woken by the eventfd: plug-in results, and TCP pools the refill thread fed."""
+        """Woken by the eventfd: results of worker-thread jobs (resolution, plug-in sessions)."""
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.evfd)
         now = time.monotonic()
-        for tcp_pool in self.tcp_pools:
-            if tcp_pool.waiters:
-                self.serve_waiters(tcp_pool, now)
         while True:
             try:
                 kind, pool, ((ok, value), args) = self.results.get_nowait()
             except queue.Empty:
                 return
-            if kind == "opened":
+            if kind == "resolved":
+                pool.resolving = False
+                if ok and value:
+                    pool.addrs = value
+                    pool.addrs_expire = now + pool.cfg.resolve_ttl
+                    self.refill(pool, now)
+                else:
+                    self.connect_failed(pool, now, f"resolve {pool.cfg.target}: {value}")
+            elif kind == "opened":
                 pool.connecting -= 1
                 if not ok:
                     self.connect_failed(pool, now, f"{type(value).__name__}: {value}")
@@ -936,7 +885,7 @@ class Manager:
                 elif pool.waiters:
                     client = pool.waiters.popleft()
                     client.pool = None
-                    self.hand_out(client, pool, conn)
+                    self.hand_out(client, pool, conn, now)
                 else:
                     pool.idle.appendleft(conn)
                 self.refill(pool, now)
@@ -951,17 +900,15 @@ class Manager:
             else:
                 pool.stats["borrow_timeouts"] += 1
                 self.reject_unavailable(client, pool)
+        if self.connecting:
+            self.expire_connects(now)
         for pool in self.pools.values():
             if pool.plugin is None and pool.waiters:
                 self.serve_waiters(pool, now)
             self.refill(pool, now)
 
     def sweep(self, now: float) -> None:
-        """Main thread: drop expired, long-idle and peer-closed connections.
-
-        The refill thread appends concurrently, so the deque is rotated in place (pop the
-        entries present now, append survivors) instead of being replaced.
-        """
+        """Drop expired, long-idle and peer-closed idle connections (rotating the deque in place)."""
         for pool in self.pools.values():
             idle = pool.idle
             remaining = len(idle)
@@ -1038,7 +985,6 @@ class Manager:
         }
 
     def close(self) -> None:
-        self.stop_refiller()
         for client in list(self.clients.values()):
             self.close_client(client)
         for _pool, sock, _deadline in self.connecting.values():
@@ -1055,9 +1001,7 @@ class Manager:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket)
         self.ep.close()
-        self.rep.close()
         os.close(self.evfd)
-        os.close(self.kick_fd)
 
 
 def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:

@@ -70,18 +70,37 @@ def test_image_tag_covers_image_dir_components_and_base(tmp_path: Path) -> None:
     builder = im.ImageBuilder(client, log=lambda _m: None, images_dir=images_dir, components_dir=components)
     builder._base = im._Base("base:1", "env:base:1")
 
-    tag, base_ref, wheels = builder.image_tag("echo")
+    tag = builder.image_tag("echo")
     assert tag.startswith("coldstart-bench/echo:") and len(tag.split(":")[1]) == 12
-    assert base_ref == "base:1" and wheels == []
-    assert builder.image_tag("echo")[0] == tag
+    assert builder.image_tag("echo") == tag
 
     (components / "echo_server.py").write_text("x = 2\n")
-    assert builder.image_tag("echo")[0] != tag
+    assert builder.image_tag("echo") != tag
     (components / "echo_server.py").write_text("x = 1\n")
-    assert builder.image_tag("echo")[0] == tag
+    assert builder.image_tag("echo") == tag
+    _tree(components, {"__pycache__/echo_server.cpython-311.pyc": "junk"})
+    assert builder.image_tag("echo") == tag
 
     client.existing["base:1"] = "sha256:bbb"  # the base was rebuilt: children must follow
-    assert builder.image_tag("echo")[0] != tag
+    assert builder.image_tag("echo") != tag
+
+
+def test_build_context_holds_image_files_components_and_wheels(tmp_path: Path) -> None:
+    images_dir = _tree(tmp_path / "images", {"delay/Dockerfile": "x", "delay/wheels.txt": "fnfqueue==1.1.2\n"})
+    components = _tree(tmp_path / "components", {"__init__.py": "", "__pycache__/x.pyc": ""})
+    wheels = _tree(tmp_path / "wheels", {WHEEL: "zip"})
+    client = FakeClient(existing={"base:1": "sha256:aaa"})
+    builder = im.ImageBuilder(
+        client, log=lambda _m: None, images_dir=images_dir, components_dir=components,
+        wheels=im.WheelCache(wheels, runner=lambda argv: subprocess.CompletedProcess(argv, 1, "", "")),
+    )  # fmt: skip
+    builder._base = im._Base("base:1", "env:base:1")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    assert builder._assemble("delay", ctx) == "base:1"
+    assert [rel for rel, _ in im.tree_files(ctx)] == [
+        "Dockerfile", "components/__init__.py", "wheels.txt", f"wheels/{WHEEL}",
+    ]  # fmt: skip
 
 
 def test_discover_images_lists_dirs_with_dockerfile_except_base(tmp_path: Path) -> None:
@@ -289,3 +308,37 @@ def test_delay_image_declares_its_wheels_and_packages() -> None:
     packages = im.read_list(im.IMAGES_DIR / "delay" / "debian-packages.txt")
     assert {"iproute2", "iptables"} <= set(packages)
     assert im.read_list(im.IMAGES_DIR / "function" / "debian-packages.txt") == []  # kept lean
+
+
+def test_prune_removes_only_older_tags_of_current_images() -> None:
+    class Img:
+        def __init__(self, tag: str, created: str) -> None:
+            self.tags = [tag]
+            self.attrs = {"Created": created}
+
+    stock = {
+        "coldstart-bench/echo:old": Img("coldstart-bench/echo:old", "2026-01-01T00:00:00Z"),
+        "coldstart-bench/echo:cur": Img("coldstart-bench/echo:cur", "2026-01-02T00:00:00Z"),
+        "coldstart-bench/echo:newer": Img("coldstart-bench/echo:newer", "2026-01-03T00:00:00Z"),
+        "coldstart-bench/echo:busy": Img("coldstart-bench/echo:busy", "2025-12-01T00:00:00Z"),
+    }
+    removed: list[str] = []
+
+    class Images:
+        def get(self, ref: str) -> Img:
+            return stock[ref]
+
+        def list(self, name: str) -> list[Img]:
+            return [img for tag, img in stock.items() if tag.startswith(name + ":")]
+
+        def remove(self, ref: str) -> None:
+            if ref.endswith(":busy"):
+                raise docker.errors.APIError("conflict: image is being used by running container")
+            removed.append(ref)
+
+    client: Any = type("Client", (), {"images": Images()})()
+    current = im.ImageSet("base", "coldstart-bench/echo:cur", "", "", "", "mmdebstrap", {})
+    logged: list[str] = []
+    assert im.prune_stale_images(client, current, log=logged.append) == ["coldstart-bench/echo:old"]
+    assert removed == ["coldstart-bench/echo:old"]
+    assert logged and "busy" in logged[0]

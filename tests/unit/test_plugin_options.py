@@ -43,7 +43,9 @@ def _run(pytester: pytest.Pytester, plugin: tuple[str, ...], *args: str) -> pyte
         (("-o", "bench_alpha=2"), "bench_alpha must be between 0 and 1"),
     ],
 )
-def test_bad_options_are_usage_errors(pytester: pytest.Pytester, plugin: tuple[str, ...], args: tuple[str, ...], message: str) -> None:
+def test_bad_options_are_usage_errors(
+    pytester: pytest.Pytester, plugin: tuple[str, ...], args: tuple[str, ...], message: str
+) -> None:
     result = _run(pytester, plugin, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{message}*"])

@@ -84,7 +84,11 @@ class Echo:
             env=env(),
             cwd=REPO,
         )
-        ready = read_json_line(self.proc, 10)
+        try:
+            ready = read_json_line(self.proc, 10)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never leave a half-started process behind
+            raise
         assert ready["event"] == "ready"
         self.port: int = ready["port"]
         self.target = f"127.0.0.1:{self.port}"
@@ -120,7 +124,11 @@ class Manager:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._log, env=env(), cwd=REPO, **kw)
         self.ready: dict[str, Any] | None = None
         if wait_ready:
-            self.ready = read_json_line(self.proc, 15)
+            try:
+                self.ready = read_json_line(self.proc, 15)
+            except BaseException:
+                self.stop(signal.SIGKILL)  # never leave a half-started process behind
+                raise
             assert self.ready["event"] == "ready", self.ready
 
     @property
