@@ -25,9 +25,7 @@ class Block:
     count: int
 
 
-def interleaved_order(
-    scenario_ids: Sequence[str], iterations: int, block_size: int, seed: int
-) -> list[Block]:
+def interleaved_order(scenario_ids: Sequence[str], iterations: int, block_size: int, seed: int) -> list[Block]:
     """Randomised complete blocks: every round runs each scenario once (a block of up to
     `block_size` cold starts) in a fresh random order, so slow drift of a shared machine hits
     all arms alike instead of masquerading as an effect. Same seed, same order."""

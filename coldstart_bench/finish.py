@@ -34,9 +34,7 @@ def finish_run(state: RunState, opts: BenchOptions, expectation_texts: list[str]
     if run_dir is not None:
         try:
             written = write_report(run_dir, state.samples, analysis)
-            lines.append(
-                f"report: {run_dir} ({len(written)} files; samples.csv, summary.json, report.md, ...)"
-            )
+            lines.append(f"report: {run_dir} ({len(written)} files; samples.csv, summary.json, report.md, ...)")
         except OSError as exc:
             lines.append(f"WARNING: report not (fully) written to {run_dir}: {exc}; samples.csv is kept")
     if opts.save_baseline is not None:

@@ -76,9 +76,7 @@ class RunState:
         if not self.write_errors or not self.samples:
             return None
         candidates = [self.samples_path] if self.run_dir else []
-        candidates.append(
-            Path(tempfile.mkdtemp(prefix=f"coldstart-bench-rescue-{self.run_id}-")) / "samples.csv"
-        )
+        candidates.append(Path(tempfile.mkdtemp(prefix=f"coldstart-bench-rescue-{self.run_id}-")) / "samples.csv")
         for path in candidates:
             try:
                 write_samples_csv(path, self.samples)

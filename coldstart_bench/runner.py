@@ -46,9 +46,7 @@ def parse_function_record(stdout: str) -> dict[str, Any]:
     """The function prints exactly one JSON line; anything else is a broken cold start."""
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
     if len(lines) != 1:
-        raise ValueError(
-            f"expected exactly one JSON line from the function, got {len(lines)}: {stdout[:300]!r}"
-        )
+        raise ValueError(f"expected exactly one JSON line from the function, got {len(lines)}: {stdout[:300]!r}")
     record = json.loads(lines[0])
     if not isinstance(record, dict):
         raise ValueError(f"function record is not a JSON object: {lines[0][:200]!r}")
