@@ -9,8 +9,8 @@ import pytest
 
 from .scenarios import DEFAULT_BURST_SIZES, parse_burst_sizes
 
-DEFAULT_ITERATIONS = 20
-DEFAULT_WARMUP = 2
+DEFAULT_ITERATIONS = 10
+DEFAULT_WARMUP = 1
 DEFAULT_BLOCK_SIZE = 5
 
 DEFAULT_GATE = """\
