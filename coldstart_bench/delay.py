@@ -82,6 +82,8 @@ class SynAckDelay:
         self.backend: str | None = None
         self.ready_record: dict[str, Any] | None = None
         self.container: Any = None
+        # After stop(): whether the sidecar removed its own qdisc/rule (else a cleanup ran).
+        self.clean_exit: bool | None = None
 
     def command(self) -> list[str]:
         return [
@@ -94,14 +96,21 @@ class SynAckDelay:
     def start(self, timeout: float = READY_TIMEOUT_S) -> SynAckDelay:
         if self.container is not None:
             return self
-        self.container = self.client.containers.run(
-            self.image,
-            self.command(),
-            detach=True,
-            network_mode=f"container:{self.target_container_id}",
-            cap_add=["NET_ADMIN"],
-            labels={**self.labels, "coldstart-bench.role": "synack-delay"},
-        )
+        try:
+            self.container = self.client.containers.run(
+                self.image,
+                self.command(),
+                detach=True,
+                network_mode=f"container:{self.target_container_id}",
+                cap_add=["NET_ADMIN"],
+                labels={**self.labels, "coldstart-bench.role": "synack-delay"},
+            )
+        except docker.errors.APIError as exc:
+            raise DelayError(
+                f"cannot start the SYN-ACK delay sidecar in the network namespace of "
+                f"{self.target_container_id[:12]} (is it running?): {exc}"
+            ) from exc
+        self.clean_exit = None
         try:
             self.ready_record = self._wait_ready(timeout)
         except BaseException:
@@ -145,9 +154,9 @@ class SynAckDelay:
             return
         except docker.errors.APIError:
             pass
-        clean = any(r.get("event") == "stopped" for r in _json_lines(_logs(container)))
+        self.clean_exit = any(r.get("event") == "stopped" for r in _json_lines(_logs(container)))
         _remove(container)
-        if not clean:
+        if not self.clean_exit:
             self._cleanup_after_kill()
 
     def _cleanup_after_kill(self) -> None:

@@ -260,6 +260,71 @@ def _tail(container: Any, lines: int = 20) -> str:
         return "(no logs)"
 
 
+# --- a server you run yourself ------------------------------------------------------------------
+
+
+class ExternalPostgres(_Admin):
+    """A PostgreSQL the harness does not start (yours). The admin helpers run over a session of
+    the benchmark role itself, so neither superuser rights nor psql are needed: the role owns
+    the schema and may terminate its own sessions. TLS must be off for this role's connections
+    from the pool manager (an injected fd cannot carry TLS state)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = PG_PORT,
+        user: str = DB_USER,
+        database: str = DB_NAME,
+        password: str | None = None,
+        password_file: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.database = database
+        if password is None and password_file:
+            password = Path(password_file).read_text().rstrip("\r\n")
+        self.password = password or ""
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def psql(self, sql: str, database: str | None = None, timeout: float = 30.0) -> str:
+        """Rows of every statement, ``|``-separated like ``psql -A -t``."""
+        from components import pg_pool, pg_wire
+
+        config = {
+            "target": self.target,
+            "user": self.user,
+            "password": self.password,
+            "database": database or self.database,
+            "application_name": "coldstart-admin",
+            "connect_timeout": timeout,
+        }
+        try:
+            sock, meta = pg_pool.open_session(config)
+        except pg_pool.PgSessionError as exc:
+            raise PgBackendError(str(exc)) from None
+        session = pg_wire.Session.adopt(sock, meta)
+        session.settimeout(timeout)
+        try:
+            results = session.simple_query(sql)
+        except pg_wire.PgWireError as exc:
+            raise PgBackendError(f"{self.target}: {exc}") from None
+        finally:
+            session.close()
+        lines = ["|".join("" if v is None else v for v in row) for r in results for row in r.rows]
+        return "\n".join(lines) + ("\n" if lines else "")
+
+    def load_schema(self) -> bool:
+        """Create the benchmark tables unless they exist; True if it created them."""
+        if self.psql("SELECT to_regclass('accounts') IS NOT NULL").strip() == "t":
+            return False
+        self.psql(SCHEMA_PATH.read_text())
+        return True
+
+
 # --- a throwaway cluster from the host's binaries ----------------------------------------------
 
 

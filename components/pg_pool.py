@@ -22,6 +22,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -296,7 +297,14 @@ class _SessionState:
 
 
 # Keyed by the socket object handed to the manager; a socket we do not know is checked fully.
+# The manager calls in from several worker threads, hence the lock.
 _SESSIONS: weakref.WeakKeyDictionary[socket.socket, _SessionState] = weakref.WeakKeyDictionary()
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _state(sock: socket.socket) -> _SessionState | None:
+    with _SESSIONS_LOCK:
+        return _SESSIONS.get(sock)
 
 
 def _describe_error(exc: BaseException) -> tuple[str, str]:
@@ -375,7 +383,8 @@ def open_session(config: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]
             "total": round((t_ready - t0) / 1e3, 1),
         },
     }
-    _SESSIONS[plain] = _SessionState(cfg.idle_check_s, cfg.check_timeout_s, time.monotonic(), meta)
+    with _SESSIONS_LOCK:
+        _SESSIONS[plain] = _SessionState(cfg.idle_check_s, cfg.check_timeout_s, time.monotonic(), meta)
     return plain, meta
 
 
@@ -462,7 +471,11 @@ def check_session(sock: socket.socket) -> bool:
     idle past ``idle_check_s`` (or unknown to this module), alive on a Sync round trip."""
     if sock.fileno() < 0:
         return False
-    state = _SESSIONS.get(sock)
+    if sock.gettimeout() is not None:
+        # A Python-level timeout would turn the non-blocking peek into a wait; hand-out needs
+        # blocking mode anyway (the O_NONBLOCK flag travels with the fd).
+        sock.settimeout(None)
+    state = _state(sock)
     timeout = state.check_timeout_s if state else DEFAULT_CHECK_TIMEOUT_S
     deadline = time.monotonic() + timeout
     try:
@@ -498,7 +511,7 @@ def check_session(sock: socket.socket) -> bool:
 
 def session_meta(sock: socket.socket) -> dict[str, Any] | None:
     """The (live-updated) meta dict of a session opened here, or None."""
-    state = _SESSIONS.get(sock)
+    state = _state(sock)
     return state.meta if state else None
 
 
@@ -506,5 +519,6 @@ def close_session(sock: socket.socket) -> None:
     """Terminate politely and close (for a manager discarding a session it still holds)."""
     with contextlib.suppress(OSError):
         sock.send(b"X\x00\x00\x00\x04", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-    _SESSIONS.pop(sock, None)
+    with _SESSIONS_LOCK:
+        _SESSIONS.pop(sock, None)
     sock.close()

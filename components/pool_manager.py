@@ -26,11 +26,15 @@ lazily when the manager starts::
     def check_session(sock: socket.socket) -> bool:
         '''Blocking. True if the session may be handed out; False discards it.'''
 
-Both run in worker threads, never on the event loop. TTL and max idle apply as for TCP.
+Both run in worker threads, never on the event loop. Optional, called on the loop (must not block):
+``close_session(sock)`` to end a session the manager discards (TTL, max idle, failed check,
+shutdown) instead of a plain close, and ``session_meta(sock) -> dict | None`` for an up-to-date
+``meta`` at hand-out. TTL and max idle apply as for TCP; ``release`` is refused for plug-in kinds.
 """
 
 from __future__ import annotations
 
+import _socket
 import bisect
 import contextlib
 import errno
@@ -56,6 +60,8 @@ from typing import Any
 from components.pool_config import ConfigError, ManagerConfig, PoolConfig, load_config
 from components.protocol import MAX_REQUEST_BYTES, PROTOCOL_VERSION, format_peer, split_hostport
 
+_AF_UNIX = socket.AF_UNIX
+_SOCK_STREAM = socket.SOCK_STREAM
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _PEERCRED = struct.Struct("3i")
@@ -75,7 +81,7 @@ class _Conn:
 
     __slots__ = ("anc", "created", "expires", "fd", "idle_since", "local", "meta", "peer", "reply_tail", "sock")
 
-    def __init__(self, sock: socket.socket, peer: str, local: Any, meta: bytes, now: float, expires: float) -> None:
+    def __init__(self, sock: _socket.socket, peer: str, local: Any, meta: bytes, now: float, expires: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
@@ -95,7 +101,7 @@ class _Client:
 
     __slots__ = ("allowed", "buf", "deadline", "fd", "gid", "pid", "pool", "registered", "sock", "t0", "uid")
 
-    def __init__(self, sock: socket.socket, now: float, deadline: float) -> None:
+    def __init__(self, sock: _socket.socket, now: float, deadline: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.buf = b""
@@ -194,7 +200,7 @@ class Manager:
             self.pools[name] = Pool(pcfg, plugin)
         self.ep = select.epoll()
         self.clients: dict[int, _Client] = {}
-        self.connecting: dict[int, tuple[Pool, socket.socket, float]] = {}
+        self.connecting: dict[int, tuple[Pool, _socket.socket, float]] = {}
         self.results: queue.SimpleQueue[tuple[str, Pool, Any]] = queue.SimpleQueue()
         self.evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.ep.register(self.evfd, _EPOLLIN)
@@ -354,7 +360,9 @@ class Manager:
                 self.log("max_clients_reached", level="warning", clients=len(clients))
                 return
             try:
-                sock, _ = listener.accept()
+                # _accept() + the C socket type skip socket.accept()'s Python wrapper (enum look-ups
+                # and a Python constructor per caller).
+                fd, _ = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -362,7 +370,7 @@ class Manager:
                     self.log("accept_failed", level="error", error=exc.strerror)
                     return
                 continue
-            client = _Client(sock, time.monotonic(), deadline)
+            client = _Client(_socket.socket(_AF_UNIX, _SOCK_STREAM, 0, fd), time.monotonic(), deadline)
             client.allowed = client.uid in allow_uids or client.gid in allow_gids
             clients[client.fd] = client
             # Callers usually send right after connecting: try before paying for an epoll round.
@@ -662,12 +670,24 @@ class Manager:
             return "pool_full"
         return ""
 
+    def discard(self, pool: Pool, conn: _Conn) -> None:
+        """Close a pooled connection we still own (plug-ins may end their session politely)."""
+        closer = getattr(pool.plugin, "close_session", None) if pool.plugin is not None else None
+        if closer is None:
+            conn.sock.close()
+            return
+        try:
+            closer(conn.sock)
+        except Exception as exc:
+            self.log("close_session_failed", level="warning", pool=pool.name, error=str(exc))
+            conn.sock.close()
+
     def serve_plugin_waiters(self, pool: Pool) -> None:
         while pool.idle and pool.checking < len(pool.waiters):
             conn = pool.idle.popleft()
             if conn.expires <= time.monotonic():
                 pool.stats["discard_ttl"] += 1
-                conn.sock.close()
+                self.discard(pool, conn)
                 continue
             pool.checking += 1
             self.submit("checked", pool, _run_check, pool.plugin, conn)
@@ -715,7 +735,8 @@ class Manager:
                 self.submit("resolved", pool, _resolve, cfg.target)
             return False
         family, addr = pool.addrs[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # The C-level socket type: no Python-level constructor or close() wrapper on the hot path.
+        sock = _socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             # Set before the connection exists, so every hand-out already carries them.
@@ -764,7 +785,7 @@ class Manager:
         self.connected(pool, sock, peer_addr, now)
         self.refill(pool, now)
 
-    def connected(self, pool: Pool, sock: socket.socket, peer_addr: tuple[Any, ...], now: float) -> None:
+    def connected(self, pool: Pool, sock: _socket.socket, peer_addr: tuple[Any, ...], now: float) -> None:
         try:
             local = sock.getsockname()
             sock.setblocking(True)  # O_NONBLOCK travels with the fd: hand out blocking sockets
@@ -881,8 +902,17 @@ class Manager:
                 if not (ok and value):
                     pool.stats["discard_health"] += 1
                     self.log("discard", pool=pool.name, reason="check_session", peer=conn.peer)
-                    conn.sock.close()
+                    self.discard(pool, conn)
                 elif pool.waiters:
+                    meta_of = getattr(pool.plugin, "session_meta", None)
+                    if meta_of is not None:
+                        # The session's parameters may have changed since it was opened.
+                        with contextlib.suppress(Exception):
+                            meta = meta_of(conn.sock)
+                            if meta is not None:
+                                conn.reply_tail = (
+                                    b',"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}\n"
+                                )
                     client = pool.waiters.popleft()
                     client.pool = None
                     self.hand_out(client, pool, conn, now)
@@ -936,7 +966,7 @@ class Manager:
                         self.log("discard", pool=pool.name, reason="error", peer=conn.peer)
                 if reason:
                     pool.stats["discard_" + reason] += 1
-                    conn.sock.close()
+                    self.discard(pool, conn)
                     remaining -= 1
                 else:
                     idle.append(conn)
@@ -992,7 +1022,7 @@ class Manager:
         self.connecting.clear()
         for pool in self.pools.values():
             for conn in pool.idle:
-                conn.sock.close()
+                self.discard(pool, conn)
             pool.idle.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.listener is not None:

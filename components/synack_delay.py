@@ -170,8 +170,11 @@ class Releaser(Generic[T]):
 
     def submit(self, item: T, arrived_at: float | None = None) -> None:
         with self._cond:
-            self._scheduler.submit(item, self._clock() if arrived_at is None else arrived_at)
-            self._cond.notify()
+            if not self._closed:
+                self._scheduler.submit(item, self._clock() if arrived_at is None else arrived_at)
+                self._cond.notify()
+                return
+        self._call(item)  # closing: a straggler goes at once rather than never
 
     def _run(self) -> None:
         while True:
@@ -228,6 +231,7 @@ def _run_all(commands: Sequence[Sequence[str]]) -> str | None:
 
 class Backend:
     name = ""
+    error: BaseException | None = None  # set by a backend that fails while running
 
     def start(self) -> None:
         raise NotImplementedError
@@ -264,7 +268,6 @@ class NfqueueBackend(Backend):
     def __init__(self, port: int, delay_ms: float, queue_num: int = 0) -> None:
         self.port, self.delay_ms, self.queue_num = port, delay_ms, queue_num
         self.iptables = "iptables"
-        self.error: BaseException | None = None
         self._conn: Any = None
         self._releaser: Releaser[Any] | None = None
         self._reader: threading.Thread | None = None
@@ -308,14 +311,15 @@ class NfqueueBackend(Backend):
     def _read(self) -> None:
         import fnfqueue
 
-        assert self._releaser is not None
+        releaser, conn = self._releaser, self._conn
+        assert releaser is not None and conn is not None
         while self._conn is not None:
             try:
-                for packet in self._conn:
-                    self._releaser.submit(packet)
+                for packet in conn:
+                    releaser.submit(packet)
                 return  # connection closed
             except fnfqueue.BufferOverflowException:
-                self._conn.reset()  # the kernel accepted what did not fit (fail_open)
+                conn.reset()  # the kernel accepted what did not fit (fail_open)
             except Exception as exc:
                 self._fail(exc)
                 return
@@ -435,9 +439,8 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
     status = 0
     try:
         while not stop_event.wait(0.5):
-            error = getattr(backend, "error", None)
-            if error is not None:
-                print(f"synack_delay: {backend.name} failed: {error}", file=sys.stderr, flush=True)
+            if backend.error is not None:
+                print(f"synack_delay: {backend.name} failed: {backend.error}", file=sys.stderr, flush=True)
                 status = 1
                 break
     finally:

@@ -150,14 +150,15 @@ def run_function(
         "--socket", f"{SOCKET_MOUNT}/pool.sock", "--pool", POOL_NAME,
     ]  # fmt: skip
     kwargs: dict[str, Any] = {"network_mode": "none"} if network is None else {"network": network}
+    volumes = {str(sock_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}}
+    if "--password-file" in args:
+        # Only a function that connects itself sees the credential; injected ones never do.
+        volumes[str(cfg_dir)] = {"bind": CONFIG_MOUNT, "mode": "ro"}
     container = client.containers.create(
         image,
         command,
         labels={**labels, "coldstart-bench.role": "function"},
-        volumes={
-            str(sock_dir): {"bind": SOCKET_MOUNT, "mode": "rw"},
-            str(cfg_dir): {"bind": CONFIG_MOUNT, "mode": "ro"},
-        },
+        volumes=volumes,
         **kwargs,
     )
     try:
@@ -294,3 +295,29 @@ def test_wrong_credentials_in_manager_config(
             container.remove(force=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_synack_delay_on_the_database_slows_only_direct_handshakes(
+    docker_client: Any,
+    network: str,
+    run_id: str,
+    db: PostgresBackend,
+    manager: Any,
+    pg_images: dict[str, str],
+    shared_dirs: tuple[Path, Path],
+) -> None:
+    """pg-direct-10ms: the sidecar delays the database's SYN-ACKs; pooled sessions are open already."""
+    from coldstart_bench.delay import SynAckDelay
+    from coldstart_bench.images import ensure_images
+
+    delay_image = ensure_images(docker_client, ["delay"], log=lambda _msg: None).delay
+    labels = run_labels(run_id)
+    image = pg_images["pgfunction"]
+    pw = ("--password-file", f"{CONFIG_MOUNT}/pgpassword")
+    with SynAckDelay(docker_client, delay_image, db.container_id, db.port, 10, labels=labels):
+        direct = run_function(docker_client, image, network, labels, shared_dirs, db, "--mode", "direct", *pw)
+        injected = run_function(docker_client, image, None, labels, shared_dirs, db, "--mode", "socket")
+    assert direct["ok"] and injected["ok"], (direct["error"], injected["error"])
+    assert direct["handshake_us"] >= 10_000
+    assert direct["connect_us"] >= 10_000 + direct["auth_us"]
+    assert injected["connect_us"] < 10_000

@@ -218,8 +218,8 @@ def test_check_session_pending_bytes(server_bytes: bytes, healthy: bool) -> None
 
     def answer_sync() -> None:
         # Like the server: ReadyForQuery only in answer to the Sync.
-        server.settimeout(3)
         with contextlib.suppress(OSError):
+            server.settimeout(3)
             received.append(server.recv(16))
             server.sendall(_READY)
 
@@ -383,3 +383,27 @@ def test_manager_with_wrong_credentials_reports_the_startup_error(cluster: Local
         out, _ = proc.communicate(timeout=10)
     assert "password authentication failed" in out
     assert "definitely-wrong" not in out
+
+
+def test_external_postgres_admin_over_the_bench_role(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Pointing the harness at your own server: schema, balances and terminate without superuser."""
+    from coldstart_bench.pg import ExternalPostgres
+
+    cluster.psql("CREATE DATABASE ext OWNER bench", database="postgres")
+    pw_file = cluster.write_password_file(tmp_path)
+    ext = ExternalPostgres("127.0.0.1", cluster.port, database="ext", password_file=str(pw_file))
+    assert ext.load_schema() is True
+    assert ext.load_schema() is False
+    assert ext.check_balances() == (0, True)
+    sock, meta = pg_pool.open_session(cluster.session_config(database="ext", application_name="ext-victim"))
+    try:
+        sess = pg_wire.Session.adopt(sock, meta)
+        sess.query("UPDATE accounts SET balance = balance - $1 WHERE id = 1", (10,))
+        assert ext.check_balances() == (0, False)  # money vanished without a history row
+        ext.reset_transfers()
+        assert ext.check_balances() == (0, True)
+        assert ext.terminate_backends(application_name="ext-victim") == 1
+    finally:
+        sock.close()
+    with pytest.raises(Exception, match="28P01"):
+        ExternalPostgres("127.0.0.1", cluster.port, database="ext", password="wrong").check_balances()

@@ -436,12 +436,15 @@ def test_refuses_to_replace_non_socket_file(sockdir: Path) -> None:
 
 def test_allow_list_excluding_root_gives_forbidden(echo: Echo, start_manager: Callable[..., Manager]) -> None:
     m = start_manager(echo.target, 2, "--allow-uid", "12345")
+    wait_for(lambda: m.open_fds() == m.open_fds(), timeout=1)
+    before = m.open_fds()
     for op in ("acquire", "stats", "ping"):
         reply = raw_exchange(m.sock_path, protocol.encode_request(op, pool="echo"))
         assert error_of(reply) == "forbidden"
-    assert m.open_fds() <= 2 + 2 + 8  # no fd parked for the denied callers
-    events = wait_for(lambda: [e for e in m.log_events() if e["event"] == "denied"], timeout=3)
-    assert len(events) == 3 and events[0]["uid"] == os.getuid()
+    wait_for(lambda: m.open_fds() == before, timeout=3)  # no fd parked or leaked for denied callers
+    wait_for(lambda: len([e for e in m.log_events() if e["event"] == "denied"]) == 3, timeout=3)
+    events = [e for e in m.log_events() if e["event"] == "denied"]
+    assert events[0]["uid"] == os.getuid() and events[0]["pid"] == os.getpid()
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a client as another uid")

@@ -23,9 +23,11 @@ FAKE_KIND = textwrap.dedent(
     import os
     import socket
     import threading
+    import weakref
 
     OPENED = 0
     _lock = threading.Lock()
+    _META = weakref.WeakKeyDictionary()
 
     def open_session(config):
         global OPENED
@@ -37,7 +39,9 @@ FAKE_KIND = textwrap.dedent(
         with _lock:
             OPENED += 1
             n = OPENED
-        return sock, {"greeting": config["greeting"], "session": n, "thread": threading.current_thread().name}
+        meta = {"greeting": config["greeting"], "session": n, "thread": threading.current_thread().name}
+        _META[sock] = meta
+        return sock, meta
 
     def check_session(sock):
         # Reject every session while the flag file exists.
@@ -45,6 +49,15 @@ FAKE_KIND = textwrap.dedent(
 
     def sock_flag():
         return os.environ["FAKE_KIND_REJECT"]
+
+    def close_session(sock):
+        with open(os.environ["FAKE_KIND_CLOSED"], "a") as fh:
+            fh.write("x")
+        sock.close()
+
+    def session_meta(sock):
+        meta = _META.get(sock)
+        return None if meta is None else dict(meta, refreshed=True)
     '''
 )
 
@@ -66,6 +79,7 @@ def start(d: Path, echo: Echo, size: int = 3) -> Manager:
     }
     (d / "cfg.json").write_text(json.dumps(cfg))
     os.environ["FAKE_KIND_REJECT"] = str(d / "reject")
+    os.environ["FAKE_KIND_CLOSED"] = str(d / "closed")
     old = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = str(d) + (os.pathsep + old if old else "")
     try:
@@ -88,6 +102,7 @@ def test_plugin_sessions_carry_meta(echo: Echo) -> None:
             assert m.ready is not None and m.ready["pools"] == {"fake": 3}
             sock, reply = protocol.acquire(m.sock_path, "fake")
             assert reply["meta"]["greeting"] == "hi"
+            assert reply["meta"]["refreshed"] is True  # session_meta() consulted at hand-out
             assert reply["meta"]["thread"].startswith("cpm")  # opened off the event loop
             assert reply["peer"] == echo.target
             assert echo_roundtrip(sock)
@@ -110,6 +125,7 @@ def test_plugin_check_session_rejects_and_open_failure_backs_off(echo: Echo) -> 
             assert exc.value.code in ("backend_unavailable", "pool_exhausted")
             st = m.stats()["pools"]["fake"]
             assert st["discard_health"] >= 3  # every idle session failed its check
+            assert len((d / "closed").read_text()) >= 3  # ...and was ended through close_session()
             assert st["connect_failures"] >= 1 and st["backend_up"] is False
             os.unlink(d / "reject")
             os.unlink(d / "fail")

@@ -130,6 +130,14 @@ def test_releaser_close_flushes_what_is_held() -> None:
     assert all(p.accepted_at is not None for p in packets)
 
 
+def test_releaser_after_close_releases_at_once() -> None:
+    r: sd.Releaser[FakePacket] = sd.Releaser(10.0, lambda p: p.accept()).start()
+    r.close()
+    late = FakePacket(0)
+    r.submit(late)
+    assert late.accepted_at is not None
+
+
 def test_releaser_reports_release_errors_and_keeps_going() -> None:
     errors: list[BaseException] = []
     done = threading.Event()
