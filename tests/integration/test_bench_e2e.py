@@ -21,11 +21,17 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+def clean_env() -> dict[str, str]:
+    """The benchmark runs as a user starts it: not as an xdist worker (which would switch
+    pytest-benchmark off), whatever runs this test."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+
+
 def run_bench(report_dir: Path, *args: str, timeout: float = 900) -> tuple[int, str, int]:
     """(exit code, output, pid): the pid labels everything that run created."""
     cmd = [sys.executable, "-m", "pytest", "bench/", "-p", "no:xdist", "-p", "no:cacheprovider",
            "--bench-report-dir", str(report_dir), *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
@@ -119,7 +125,7 @@ def test_ctrl_c_leaves_nothing_behind_and_keeps_samples(docker_client: Any, tmp_
     cmd = [sys.executable, "-m", "pytest", "bench/", "-p", "no:xdist", "-p", "no:cacheprovider",
            "--bench-report-dir", str(tmp_path), "--bench-iterations", "200", "--bench-warmup", "0",
            "-k", "test_cold_start and direct and not 10ms and not 50ms and not 100ms and not pg"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
     try:
         deadline = time.monotonic() + 600
         samples_csv = tmp_path / "latest" / "samples.csv"

@@ -2,28 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _plugin_args(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
-    """Installed: the pytest11 entry point loads the plugin. From a bare checkout: load it by name."""
-    try:
-        importlib.metadata.distribution("coldstart-bench")
-        return ()
-    except importlib.metadata.PackageNotFoundError:
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        return ("-p", "coldstart_bench.plugin")
-
-
-@pytest.fixture
-def plugin(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
-    return _plugin_args(monkeypatch)
 
 
 def _run(pytester: pytest.Pytester, plugin: tuple[str, ...], *args: str) -> pytest.RunResult:

@@ -38,6 +38,12 @@ def test_encode_decode_roundtrip(pool: str, extra: dict[str, int]) -> None:
     assert protocol.decode_line(line) == {"v": 1, "op": "stats", "pool": pool, **fields}
 
 
+@given(pool=st.text(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_prebuilt_acquire_line_equals_json(pool: str) -> None:
+    assert protocol._acquire_line(pool) == protocol.encode_request("acquire", pool=pool)
+
+
 @pytest.mark.parametrize("bad", [b"[]\n", b"3\n", b"nope\n", b"\xff\n"])
 def test_decode_rejects_non_objects(bad: bytes) -> None:
     with pytest.raises(ValueError):
