@@ -55,6 +55,7 @@ def thesis_run(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> 
         reports,
         "--bench-iterations", "4", "--bench-warmup", "1",
         "-k", "test_cold_start and not pg and not return",
+        f"--benchmark-json={reports / 'benchmark.json'}",
     )  # fmt: skip
     return reports, out, code, pid
 
@@ -102,6 +103,18 @@ def test_nonet_and_fallback_samples_say_what_happened(thesis_run: tuple[Path, st
     assert fallback and all(s.path == "fallback" for s in fallback)
     hidden = [s.connect_us for s in samples if s.scenario == "socket-100ms"]
     assert hidden and sorted(hidden)[len(hidden) // 2] < 10_000  # the pool hides the 100 ms handshake
+
+
+def test_pytest_benchmark_sees_every_scenario(thesis_run: tuple[Path, str, int, int]) -> None:
+    reports = thesis_run[0]
+    data = json.loads((reports / "benchmark.json").read_text())
+    by_scenario = {b["extra_info"]["scenario"]: b for b in data["benchmarks"]}
+    assert {"socket", "direct", "direct-10ms", "direct-50ms", "direct-100ms"} <= set(by_scenario)
+    samples = read_samples_csv((reports / "latest").resolve() / "samples.csv")
+    direct = sorted(s.lifecycle_ms / 1000 for s in samples if s.scenario == "direct" and s.ok)
+    stats = by_scenario["direct"]["stats"]
+    assert stats["rounds"] == len(direct) == 4
+    assert stats["min"] == pytest.approx(direct[0]) and stats["max"] == pytest.approx(direct[-1])
 
 
 def test_nothing_left_behind(thesis_run: tuple[Path, str, int, int], docker_client: Any) -> None:
