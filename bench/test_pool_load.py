@@ -99,6 +99,14 @@ def loadgen(workdir: Path) -> Path:
     return exe
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_ECHO_PID: list[int] = []
+
+
 @pytest.fixture(scope="module")
 def echo_target() -> Iterator[str]:
     proc = subprocess.Popen(
@@ -109,6 +117,7 @@ def echo_target() -> Iterator[str]:
         cwd=REPO,
     )
     ready = _read_line(proc, 15)
+    _ECHO_PID[:] = [proc.pid]
     yield f"127.0.0.1:{ready['port']}"
     _stop(proc)
 
@@ -173,11 +182,13 @@ def test_acquisition_throughput(benchmark: Any, workdir: Path, loadgen: Path, ec
     load_before = os.getloadavg()[0]
     try:
         result: dict[str, Any] = {}
+        cpu0 = (_cpu_s(m.proc.pid), _cpu_s(_ECHO_PID[0]))
 
         def run() -> None:
             result.update(_run_loadgen(loadgen, m.sock, CLIENTS, DURATION_S))
 
         benchmark.pedantic(run, rounds=1, iterations=1)
+        cpu1 = (_cpu_s(m.proc.pid), _cpu_s(_ECHO_PID[0]))
         stats = m.stats()
     finally:
         m.stop()
@@ -194,6 +205,9 @@ def test_acquisition_throughput(benchmark: Any, workdir: Path, loadgen: Path, ec
             "cpus": os.cpu_count(),
             # Everything shares the same cores: other load on the machine moves these figures.
             "loadavg_1m_before": round(load_before, 2),
+            # CPU time per acquisition: where the 2 cores go.
+            "manager_cpu_us_per_acquire": round((cpu1[0] - cpu0[0]) * 1e6 / max(result["count"], 1), 1),
+            "echo_cpu_us_per_acquire": round((cpu1[1] - cpu0[1]) * 1e6 / max(result["count"], 1), 1),
         }
     )
     assert result["failures"] == 0, result

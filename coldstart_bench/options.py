@@ -75,6 +75,12 @@ def addoption(parser: pytest.Parser) -> None:
         help="connections the pool manager keeps open (default 32)",
     )
     group.addoption(
+        "--bench-pool-load",
+        action="store_true",
+        default=False,
+        help="also run the pool manager load benchmarks (marker pool_load; about a minute of full CPU)",
+    )
+    group.addoption(
         "--bench-baseline",
         default=None,
         metavar="PATH",

@@ -75,6 +75,7 @@ def _scenario_of(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: count only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _deselect_pool_load(config, items)
     selected: list[str] = []
     expectations: list[str] = []
     for item in items:
@@ -94,6 +95,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"bench_expect({text!r}): {exc}") from None
     config.stash[SELECTED_KEY] = selected
     config.stash[EXPECT_KEY] = expectations
+
+
+def _deselect_pool_load(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The pool manager load benchmarks saturate every core for a minute and measure another thing
+    than cold starts: they run only when asked for (--bench-pool-load, or -m naming pool_load)."""
+    if config.getoption("bench_pool_load") or "pool_load" in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker("pool_load") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker("pool_load") is None]
 
 
 def _planned_cold_starts(config: pytest.Config) -> int:

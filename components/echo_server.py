@@ -73,20 +73,6 @@ class EchoServer:
             # close() also drops the epoll registration: no other copy of this descriptor exists.
             conn.close()
 
-    def _readable(self, fd: int) -> None:
-        conn = self.conns[fd]
-        try:
-            data = conn.recv(READ_SIZE, _DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(fd)
-            return
-        if not data:
-            self._close(fd)
-            return
-        self._send(fd, conn, data)
-
     def _send(self, fd: int, conn: _socket.socket, data: bytes | bytearray) -> None:
         buf = self.pending.get(fd)
         if buf is not None:
@@ -123,18 +109,33 @@ class EchoServer:
         lfd = self.listener.fileno()
         poll = self.ep.poll
         conns = self.conns
+        pending = self.pending
         accept = self._accept
-        readable = self._readable
         while True:
             for fd, ev in poll(-1, 1024):
                 if fd == lfd:
                     accept()
-                elif fd in conns:
-                    if ev & select.EPOLLOUT:
-                        self._writable(fd)
-                    else:
-                        # IN, HUP or ERR: read first; data sent before a FIN must still be echoed.
-                        readable(fd)
+                    continue
+                conn = conns.get(fd)
+                if conn is None:
+                    continue
+                if ev & select.EPOLLOUT:
+                    self._writable(fd)
+                    continue
+                # IN, HUP or ERR: read first; data sent before a FIN must still be echoed.
+                try:
+                    data = conn.recv(READ_SIZE, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    # Inline close: the common end of every pooled connection.
+                    del conns[fd]
+                    pending.pop(fd, None)
+                    conn.close()
+                    continue
+                self._send(fd, conn, data)
 
     def close(self) -> None:
         for fd in list(self.conns):

@@ -2,7 +2,10 @@
 
 The manager calls ``open_session(config)`` in a worker thread to get a socket whose session has
 completed startup and SCRAM authentication and sits at ReadyForQuery, plus the ``meta`` dict
-for the acquire reply, and ``check_session(sock)`` right before handing it out.
+for the acquire reply, and ``check_session(sock)`` right before handing it out (a worker
+thread too: past ``idle_check_s`` it does a protocol round trip). ``quick_check(sock)`` is its
+non-blocking part, safe on an event loop; ``session_meta(sock)`` is the meta as updated by
+the checks (a ParameterStatus that arrived while the session sat idle).
 
 The handshake is done by pg8000 (imported lazily: the echo pools never pay for it) on a socket
 this module creates and keeps: pg8000's ``sock=`` argument. pg8000 normally reads through a
@@ -31,7 +34,7 @@ from typing import Any
 
 _HDR = struct.Struct("!ci")
 _I32 = struct.Struct("!i")
-_SYNC = b"S\x00\x00\x00\x04"
+_EMPTY_QUERY = b"Q\x00\x00\x00\x05\x00"
 
 DEFAULT_PORT = 5432
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
@@ -430,10 +433,16 @@ def _read_message(sock: socket.socket, deadline: float) -> tuple[str, bytes]:
 
 
 def _apply_async(kind: str, body: bytes, state: _SessionState | None) -> None:
-    """Absorb a NoticeResponse; anything else makes the session unfit. A ParameterStatus on an
-    idle session (e.g. after a configuration reload) would make the meta the manager already
-    serialised stale, and the receiver trusts that meta, so such a session is replaced."""
+    """Absorb a NoticeResponse, and a ParameterStatus into the session's meta (the manager
+    re-reads it with ``session_meta`` before hand-out). Anything else makes the session unfit,
+    and so does a ParameterStatus on a session whose meta we do not hold: the receiver would
+    trust a stale one."""
     if kind == "N":
+        return
+    if kind == "S" and state is not None:
+        name, _, rest = body.partition(b"\x00")
+        with _SESSIONS_LOCK:
+            state.meta.setdefault("parameters", {})[_text(name)] = _text(rest.split(b"\x00", 1)[0])
         return
     raise _Dead(f"unsolicited message {kind!r} on an idle session")
 
@@ -449,9 +458,13 @@ def _peek_pending(sock: socket.socket) -> bytes | None:
 
 
 def _round_trip(sock: socket.socket, deadline: float, state: _SessionState | None) -> None:
-    """Send Sync and read up to its ReadyForQuery, which must say idle."""
+    """Send an empty simple query and read up to its ReadyForQuery, which must say idle.
+
+    Not a bare Sync: an empty query starts (and ends) a transaction command, so the backend
+    also absorbs the catalog invalidations it accumulated while idle (autovacuum/analyze of
+    busy tables send them); otherwise the receiver's first query pays for that."""
     try:
-        sock.send(_SYNC, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        sock.send(_EMPTY_QUERY, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
     except OSError as exc:
         raise _Dead(str(exc)) from None
     while True:
@@ -462,13 +475,15 @@ def _round_trip(sock: socket.socket, deadline: float, state: _SessionState | Non
             return
         if kind == "E":
             raise _Dead("ErrorResponse")
+        if kind == "I":  # EmptyQueryResponse
+            continue
         _apply_async(kind, body, state)
 
 
 def check_session(sock: socket.socket) -> bool:
     """True iff the session may be handed out: not closed or reset by the server, no
     ErrorResponse pending (pg_terminate_backend sends FATAL 57P01 before closing), and, when
-    idle past ``idle_check_s`` (or unknown to this module), alive on a Sync round trip."""
+    idle past ``idle_check_s`` (or unknown to this module), alive on a round trip (an empty query)."""
     if sock.fileno() < 0:
         return False
     if sock.gettimeout() is not None:
@@ -506,6 +521,26 @@ def check_session(sock: socket.socket) -> bool:
         return False
     if state is not None:
         state.last_ok = time.monotonic()
+    return True
+
+
+def quick_check(sock: socket.socket) -> bool | None:
+    """The non-blocking part of ``check_session``, cheap enough for an event loop: False = dead
+    (EOF, reset, ErrorResponse pending), True = fine and recently proven alive, None = needs the
+    full ``check_session`` (in a worker thread: it may do a round trip)."""
+    if sock.fileno() < 0:
+        return False
+    state = _state(sock)
+    try:
+        pending = _peek_pending(sock)
+    except _Dead:
+        return False
+    if pending == b"" or (pending is not None and pending[:1] == b"E"):
+        return False
+    if pending is not None or state is None or sock.gettimeout() is not None:
+        return None
+    if time.monotonic() - state.last_ok >= state.idle_check_s:
+        return None
     return True
 
 

@@ -122,6 +122,7 @@ class ManagerConfig:
     max_clients: int = 1024
     health_interval: float = 1.0  # idle sweep: TTL, max idle, peer closed
     log_grants: str = "each"  # each | none (denials are always logged)
+    connector_process: bool = False  # open TCP connections in a forked helper (components.pool_connector)
     default_pool: str = "echo"
 
     def validate(self) -> None:
@@ -176,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clients", type=int)
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
+    p.add_argument(
+        "--connector-process",
+        action="store_true",
+        help="open TCP connections in a forked helper process and receive them in batches "
+        "(takes the handshake work off the hand-out loop)",
+    )
     return p
 
 
@@ -236,6 +243,7 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
         max_clients=args.max_clients or int(data.get("max_clients", 1024)),
         health_interval=args.health_interval or float(data.get("health_interval", 1.0)),
         log_grants=args.log_grants or str(data.get("log_grants", "each")),
+        connector_process=bool(args.connector_process or data.get("connector_process", False)),
         default_pool=pool_name,
     )
     cfg.validate()

@@ -58,6 +58,8 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from components.pool_config import ConfigError, ManagerConfig, PoolConfig, load_config
+from components.pool_connector import ANC_SPACE as _CONNECTOR_ANC_SPACE
+from components.pool_connector import start_connector
 from components.protocol import MAX_REQUEST_BYTES, PROTOCOL_VERSION, format_peer, split_hostport
 
 _AF_UNIX = socket.AF_UNIX
@@ -71,6 +73,7 @@ _RECV_FLAGS = socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _TCP_ESTABLISHED = 1
+_HEALTH_EVENTS = select.POLLIN | select.POLLPRI | select.POLLRDHUP | select.POLLERR | select.POLLHUP
 _TICK = 0.05  # timer resolution for request/borrow/connect deadlines
 _LAT_BOUNDS_US = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000, 1_000_000)
 _HANDED_MEMORY = 65536  # handed-out connections remembered so a release can be verified
@@ -131,6 +134,7 @@ class Pool:
         self.addrs: list[tuple[int, tuple[Any, ...]]] = []
         self.addrs_expire = 0.0
         self.resolving = False
+        self.tcp_index = -1
         self.level = 0  # backoff level: consecutive failed connect rounds
         self.next_attempt = 0.0
         self.last_error = ""
@@ -198,7 +202,19 @@ class Manager:
         for name, pcfg in cfg.pools.items():
             plugin = importlib.import_module(pcfg.plugin_module) if pcfg.kind != "tcp" else None
             self.pools[name] = Pool(pcfg, plugin)
+        self.tcp_pools = [p for p in self.pools.values() if p.plugin is None]
+        for i, pool in enumerate(self.tcp_pools):
+            pool.tcp_index = i
+        self.demand = [0] * len(self.tcp_pools)
+        self.connector_pid = 0
+        self.connector_chan: socket.socket | None = None
+        if cfg.connector_process and self.tcp_pools:
+            # Forked first: before any thread or epoll set exists in this process.
+            self.connector_pid, self.connector_chan = start_connector([p.cfg for p in self.tcp_pools])
         self.ep = select.epoll()
+        if self.connector_chan is not None:
+            self.ep.register(self.connector_chan.fileno(), _EPOLLIN)
+        self.poller = select.poll()
         self.clients: dict[int, _Client] = {}
         self.connecting: dict[int, tuple[Pool, _socket.socket, float]] = {}
         self.results: queue.SimpleQueue[tuple[str, Pool, Any]] = queue.SimpleQueue()
@@ -217,6 +233,7 @@ class Manager:
         self.lat_counts = [0] * (len(_LAT_BOUNDS_US) + 1)
         self.logbuf: deque[str] = deque()
         self.ready_announced = False
+        self.demand_pending = False
         self.log_grants = cfg.log_grants == "each"
         self._fast_requests: dict[bytes, tuple[str, Pool]] = {}
         self._fast_acquire: dict[bytes, Pool] = {}
@@ -304,17 +321,24 @@ class Manager:
         evfd = self.evfd
         clients = self.clients
         connecting = self.connecting
+        chan_fd = self.connector_chan.fileno() if self.connector_chan is not None else -2
         next_tick = time.monotonic()
         next_sweep = next_tick + self.cfg.health_interval
         for pool in self.pools.values():
             self.refill(pool, next_tick)
         while not self.stopping:
+            if self.demand_pending:
+                self.flush_demand()
             events = ep_poll(_TICK, 1024)
             for fd, ev in events:
                 if fd == lfd:
                     self.accept()
                 elif fd in clients:
                     self.client_readable(clients[fd])
+                elif fd == chan_fd:
+                    self.connector_readable()
+                    if self.connector_chan is None:
+                        chan_fd = -2
                 elif fd in connecting:
                     self.connect_done(fd, ev)
                 elif fd == evfd:
@@ -558,15 +582,16 @@ class Manager:
                 pool.stats["discard_ttl"] += 1
                 conn.sock.close()
                 continue
-            try:
-                peek = conn.sock.recv(1, _PEEK_FLAGS)
-            except (BlockingIOError, InterruptedError):
+            # Zero-timeout poll: anything readable (data or EOF), a hang-up or an error means the
+            # connection is not safe to hand out. (Cheaper than a MSG_PEEK recv raising EAGAIN.)
+            poller = self.poller
+            poller.register(conn.fd, _HEALTH_EVENTS)
+            ready = poller.poll(0)
+            poller.unregister(conn.fd)
+            if not ready:
                 return conn
-            except OSError:
-                peek = b""
-            # EOF, an error, or unsolicited bytes from the backend: not safe to hand out.
             pool.stats["discard_health"] += 1
-            self.log("discard", pool=pool.name, reason="eof" if not peek else "unread_data", peer=conn.peer)
+            self.log("discard", pool=pool.name, reason=_unhealthy_reason(conn.sock), peer=conn.peer)
             conn.sock.close()
         return None
 
@@ -626,7 +651,7 @@ class Manager:
             self.reply(client, (json.dumps(body, separators=(",", ":")) + "\n").encode())
             return
         peer = format_peer(sock.getpeername())
-        local = sock.getsockname()
+        local = sock.getsockname()[:2]
         created = pool.handed.pop((local, peer))
         sock.setblocking(True)
         conn = _Conn(sock, peer, local, b"{}", now, float("inf"))
@@ -644,7 +669,7 @@ class Manager:
             return "not_tcp"
         try:
             peer = format_peer(sock.getpeername())
-            local = sock.getsockname()
+            local = sock.getsockname()[:2]
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
         except OSError:
@@ -711,8 +736,100 @@ class Manager:
     def _need(self, pool: Pool, now: float) -> int:
         if pool.down and now < pool.next_attempt:
             return 0
-        need = pool.target_size(now) + len(pool.waiters) - len(pool.idle) - pool.connecting - pool.checking
+        need = pool.target_size(now) - len(pool.idle) - pool.connecting - pool.checking
+        if pool.cfg.exhaustion == "connect" or pool.plugin is not None:
+            # Connect on demand: one extra connection per waiting caller (plug-in pools always
+            # open sessions for their waiters; they have no other refill path).
+            need += len(pool.waiters)
         return min(need, self._connect_limit(pool) - pool.connecting)
+
+    def flush_demand(self) -> None:
+        chan = self.connector_chan
+        self.demand_pending = False
+        if chan is None:
+            return
+        msg = [[i, n] for i, n in enumerate(self.demand) if n]
+        try:
+            chan.send(json.dumps(msg, separators=(",", ":")).encode())
+        except BlockingIOError:
+            self.demand_pending = True  # channel full: the connector is busy, retry next round
+            return
+        except OSError as exc:
+            self.connector_lost(f"send: {exc}")
+            return
+        for i in range(len(self.demand)):
+            self.demand[i] = 0
+
+    def connector_readable(self) -> None:
+        chan = self.connector_chan
+        assert chan is not None
+        now = time.monotonic()
+        touched: set[int] = set()
+        for _ in range(64):
+            try:
+                data, anc, _flags, _addr = chan.recvmsg(1 << 20, _CONNECTOR_ANC_SPACE, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.connector_lost(str(exc))
+                return
+            fds = _fds(anc) if anc else []
+            if not data:
+                _close_fds(fds)
+                self.connector_lost("connector process exited")
+                return
+            taken = 0
+            for rec in json.loads(data):
+                pool = self.tcp_pools[rec[0]]
+                touched.add(rec[0])
+                pool.connecting -= 1
+                if rec[1] == "ok" and taken < len(fds):
+                    sock = _socket.socket(rec[2], _SOCK_STREAM, 0, fds[taken])
+                    taken += 1
+                    local = (rec[4], rec[5]) if pool.cfg.accept_release else None
+                    self.add_connection(pool, sock, rec[3], local, now)
+                else:
+                    self.connect_failed(pool, now, str(rec[2]))
+            _close_fds(fds[taken:])
+        for i in touched:
+            self.refill(self.tcp_pools[i], now)
+
+    def connector_lost(self, why: str) -> None:
+        """The connector died: connect from the event loop from now on."""
+        chan = self.connector_chan
+        if chan is None:
+            return
+        self.log("connector_lost", level="error", error=why)
+        self.connector_chan = None
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(chan.fileno())
+        chan.close()
+        self.reap_connector(0.0)
+        for pool in self.tcp_pools:
+            pool.connecting = sum(1 for p, _s, _d in self.connecting.values() if p is pool)
+            self.demand[pool.tcp_index] = 0
+        self.demand_pending = False
+
+    def reap_connector(self, timeout: float) -> None:
+        if not self.connector_pid:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, _status = os.waitpid(self.connector_pid, os.WNOHANG)
+            except ChildProcessError:
+                pid = self.connector_pid
+            if pid:
+                self.connector_pid = 0
+                return
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.connector_pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.connector_pid, 0)
+                self.connector_pid = 0
+                return
+            time.sleep(0.01)
 
     def expire_connects(self, now: float) -> None:
         for fd, (pool, sock, deadline) in list(self.connecting.items()):
@@ -727,6 +844,12 @@ class Manager:
         if pool.plugin is not None:
             pool.connecting += 1
             self.submit("opened", pool, _run_open, pool.plugin, cfg.as_dict())
+            return True
+        if self.connector_chan is not None:
+            # The connector process connects (and resolves); demands go out once per loop round.
+            pool.connecting += 1
+            self.demand[pool.tcp_index] += 1
+            self.demand_pending = True
             return True
         if now >= pool.addrs_expire:
             # getaddrinfo blocks: resolve in a worker thread, connect when the answer is back.
@@ -787,7 +910,8 @@ class Manager:
 
     def connected(self, pool: Pool, sock: _socket.socket, peer_addr: tuple[Any, ...], now: float) -> None:
         try:
-            local = sock.getsockname()
+            # The local address identifies the connection if it is handed back (op release).
+            local = sock.getsockname()[:2] if pool.cfg.accept_release else None
             sock.setblocking(True)  # O_NONBLOCK travels with the fd: hand out blocking sockets
         except OSError as exc:
             sock.close()
@@ -796,6 +920,9 @@ class Manager:
         peer = pool.peer_names.get(peer_addr)
         if peer is None:
             peer = pool.peer_names[peer_addr] = format_peer(peer_addr)
+        self.add_connection(pool, sock, peer, local, now)
+
+    def add_connection(self, pool: Pool, sock: _socket.socket, peer: str, local: Any, now: float) -> None:
         pool.stats["refills"] += 1
         if pool.level:
             self.log("backend_up", pool=pool.name, peer=peer)
@@ -1015,6 +1142,10 @@ class Manager:
         }
 
     def close(self) -> None:
+        if self.connector_chan is not None:
+            self.connector_chan.close()  # EOF tells the connector to exit
+            self.connector_chan = None
+            self.reap_connector(2.0)
         for client in list(self.clients.values()):
             self.close_client(client)
         for _pool, sock, _deadline in self.connecting.values():
@@ -1032,6 +1163,15 @@ class Manager:
                 os.unlink(self.cfg.socket)
         self.ep.close()
         os.close(self.evfd)
+
+
+def _unhealthy_reason(sock: _socket.socket) -> str:
+    try:
+        return "eof" if sock.recv(1, _PEEK_FLAGS) == b"" else "unread_data"
+    except (BlockingIOError, InterruptedError):
+        return "hangup"
+    except OSError as exc:
+        return f"error: {exc.strerror or exc}"
 
 
 def _fds(anc: list[tuple[int, int, bytes]]) -> list[int]:

@@ -150,7 +150,7 @@ def test_config_defaults() -> None:
 def test_check_session_fresh_and_after_round_trip(cluster: LocalCluster) -> None:
     sock, meta = pg_pool.open_session(cluster.session_config(idle_check_s=0))
     try:
-        for _ in range(3):  # idle_check_s=0: every check is a Sync round trip
+        for _ in range(3):  # idle_check_s=0: every check is a round trip
             assert pg_pool.check_session(sock)
             assert _nothing_pending(sock)
         sess = pg_wire.Session.adopt(sock, meta)
@@ -198,17 +198,18 @@ def test_check_session_closed_socket() -> None:
 # Fake server over a socketpair: what the check does with bytes the server sent unasked.
 _NOTICE = b"N" + (4 + 11).to_bytes(4, "big") + b"SNOTICE\x00M\x00\x00"
 _READY = b"Z\x00\x00\x00\x05I"
-_PARAM = b"S\x00\x00\x00\x0dTimeZone\x00X\x00"
+_PARAM = b"S\x00\x00\x00\x0fTimeZone\x00X\x00"
+_EMPTY = b"I\x00\x00\x00\x04"
 _ERROR = b"E\x00\x00\x00\x0cSFATAL\x00\x00"
 
 
 @pytest.mark.parametrize(
     ("server_bytes", "healthy"),
     [
-        (b"", True),  # nothing pending, unknown socket: Sync round trip answered
+        (b"", True),  # nothing pending, unknown socket: round trip answered
         (_NOTICE, True),  # a notice is absorbed
         (_NOTICE[:7], True),  # a partial message: round trip reads the rest exactly
-        (_PARAM, False),  # the meta the manager serialised would be stale
+        (_PARAM, False),  # unknown session: no meta to update, the receiver's would be stale
         (_ERROR, False),
     ],
 )
@@ -216,14 +217,14 @@ def test_check_session_pending_bytes(server_bytes: bytes, healthy: bool) -> None
     client, server = socket.socketpair()
     received: list[bytes] = []
 
-    def answer_sync() -> None:
-        # Like the server: ReadyForQuery only in answer to the Sync.
+    def answer_probe() -> None:
+        # Like the server: EmptyQueryResponse + ReadyForQuery only in answer to the empty query.
         with contextlib.suppress(OSError):
             server.settimeout(3)
             received.append(server.recv(16))
-            server.sendall(_READY)
+            server.sendall(_EMPTY + _READY)
 
-    responder = threading.Thread(target=answer_sync, daemon=True)
+    responder = threading.Thread(target=answer_probe, daemon=True)
     try:
         server.sendall(server_bytes)
         responder.start()
@@ -233,7 +234,7 @@ def test_check_session_pending_bytes(server_bytes: bytes, healthy: bool) -> None
         assert pg_pool.check_session(client) is healthy
         if healthy:
             responder.join(5)
-            assert received == [b"S\x00\x00\x00\x04"]  # exactly one Sync
+            assert received == [b"Q\x00\x00\x00\x05\x00"]  # exactly one empty query
             assert _nothing_pending(client)
     finally:
         client.close()
@@ -407,3 +408,37 @@ def test_external_postgres_admin_over_the_bench_role(cluster: LocalCluster, tmp_
         sock.close()
     with pytest.raises(Exception, match="28P01"):
         ExternalPostgres("127.0.0.1", cluster.port, database="ext", password="wrong").check_balances()
+
+
+def test_quick_check_never_blocks_and_defers_when_unsure(cluster: LocalCluster) -> None:
+    sock, _ = pg_pool.open_session(cluster.session_config(application_name="csb-quick"))
+    stale, _ = pg_pool.open_session(cluster.session_config(idle_check_s=0))
+    unknown = socket.socket(fileno=os.dup(stale.fileno()))
+    try:
+        assert pg_pool.quick_check(sock) is True  # fresh, nothing pending
+        assert pg_pool.quick_check(stale) is None  # idle past the delay: round trip needed
+        assert pg_pool.quick_check(unknown) is None
+        assert cluster.terminate_backends(application_name="csb-quick") == 1
+        deadline = time.monotonic() + 5
+        while pg_pool.quick_check(sock) is not False and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pg_pool.quick_check(sock) is False
+    finally:
+        for s in (sock, stale, unknown):
+            s.close()
+    assert pg_pool.quick_check(sock) is False  # closed
+
+
+def test_parameter_status_on_idle_session_updates_its_meta() -> None:
+    client, server = socket.socketpair()
+    meta: dict[str, Any] = {"parameters": {"TimeZone": "UTC"}}
+    with pg_pool._SESSIONS_LOCK:
+        pg_pool._SESSIONS[client] = pg_pool._SessionState(30.0, 1.0, time.monotonic(), meta)
+    try:
+        server.sendall(_PARAM)
+        assert pg_pool.check_session(client)
+        assert pg_pool.session_meta(client) == {"parameters": {"TimeZone": "X"}}
+        assert _nothing_pending(client)
+    finally:
+        client.close()
+        server.close()

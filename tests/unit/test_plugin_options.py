@@ -56,3 +56,13 @@ def test_malformed_expectation_is_a_usage_error(pytester: pytest.Pytester, plugi
     result = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*bench_expect*p42*"])
+
+
+def test_pool_load_benchmarks_run_only_when_asked(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    pytester.makepyfile(
+        test_z="import pytest\n@pytest.mark.pool_load\ndef test_load():\n    pass\ndef test_other():\n    pass\n"
+    )
+    default = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider")
+    default.assert_outcomes(passed=1, deselected=1)
+    asked = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--bench-pool-load")
+    asked.assert_outcomes(passed=2)
