@@ -16,6 +16,10 @@ PHASE_METRICS: tuple[str, ...] = (
     "handshake_us",
     "fd_recv_us",
     "request_rtt_us",
+    "startup_us",
+    "auth_us",
+    "first_query_us",
+    "import_us",
     "create_to_start_ms",
     "start_to_ready_ms",
     "start_to_die_ms",
@@ -39,6 +43,10 @@ class Sample:
     handshake_us: float = math.nan
     fd_recv_us: float = math.nan
     request_rtt_us: float = math.nan
+    startup_us: float = math.nan  # PostgreSQL: startup message -> first reply, AuthenticationOk -> ReadyForQuery
+    auth_us: float = math.nan  # PostgreSQL: SASL exchange incl. the client's PBKDF2
+    first_query_us: float = math.nan  # PostgreSQL: first statement of the transaction
+    import_us: float = math.nan  # PostgreSQL direct: importing the driver in the cold process
     create_to_start_ms: float = math.nan
     start_to_ready_ms: float = math.nan
     start_to_die_ms: float = math.nan

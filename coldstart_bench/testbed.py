@@ -369,10 +369,18 @@ def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
 
 
 def _owner_alive(labels: dict[str, str]) -> bool:
+    """Whether the process that created a resource still runs; without a pid label we cannot
+    tell, so the resource is left alone."""
     try:
-        os.kill(int(labels.get(LABEL_PID, "0")), 0)
-    except (ValueError, ProcessLookupError):
+        pid = int(labels.get(LABEL_PID, ""))
+    except ValueError:
+        return True
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return int(labels.get(LABEL_PID, "0")) > 0
+    return True

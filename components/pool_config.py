@@ -92,9 +92,20 @@ class PoolConfig:
         return self.module or KIND_MODULES.get(self.kind, "")
 
     def as_dict(self) -> dict[str, Any]:
+        """The settings as logged: secrets among the plug-in options are redacted."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
-        out.update(self.options)
+        out.update({k: ("***" if _is_secret(k) else v) for k, v in self.options.items()})
         return out
+
+
+_SECRET_WORDS = ("password", "secret", "token", "credential")
+
+
+def _is_secret(key: str) -> bool:
+    # password_file / password_env name where a secret is, not the secret itself
+    if key.endswith(("_file", "_env")):
+        return False
+    return any(word in key.lower() for word in _SECRET_WORDS)
 
 
 _POOL_FIELDS = {f.name for f in fields(PoolConfig)} - {"name", "options"}

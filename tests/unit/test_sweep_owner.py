@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from coldstart_bench.testbed import LABEL_PID, _owner_alive
+
+
+def test_live_owner_is_alive() -> None:
+    assert _owner_alive({LABEL_PID: str(os.getpid())})
+
+
+def test_dead_owner_is_not() -> None:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert not _owner_alive({LABEL_PID: proc.stdout.strip()})
+
+
+def test_resources_without_an_owner_are_left_alone() -> None:
+    assert _owner_alive({})
+    assert _owner_alive({LABEL_PID: "0"})
+    assert _owner_alive({LABEL_PID: "garbage"})
