@@ -29,7 +29,8 @@ lazily when the manager starts::
 Both run in worker threads, never on the event loop. Optional, called on the loop (must not block):
 ``close_session(sock)`` to end a session the manager discards (TTL, max idle, failed check,
 shutdown) instead of a plain close, and ``session_meta(sock) -> dict | None`` for an up-to-date
-``meta`` at hand-out. TTL and max idle apply as for TCP; ``release`` is refused for plug-in kinds.
+``meta`` at hand-out, and ``quick_check(sock) -> bool | None``, a non-blocking verdict before
+hand-out (None: run ``check_session`` in a worker). TTL and max idle apply as for TCP; ``release`` is refused for plug-in kinds.
 """
 
 from __future__ import annotations
@@ -707,12 +708,44 @@ class Manager:
             self.log("close_session_failed", level="warning", pool=pool.name, error=str(exc))
             conn.sock.close()
 
+    def hand_out_session(self, pool: Pool, conn: _Conn, now: float) -> None:
+        """Hand a checked plug-in session to the longest waiter, with its meta refreshed."""
+        meta_of = getattr(pool.plugin, "session_meta", None)
+        if meta_of is not None:
+            # The session's parameters may have changed since it was opened.
+            with contextlib.suppress(Exception):
+                meta = meta_of(conn.sock)
+                if meta is not None:
+                    conn.reply_tail = b',"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}\n"
+        client = pool.waiters.popleft()
+        client.pool = None
+        self.hand_out(client, pool, conn, now)
+
     def serve_plugin_waiters(self, pool: Pool) -> None:
+        quick = getattr(pool.plugin, "quick_check", None)
         while pool.idle and pool.checking < len(pool.waiters):
             conn = pool.idle.popleft()
-            if conn.expires <= time.monotonic():
+            now = time.monotonic()
+            if conn.expires <= now:
                 pool.stats["discard_ttl"] += 1
                 self.discard(pool, conn)
+                continue
+            verdict: bool | None = None
+            if quick is not None:
+                # A non-blocking verdict when the kind can give one: no worker-thread round trip
+                # on the hand-out path for a session that was proven alive recently.
+                try:
+                    verdict = quick(conn.sock)
+                except Exception:
+                    verdict = None
+            if verdict is False:
+                pool.stats["discard_health"] += 1
+                self.log("discard", pool=pool.name, reason="quick_check", peer=conn.peer)
+                self.discard(pool, conn)
+                self.refill(pool, now)
+                continue
+            if verdict is True:
+                self.hand_out_session(pool, conn, now)
                 continue
             pool.checking += 1
             self.submit("checked", pool, _run_check, pool.plugin, conn)
@@ -1031,18 +1064,7 @@ class Manager:
                     self.log("discard", pool=pool.name, reason="check_session", peer=conn.peer)
                     self.discard(pool, conn)
                 elif pool.waiters:
-                    meta_of = getattr(pool.plugin, "session_meta", None)
-                    if meta_of is not None:
-                        # The session's parameters may have changed since it was opened.
-                        with contextlib.suppress(Exception):
-                            meta = meta_of(conn.sock)
-                            if meta is not None:
-                                conn.reply_tail = (
-                                    b',"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}\n"
-                                )
-                    client = pool.waiters.popleft()
-                    client.pool = None
-                    self.hand_out(client, pool, conn, now)
+                    self.hand_out_session(pool, conn, now)
                 else:
                     pool.idle.appendleft(conn)
                 self.refill(pool, now)
