@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,22 +25,31 @@ class Block:
     count: int
 
 
-def interleaved_order(scenario_ids: Sequence[str], iterations: int, block_size: int, seed: int) -> list[Block]:
+def interleaved_order(
+    scenario_ids: Sequence[str],
+    iterations: int,
+    block_size: int,
+    seed: int,
+    rounds: Mapping[str, int] | None = None,
+) -> list[Block]:
     """Randomised complete blocks: every round runs each scenario once (a block of up to
-    `block_size` cold starts) in a fresh random order, so slow drift of a shared machine hits
-    all arms alike instead of masquerading as an effect. Same seed, same order."""
+    `block_size` rounds) in a fresh random order, so slow drift of a shared machine hits all
+    arms alike instead of masquerading as an effect. Same seed, same order.
+
+    `rounds` gives a scenario fewer rounds than `iterations` (bursts start N per round); a
+    scenario drops out of later rounds once its rounds are done."""
     rng = random.Random(seed)
+    remaining = {sid: (rounds or {}).get(sid, iterations) for sid in scenario_ids}
     blocks: list[Block] = []
-    remaining = iterations
     index = 0
-    while remaining > 0:
-        count = min(block_size, remaining)
-        order = list(scenario_ids)
+    while any(n > 0 for n in remaining.values()):
+        order = [sid for sid in scenario_ids if remaining[sid] > 0]
         rng.shuffle(order)
         for sid in order:
+            count = min(block_size, remaining[sid])
             blocks.append(Block(index, sid, count))
+            remaining[sid] -= count
         index += 1
-        remaining -= count
     return blocks
 
 

@@ -177,7 +177,8 @@ class Harness:
         seed = self.options.seed if self.options.seed is not None else random.SystemRandom().randrange(2**31)
         scenarios = [by_id(s, self.options.bursts) for s in self.selected]
         ids = [s.id for s in scenarios]
-        blocks = interleaved_order(ids, self.options.iterations, self.options.block_size, seed)
+        rounds = {s.id: rounds_for(s, self.options.iterations) for s in scenarios}
+        blocks = interleaved_order(ids, self.options.iterations, self.options.block_size, seed, rounds)
         self.state.interleave = {
             "seed": seed,
             "block_size": self.options.block_size,

@@ -49,6 +49,16 @@ def test_every_scenario_gets_exactly_its_iterations_once_per_round(
     assert all(sorted(v) == sorted(ids) for v in by_round.values())
 
 
+def test_bursts_get_fewer_rounds_and_drop_out_when_done() -> None:
+    ids = ["direct", "burst-8-direct"]
+    order = interleaved_order(ids, 20, 5, seed=3, rounds={"burst-8-direct": 3})
+    totals: Counter[str] = Counter()
+    for blk in order:
+        totals[blk.scenario] += blk.count
+    assert totals == {"direct": 20, "burst-8-direct": 3}
+    assert [b.scenario for b in order if b.index >= 1].count("burst-8-direct") == 0
+
+
 def test_rounds_for_bursts_cover_the_iterations() -> None:
     assert rounds_for(by_id("socket"), 20) == 20
     assert rounds_for(by_id("burst-8-direct"), 20) == 3
