@@ -35,8 +35,11 @@ def test_unchanged_setup_passes_and_a_slower_handshake_fails(docker_client: Any,
     assert code == 0, out[-3000:]
     assert (baseline / "samples.csv").is_file() and (baseline / "summary.json").is_file()
 
-    # A/A: the same setup against its own baseline does not fail.
-    code, out, pid = run_bench(tmp_path / "r2", *COMMON, "-k", SELECT_10MS, "--bench-baseline", str(baseline))
+    # A/A: the same setup against its own baseline does not fail. The limit sits above the
+    # run-to-run drift of lifecycles on a machine that runs other tests meanwhile (seen: +22 %).
+    code, out, pid = run_bench(
+        tmp_path / "r2", *COMMON, "-k", SELECT_10MS, "--bench-baseline", str(baseline), "--bench-max-regression", "50%"
+    )
     assert code == 0, out[-3000:]
     assert any(ln.startswith("GATE OK direct-10ms connect_us") for ln in out.splitlines()), out[-3000:]
     assert not any(ln.startswith("GATE FAIL") for ln in out.splitlines())
