@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench.procs import read_json_line
+
 REPO = Path(__file__).resolve().parents[1]
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
@@ -43,28 +45,6 @@ def _env() -> dict[str, str]:
     e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
     e["PYTHONUNBUFFERED"] = "1"
     return e
-
-
-def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    import selectors
-
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    buf = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise TimeoutError(f"no ready line within {timeout}s")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError(f"process exited (rc={proc.poll()}) before its ready line")
-            buf += chunk
-    finally:
-        sel.close()
-    return json.loads(buf.split(b"\n", 1)[0])
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -116,7 +96,7 @@ def echo_target() -> Iterator[str]:
         env=_env(),
         cwd=REPO,
     )
-    ready = _read_line(proc, 15)
+    ready = read_json_line(proc, 15)
     _ECHO_PID[:] = [proc.pid]
     yield f"127.0.0.1:{ready['port']}"
     _stop(proc)
@@ -145,7 +125,7 @@ class _Manager:
                 env=_env(),
                 cwd=REPO,
             )
-        self.ready = _read_line(self.proc, 60)
+        self.ready = read_json_line(self.proc, 60)
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))

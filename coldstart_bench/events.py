@@ -82,6 +82,11 @@ class LifecycleEvents:
                     )
                 self._cond.wait(remaining)
 
+    def exit_code(self, container_id: str) -> int | None:
+        """The exit code the engine reported with the container's `die` event."""
+        with self._cond:
+            return self._exit_codes.get(container_id)
+
     def forget(self, container_id: str) -> None:
         with self._cond:
             self._times.pop(container_id, None)

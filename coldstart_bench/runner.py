@@ -11,6 +11,7 @@ from typing import Any
 
 import docker
 import docker.errors
+from docker.utils.socket import STDOUT, frames_iter
 
 from .events import EventTimeout, LifecycleEvents
 from .samples import Sample
@@ -54,40 +55,78 @@ def parse_function_record(stdout: str) -> dict[str, Any]:
 
 
 class ColdStartRunner:
+    """Runs function containers like `docker run --rm`: attach, start, read the output stream to
+    its end, and let the engine remove the container the moment it exits, so the measured
+    lifecycle holds no round trips of the harness after the function is done."""
+
     def __init__(self, client: docker.DockerClient, events: LifecycleEvents, timeout: float = 60.0) -> None:
         self._api = client.api
         self._events = events
         self._timeout = timeout
 
     def _create(self, spec: FunctionSpec) -> str:
-        host_config = self._api.create_host_config(binds=spec.binds or None, network_mode=spec.network)
+        host_config = self._api.create_host_config(
+            binds=spec.binds or None, network_mode=spec.network, auto_remove=True
+        )
         created = self._api.create_container(
             spec.image, command=spec.command, labels=spec.labels, host_config=host_config
         )
         return str(created["Id"])
 
-    def _finish(self, cid: str) -> ColdStartResult:
-        error = ""
-        exit_code: int | None = None
+    def _attach(self, cid: str) -> Any:
+        # Attached before start, so no output is lost however fast the function exits.
         try:
-            status = self._api.wait(cid, timeout=self._timeout)
-            exit_code = int(status.get("StatusCode", -1))
-        except Exception as exc:  # timeout or engine error: kill it, keep what we can
-            error = f"function container did not exit within {self._timeout:.0f}s ({exc})"
+            return self._api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1})
+        except Exception:
+            with contextlib.suppress(docker.errors.APIError):
+                self._api.remove_container(cid, force=True)
+            raise
+
+    def _start(self, cid: str) -> None:
+        try:
+            self._api.start(cid)
+        except Exception:
+            with contextlib.suppress(docker.errors.APIError):
+                self._api.remove_container(cid, force=True)  # never started: not auto-removed
+            raise
+
+    def _read_output(self, cid: str, sock: Any) -> tuple[str, str, str]:
+        """(stdout, stderr, error); kills the container when it outlives the timeout."""
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
             with contextlib.suppress(docker.errors.APIError):
                 self._api.kill(cid)
-        stdout = self._logs(cid, stdout=True)
-        stderr = self._logs(cid, stdout=False)
-        # Removed by someone else is fine: its events still tell the lifecycle.
-        with contextlib.suppress(docker.errors.NotFound):
-            self._api.remove_container(cid, force=True)
+
+        timer = threading.Timer(self._timeout, kill)
+        timer.daemon = True
+        timer.start()
+        out: list[bytes] = []
+        err: list[bytes] = []
+        error = ""
+        try:
+            for stream_id, data in frames_iter(sock, tty=False):
+                (out if stream_id == STDOUT else err).append(data)
+        except OSError as exc:
+            error = f"lost the function's output stream: {exc}"
+        finally:
+            timer.cancel()
+            with contextlib.suppress(OSError):
+                sock.close()
+        if killed.is_set():
+            error = f"function container did not exit within {self._timeout:.0f}s and was killed"
+        return b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"), error
+
+    def _finish(self, cid: str, sock: Any) -> ColdStartResult:
+        stdout, stderr, error = self._read_output(cid, sock)
         events: dict[str, int] = {}
         try:
             events = self._events.wait(cid, timeout=30.0)
         except EventTimeout as exc:
             error = error or str(exc)
-        finally:
-            self._events.forget(cid)
+        exit_code = self._events.exit_code(cid)
+        self._events.forget(cid)
         record: dict[str, Any] | None = None
         try:
             record = parse_function_record(stdout)
@@ -99,30 +138,28 @@ class ColdStartRunner:
             error = f"function exited with code {exit_code}"
         return ColdStartResult(cid, exit_code, stdout, stderr, events, record, error)
 
-    def _logs(self, cid: str, stdout: bool) -> str:
-        try:
-            raw = self._api.logs(cid, stdout=stdout, stderr=not stdout)
-        except docker.errors.APIError:
-            return ""
-        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-
     def run(self, spec: FunctionSpec) -> ColdStartResult:
         cid = self._create(spec)
-        self._api.start(cid)
-        return self._finish(cid)
+        sock = self._attach(cid)
+        self._start(cid)
+        return self._finish(cid, sock)
 
     def run_burst(self, spec: FunctionSpec, n: int) -> list[ColdStartResult]:
-        """N cold starts at once: all created first, then started together from N threads."""
-        cids = [self._create(spec) for _ in range(n)]
+        """N cold starts at once: all created and attached first, then started together from N threads."""
+        prepared = []
+        for _ in range(n):
+            cid = self._create(spec)
+            prepared.append((cid, self._attach(cid)))
         barrier = threading.Barrier(n)
         results: list[ColdStartResult | None] = [None] * n
         failures: list[BaseException] = []
 
         def one(i: int) -> None:
+            cid, sock = prepared[i]
             try:
                 barrier.wait(timeout=30)
-                self._api.start(cids[i])
-                results[i] = self._finish(cids[i])
+                self._start(cid)
+                results[i] = self._finish(cid, sock)
             except BaseException as exc:
                 failures.append(exc)
 

@@ -259,3 +259,17 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
     )
     cfg.validate()
     return cfg
+
+
+def apply_socket_options(sock: Any, cfg: PoolConfig) -> None:
+    """Keepalive, TCP_USER_TIMEOUT and TCP_NODELAY, set before the connection exists so every
+    hand-out already carries them (the receiving function inherits the options with the fd)."""
+    import socket
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, cfg.keepalive_idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, cfg.keepalive_interval)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cfg.keepalive_count)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, cfg.user_timeout_ms)
+    if cfg.nodelay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

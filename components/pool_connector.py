@@ -28,7 +28,7 @@ import socket
 import time
 from typing import Any
 
-from components.pool_config import PoolConfig
+from components.pool_config import PoolConfig, apply_socket_options
 from components.protocol import format_peer, split_hostport
 
 MAX_FDS_PER_MESSAGE = 250  # the kernel's SCM_MAX_FD is 253
@@ -103,13 +103,7 @@ class _ConnectorLoop:
         family, addr = self.addrs[idx][0]
         sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, cfg.keepalive_idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, cfg.keepalive_interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cfg.keepalive_count)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, cfg.user_timeout_ms)
-            if cfg.nodelay:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            apply_socket_options(sock, cfg)
             err = sock.connect_ex(addr)
         except OSError as exc:
             sock.close()

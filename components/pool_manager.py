@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType, ModuleType
 from typing import Any
 
-from components.pool_config import ConfigError, ManagerConfig, PoolConfig, load_config
+from components.pool_config import ConfigError, ManagerConfig, PoolConfig, apply_socket_options, load_config
 from components.pool_connector import ANC_SPACE as _CONNECTOR_ANC_SPACE
 from components.pool_connector import start_connector
 from components.protocol import MAX_REQUEST_BYTES, PROTOCOL_VERSION, format_peer, split_hostport
@@ -896,14 +896,7 @@ class Manager:
         sock = _socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            # Set before the connection exists, so every hand-out already carries them.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, cfg.keepalive_idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, cfg.keepalive_interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, cfg.keepalive_count)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, cfg.user_timeout_ms)
-            if cfg.nodelay:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            apply_socket_options(sock, cfg)
             err = sock.connect_ex(addr)
         except OSError as exc:
             sock.close()

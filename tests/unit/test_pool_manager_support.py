@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import shutil
 import signal
 import socket
@@ -19,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from coldstart_bench.procs import read_json_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,26 +39,6 @@ def short_tmpdir() -> Iterator[Path]:
         yield Path(d)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    buf = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise TimeoutError(f"no JSON line within {timeout}s (got {buf!r})")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError(f"process exited before its ready line (got {buf!r}, rc={proc.poll()})")
-            buf += chunk
-    finally:
-        sel.close()
-    return json.loads(buf.split(b"\n", 1)[0])
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
