@@ -133,6 +133,7 @@ class Pool:
         self.waiters: deque[_Client] = deque()
         self.connecting = 0
         self.checking = 0  # plug-in sessions being checked before hand-out
+        self.refreshing = 0  # idle plug-in sessions being proven alive in the background
         self.addrs: list[tuple[int, tuple[Any, ...]]] = []
         self.addrs_expire = 0.0
         self.resolving = False
@@ -1050,9 +1051,21 @@ class Manager:
                 pool.level = 0
                 self.conn_ready(pool, _Conn(sock, peer, local, meta_json, now, pool.expiry(now)), now)
                 self.refill(pool, now)
+            elif kind == "refreshed":
+                # A background proof of life of an idle session, off the hand-out path.
+                pool.refreshing -= 1
+                conn: _Conn = args[1]
+                if not (ok and value):
+                    pool.stats["discard_health"] += 1
+                    self.log("discard", pool=pool.name, reason="check_session", peer=conn.peer)
+                    self.discard(pool, conn)
+                    self.refill(pool, now)
+                else:
+                    pool.idle.append(conn)
+                    self.serve_plugin_waiters(pool)
             elif kind == "checked":
                 pool.checking -= 1
-                conn: _Conn = args[1]
+                conn = args[1]
                 if not (ok and value):
                     pool.stats["discard_health"] += 1
                     self.log("discard", pool=pool.name, reason="check_session", peer=conn.peer)
@@ -1097,7 +1110,15 @@ class Manager:
                     reason = "ttl"
                 elif max_idle > 0 and now - conn.idle_since > max_idle and remaining > floor:
                     reason = "idle"
-                elif pool.plugin is None:
+                elif pool.plugin is not None:
+                    if self._needs_refresh(pool, conn):
+                        # Prove an idle session alive now (a round trip in a worker thread), so a
+                        # later hand-out takes the non-blocking path instead of waiting for it.
+                        pool.refreshing += 1
+                        remaining -= 1
+                        self.submit("refreshed", pool, _run_check, pool.plugin, conn)
+                        continue
+                else:
                     try:
                         peek = conn.sock.recv(1, _PEEK_FLAGS)
                         reason = "health"
@@ -1114,6 +1135,16 @@ class Manager:
                 else:
                     idle.append(conn)
             self.refill(pool, now)
+
+    @staticmethod
+    def _needs_refresh(pool: Pool, conn: _Conn) -> bool:
+        quick = getattr(pool.plugin, "quick_check", None)
+        if quick is None:
+            return False
+        try:
+            return quick(conn.sock) is None
+        except Exception:
+            return True
 
     # ---------------------------------------------------------------- stats / shutdown
     def stats_obj(self) -> dict[str, Any]:

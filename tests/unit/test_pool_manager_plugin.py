@@ -146,3 +146,59 @@ def test_release_not_supported_for_plugin_kinds(echo: Echo) -> None:
             assert out["reused"] is False and out["reason"] == "release_disabled"
         finally:
             m.stop()
+
+
+REFRESH_KIND = textwrap.dedent(
+    '''
+    """Fake kind whose sessions need a round trip (check_session) once idle for 0.3 s."""
+    import os
+    import socket
+    import time
+
+    _LAST_OK = {}
+
+    def open_session(config):
+        host, port = config["target"].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=2)
+        sock.settimeout(None)
+        _LAST_OK[sock.fileno()] = time.monotonic()
+        return sock, {}
+
+    def check_session(sock):
+        with open(os.environ["REFRESH_KIND_CHECKS"], "a") as fh:
+            fh.write("x")
+        _LAST_OK[sock.fileno()] = time.monotonic()
+        return True
+
+    def quick_check(sock):
+        last = _LAST_OK.get(sock.fileno())
+        return None if last is None or time.monotonic() - last > 0.3 else True
+    '''
+)
+
+
+def test_idle_sessions_are_proven_alive_in_the_background(echo: Echo) -> None:
+    """A session idle past its check delay gets its round trip from the sweep, not at hand-out."""
+    with short_tmpdir() as d:
+        (d / "refreshkind.py").write_text(REFRESH_KIND)
+        cfg = {"health_interval": 0.1, "pools": {"r": {"kind": "r", "module": "refreshkind", "target": echo.target,
+                                                         "size": 2}}}  # fmt: skip
+        (d / "cfg.json").write_text(json.dumps(cfg))
+        os.environ["REFRESH_KIND_CHECKS"] = str(d / "checks")
+        old = os.environ.get("PYTHONPATH", "")
+        os.environ["PYTHONPATH"] = str(d) + (os.pathsep + old if old else "")
+        try:
+            m = Manager(d / "m.sock", echo.target, 2, "--config", str(d / "cfg.json"), "--pool", "r")
+        finally:
+            os.environ["PYTHONPATH"] = old
+        try:
+            checks = d / "checks"
+            # idle for well past 0.3 s: the sweep has run check_session on both sessions
+            wait_for(lambda: checks.exists() and len(checks.read_text()) >= 4, timeout=5)
+            sock, _ = protocol.acquire(m.sock_path, "r")
+            assert echo_roundtrip(sock)
+            sock.close()
+            st = m.stats()["pools"]["r"]
+            assert st["handed_out"] == 1 and st["discard_health"] == 0
+        finally:
+            m.stop()
