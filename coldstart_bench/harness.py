@@ -190,7 +190,9 @@ class Harness:
         warmed: set[str] = set()
         for block in blocks:
             scenario = by_id(block.scenario, self.options.bursts)
-            warm = 0 if scenario.id in warmed else self.options.warmup
+            # Every block after the first opens with a discarded cold start: switching the testbed
+            # (delay sidecar, pool manager) perturbs the engine for the next start or two.
+            warm = self.options.block_warmup if scenario.id in warmed else self.options.warmup
             warmed.add(scenario.id)
             results[scenario.id].extend(self._measure(scenario, block.count, block=block.index, warmup=warm))
         self._interleaved = results

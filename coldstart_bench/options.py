@@ -69,6 +69,13 @@ def addoption(parser: pytest.Parser) -> None:
         help=f"cold starts per block when interleaving (default {DEFAULT_BLOCK_SIZE})",
     )
     group.addoption(
+        "--bench-block-warmup",
+        type=int,
+        default=1,
+        metavar="N",
+        help="discarded cold starts at the start of every later block when interleaving (default 1)",
+    )
+    group.addoption(
         "--bench-bursts",
         default=",".join(map(str, DEFAULT_BURST_SIZES)),
         metavar="N,N,...",
@@ -134,6 +141,7 @@ class BenchOptions:
     interleave: bool
     seed: int | None
     block_size: int
+    block_warmup: int
     bursts: tuple[int, ...]
     pool_size: int
     gate_text: str
@@ -182,6 +190,7 @@ def from_config(config: pytest.Config) -> BenchOptions:
         interleave=bool(opt("bench_interleave")),
         seed=opt("bench_seed"),
         block_size=_positive("--bench-block-size", opt("bench_block_size"), 1),
+        block_warmup=_positive("--bench-block-warmup", opt("bench_block_warmup"), 0),
         bursts=bursts,
         pool_size=_positive("--bench-pool-size", opt("bench_pool_size"), 1),
         gate_text=str(config.getini("bench_gate")),

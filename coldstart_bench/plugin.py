@@ -114,7 +114,11 @@ def _planned_cold_starts(config: pytest.Config) -> int:
     for sid in config.stash[SELECTED_KEY]:
         scenario = by_id(sid, opts.bursts)
         rounds = max(1, -(-opts.iterations // scenario.burst))
-        total += (rounds + opts.warmup) * scenario.burst
+        warmups = opts.warmup
+        if opts.interleave:
+            blocks = -(-rounds // opts.block_size)
+            warmups += (blocks - 1) * opts.block_warmup
+        total += (rounds + warmups) * scenario.burst
     return total
 
 
