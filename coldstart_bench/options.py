@@ -95,6 +95,21 @@ def addoption(parser: pytest.Parser) -> None:
         help="also run the pool manager load benchmarks (marker pool_load; about a minute of full CPU)",
     )
     group.addoption(
+        "--bench-pg-target",
+        default=None,
+        metavar="HOST:PORT",
+        help="run the pg-* scenarios against your own PostgreSQL instead of a container "
+        "(reachable from containers; scram-sha-256, no TLS; schema loaded if missing)",
+    )
+    group.addoption("--bench-pg-user", default="bench", metavar="ROLE", help="role for --bench-pg-target")
+    group.addoption("--bench-pg-database", default="bench", metavar="DB", help="database for --bench-pg-target")
+    group.addoption(
+        "--bench-pg-password-file",
+        default=None,
+        metavar="PATH",
+        help="file holding the role's password, for --bench-pg-target",
+    )
+    group.addoption(
         "--bench-baseline",
         default=None,
         metavar="PATH",
@@ -150,6 +165,35 @@ class BenchOptions:
     max_regression_text: str
     expectation_policy: str
     alpha: float
+    pg_external: ExternalPg | None = None
+
+
+@dataclass(frozen=True)
+class ExternalPg:
+    """Your own PostgreSQL for the pg-* scenarios."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    password_file: Path
+
+
+def _external_pg(config: pytest.Config) -> ExternalPg | None:
+    target = config.getoption("bench_pg_target")
+    if not target:
+        return None
+    host, _, port = str(target).rpartition(":")
+    if not host or not port.isdigit():
+        raise pytest.UsageError(f"--bench-pg-target expects HOST:PORT, got {target!r}")
+    pw = config.getoption("bench_pg_password_file")
+    if not pw or not Path(pw).is_file():
+        raise pytest.UsageError(
+            "--bench-pg-target needs --bench-pg-password-file PATH, a readable file holding the role's password"
+        )
+    return ExternalPg(
+        host, int(port), config.getoption("bench_pg_user"), config.getoption("bench_pg_database"), Path(pw)
+    )
 
 
 def _positive(name: str, value: int, minimum: int) -> int:
@@ -199,4 +243,5 @@ def from_config(config: pytest.Config) -> BenchOptions:
         max_regression_text=str(opt("bench_max_regression")),
         expectation_policy=policy,
         alpha=alpha,
+        pg_external=_external_pg(config),
     )

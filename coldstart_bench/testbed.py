@@ -27,7 +27,8 @@ from .scenarios import Scenario
 if TYPE_CHECKING:
     from .delay import SynAckDelay
     from .images import ImageSet
-    from .pg import PostgresBackend
+    from .options import ExternalPg
+    from .pg import ExternalPostgres, PostgresBackend
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
@@ -46,11 +47,14 @@ class TestbedError(RuntimeError):
 
 @dataclass(frozen=True)
 class TestbedConfig:
+    __test__ = False
+
     pool_size: int = 32
     echo_port: int = 7000
     pool_name: str = "echo"
     payload_size: int = 64
     start_timeout: float = 60.0
+    pg_external: ExternalPg | None = None  # your own PostgreSQL instead of the database container
 
 
 def run_labels(run_id: str) -> dict[str, str]:
@@ -81,8 +85,9 @@ class Testbed:
         self.socket_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-", dir="/tmp"))
         self.socket_dir.chmod(0o755)
         self.secret_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-secret-", dir="/tmp"))
-        self.pg: PostgresBackend | None = None
+        self.pg: PostgresBackend | ExternalPostgres | None = None
         self.pg_cold_starts_ok = 0  # successful pg function runs, warm-ups included: each commits one transfer
+        self.pg_transfers_before = 0  # transfers already in the database when the run started
         self.delay_target = "echo"
         self.network: Network | None = None
         self.echo: DockerContainer | None = None
@@ -201,15 +206,23 @@ class Testbed:
             return "running"
         return f"exited with code {state.get('ExitCode')} ({state.get('Error') or 'no error'}); logs:\n{_tail(wrapped)}"
 
-    def ensure_pg(self) -> PostgresBackend:
-        """Start the database once, then restart the pool manager with an authenticated-session pool."""
+    def ensure_pg(self) -> PostgresBackend | ExternalPostgres:
+        """Start (or reach) the database once, then restart the pool manager with an
+        authenticated-session pool."""
         if self.pg is not None:
             return self.pg
-        from .pg import PostgresBackend, manager_config
+        from .pg import ExternalPostgres, PostgresBackend, manager_config
 
-        backend = PostgresBackend(self.client, self.images.extra["postgres"], self.network_name, self.pg_name,
-                                  self.labels, publish=False)  # fmt: skip
-        self.pg = backend.start()
+        backend: PostgresBackend | ExternalPostgres
+        ext = self.config.pg_external
+        if ext is not None:
+            backend = ExternalPostgres(ext.host, ext.port, ext.user, ext.database, password_file=str(ext.password_file))
+            backend.load_schema()
+        else:
+            backend = PostgresBackend(self.client, self.images.extra["postgres"], self.network_name, self.pg_name,
+                                      self.labels, publish=False).start()  # fmt: skip
+        self.pg = backend
+        self.pg_transfers_before = backend.check_balances()[0]
         backend.write_password_file(self.secret_dir)
         pools = {
             self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
@@ -233,7 +246,10 @@ class Testbed:
             from .delay import SynAckDelay
 
             if target == "pg":
-                assert self.pg is not None
+                from .pg import PostgresBackend
+
+                if not isinstance(self.pg, PostgresBackend):
+                    raise TestbedError("a SYN-ACK delay needs the database container, not an external server")
                 container_id, port = self.pg.container_id, self.pg.port
             else:
                 assert self.echo is not None
@@ -320,9 +336,11 @@ class Testbed:
             self.delay = None
 
     def _close_pg(self) -> None:
-        if self.pg is not None:
+        from .pg import PostgresBackend
+
+        if isinstance(self.pg, PostgresBackend):
             self.pg.stop()
-            self.pg = None
+        self.pg = None
 
     def _close_echo(self) -> None:
         if self.echo is not None:
