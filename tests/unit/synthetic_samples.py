@@ -69,3 +69,8 @@ def thesis_run(n: int = 30, seed: int = 0, scenarios: tuple[str, ...] = tuple(TH
             name, n, connect, life, delay_ms=delay, mode=mode, sigma_life=sigma, seed=seed * 100 + k
         )
     return out
+
+
+# Every key describe() gives a metric (and summary.json carries per scenario and metric).
+DESCRIBE_FIELDS = ("n", "mean", "median", "p50", "p95", "p99", "variance", "stdev", "min", "max", "iqr",
+                   "outliers", "extreme_outliers", "ci_median", "ci_p95")  # fmt: skip

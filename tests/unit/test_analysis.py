@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_samples import THESIS_LIKE, scenario_samples, thesis_run
+from synthetic_samples import DESCRIBE_FIELDS, THESIS_LIKE, scenario_samples, thesis_run
 
 from coldstart_bench.analysis import AnalysisConfig, RunAnalysis, analyse, phase_attribution
 from coldstart_bench.baseline import BaselineError, load_baseline, save_baseline
@@ -14,23 +14,7 @@ from coldstart_bench.gate import parse_gate_rules
 from coldstart_bench.report.files import ReportWriteError
 from coldstart_bench.samples import Sample, write_samples_csv
 
-FIELDS = (
-    "n",
-    "mean",
-    "median",
-    "p50",
-    "p95",
-    "p99",
-    "variance",
-    "stdev",
-    "min",
-    "max",
-    "iqr",
-    "outliers",
-    "extreme_outliers",
-    "ci_median",
-    "ci_p95",
-)
+FIELDS = DESCRIBE_FIELDS
 
 
 def quick(**kw: object) -> AnalysisConfig:

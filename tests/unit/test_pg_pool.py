@@ -21,20 +21,10 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench.pg import ACCOUNTS, LocalCluster, start_local_cluster
+from coldstart_bench.pg import ACCOUNTS, LocalCluster
 from components import pg_pool, pg_wire, protocol
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    """A real throwaway server on 127.0.0.1 (scram-sha-256), one per module and worker."""
-    started, reason = start_local_cluster()
-    if started is None:
-        pytest.skip(reason)
-    yield started
-    started.stop()
 
 
 def _nothing_pending(sock: socket.socket) -> bool:

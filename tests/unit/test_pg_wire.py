@@ -9,18 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from coldstart_bench.pg import LocalCluster, start_local_cluster
+from coldstart_bench.pg import LocalCluster
 from components import pg_pool, pg_wire
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    """A real throwaway server on 127.0.0.1 (scram-sha-256), one per module and worker."""
-    started, reason = start_local_cluster()
-    if started is None:
-        pytest.skip(reason)
-    yield started
-    started.stop()
 
 
 @pytest.fixture

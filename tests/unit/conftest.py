@@ -1,0 +1,19 @@
+"""Fixtures shared by the unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from coldstart_bench.pg import LocalCluster, start_local_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """A real throwaway server on 127.0.0.1 (scram-sha-256), one per module and worker."""
+    started, reason = start_local_cluster()
+    if started is None:
+        pytest.skip(reason)
+    yield started
+    started.stop()
