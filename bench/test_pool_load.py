@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench.procs import read_json_line
+from coldstart_bench.procs import REPO, Echo, Manager, cpu_seconds
 
-REPO = Path(__file__).resolve().parents[1]
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 pytestmark = [
@@ -38,25 +35,6 @@ RATE_TARGET = 8000.0
 P99_TARGET_US = 2000.0
 CLIENTS = 8
 DURATION_S = 10.0
-
-
-def _env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    e["PYTHONUNBUFFERED"] = "1"
-    return e
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -79,73 +57,16 @@ def loadgen(workdir: Path) -> Path:
     return exe
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-_ECHO_PID: list[int] = []
-
-
 @pytest.fixture(scope="module")
-def echo_target() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "components.echo_server", "--host", "127.0.0.1", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        cwd=REPO,
-    )
-    ready = read_json_line(proc, 15)
-    _ECHO_PID[:] = [proc.pid]
-    yield f"127.0.0.1:{ready['port']}"
-    _stop(proc)
+def echo() -> Iterator[Echo]:
+    server = Echo()
+    yield server
+    server.stop()
 
 
-class _Manager:
-    def __init__(self, workdir: Path, target: str, size: int, *extra: str) -> None:
-        self.sock = str(workdir / f"cpm-{size}.sock")
-        self.log = workdir / f"cpm-{size}.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "components.pool_manager",
-                    "--target",
-                    target,
-                    "--size",
-                    str(size),
-                    "--socket",
-                    self.sock,
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                env=_env(),
-                cwd=REPO,
-            )
-        self.ready = read_json_line(self.proc, 60)
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-    def stats(self) -> dict[str, Any]:
-        from components.protocol import request
-
-        return request(self.sock, "stats")
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self.log.read_text().splitlines() if x.startswith("{")]
-
-    def stop(self) -> None:
-        _stop(self.proc)
+def _manager(workdir: Path, echo: Echo, size: int, *extra: str) -> Manager:
+    # A pool of 1000 takes a while to fill on a loaded machine: wait longer than the tests do.
+    return Manager(workdir / f"cpm-{size}.sock", echo.target, size, *extra, ready_timeout=60)
 
 
 def _run_loadgen(exe: Path, sock: str, procs: int, duration: float, count: int = 0) -> dict[str, Any]:
@@ -157,18 +78,18 @@ def _run_loadgen(exe: Path, sock: str, procs: int, duration: float, count: int =
     return result
 
 
-def test_acquisition_throughput(benchmark: Any, workdir: Path, loadgen: Path, echo_target: str) -> None:
-    m = _Manager(workdir, echo_target, 256)
+def test_acquisition_throughput(benchmark: Any, workdir: Path, loadgen: Path, echo: Echo) -> None:
+    m = _manager(workdir, echo, 256)
     load_before = os.getloadavg()[0]
     try:
         result: dict[str, Any] = {}
-        cpu0 = (_cpu_s(m.proc.pid), _cpu_s(_ECHO_PID[0]))
+        cpu0 = (m.cpu_seconds(), cpu_seconds(echo.proc.pid))
 
         def run() -> None:
-            result.update(_run_loadgen(loadgen, m.sock, CLIENTS, DURATION_S))
+            result.update(_run_loadgen(loadgen, m.sock_path, CLIENTS, DURATION_S))
 
         benchmark.pedantic(run, rounds=1, iterations=1)
-        cpu1 = (_cpu_s(m.proc.pid), _cpu_s(_ECHO_PID[0]))
+        cpu1 = (m.cpu_seconds(), cpu_seconds(echo.proc.pid))
         stats = m.stats()
     finally:
         m.stop()
@@ -195,10 +116,10 @@ def test_acquisition_throughput(benchmark: Any, workdir: Path, loadgen: Path, ec
     assert result["latency_us"]["p99"] <= P99_TARGET_US, result
 
 
-def test_pool_of_1000_rss_and_refill(benchmark: Any, workdir: Path, echo_target: str) -> None:
-    m = _Manager(workdir, echo_target, 1000, "--max-connecting", "128")
+def test_pool_of_1000_rss_and_refill(benchmark: Any, workdir: Path, echo: Echo) -> None:
+    m = _manager(workdir, echo, 1000, "--max-connecting", "128")
     try:
-        events = m.events()
+        events = m.log_events()
         # The pool starts empty when the socket is bound and is full at "ready": refill from empty.
         t_listen = next(e["ts"] for e in events if e["event"] == "listening")
         t_ready = next(e["ts"] for e in events if e["event"] == "ready")
@@ -209,7 +130,7 @@ def test_pool_of_1000_rss_and_refill(benchmark: Any, workdir: Path, echo_target:
         def handouts() -> None:
             # Serve 1000 hand-outs (the pool refills behind them) and check memory stays flat.
             for _ in range(1000):
-                acquire(m.sock)[0].close()
+                acquire(m.sock_path)[0].close()
 
         benchmark.pedantic(handouts, rounds=1, iterations=1)
         deadline = time.monotonic() + 10
@@ -225,21 +146,21 @@ def test_pool_of_1000_rss_and_refill(benchmark: Any, workdir: Path, echo_target:
     assert rss <= 40 and rss_after <= 40
 
 
-def test_fd_count_stable_over_100k_handouts(benchmark: Any, workdir: Path, loadgen: Path, echo_target: str) -> None:
+def test_fd_count_stable_over_100k_handouts(benchmark: Any, workdir: Path, loadgen: Path, echo: Echo) -> None:
     size = 64
-    m = _Manager(workdir, echo_target, size)
+    m = _manager(workdir, echo, size)
     try:
-        before = m.fds()
+        before = m.open_fds()
         result: dict[str, Any] = {}
 
         def run() -> None:
-            result.update(_run_loadgen(loadgen, m.sock, 4, 120, count=100_000))
+            result.update(_run_loadgen(loadgen, m.sock_path, 4, 120, count=100_000))
 
         benchmark.pedantic(run, rounds=1, iterations=1)
         deadline = time.monotonic() + 10
         while m.stats()["pools"]["echo"]["idle"] < size and time.monotonic() < deadline:
             time.sleep(0.01)
-        after = m.fds()
+        after = m.open_fds()
         handed = m.stats()["pools"]["echo"]["handed_out"]
     finally:
         m.stop()
