@@ -84,7 +84,7 @@ class Harness:
             pytest.fail(self._broken, pytrace=False)
         # Docker-side modules load on first use, so unit tests and option errors never need them.
         from .images import ImageBuildError, ensure_images
-        from .testbed import LABEL_RUN, Testbed, TestbedConfig, TestbedError, sweep
+        from .testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
 
         try:
             images = ensure_images(self.client, log=lambda m: self.write(f"[coldstart-bench] {m}"))
@@ -111,7 +111,7 @@ class Harness:
         )
         try:
             testbed.start()
-        except (TestbedError, Exception) as exc:
+        except Exception as exc:
             try:
                 testbed.close()
             finally:
@@ -141,10 +141,7 @@ class Harness:
             self.testbed = None
             if self.events is not None:
                 self.events.stop()
-            if self.client is not None:
-                from .testbed import sweep
-
-                sweep(self.client, self.state.run_id)
+            if self.client is not None:  # the testbed's close has removed everything labelled with the run
                 environment.finish(self.state.environment, self._steal_start)
 
     # --- measuring ---------------------------------------------------------------------------
@@ -158,9 +155,7 @@ class Harness:
         if scenario.delay_ms > 0 and testbed.delay is not None:
             self.state.environment.setdefault("delay_backends_by_scenario", {})[scenario.id] = testbed.delay.backend
         for _ in range(warmup):
-            warm = cold_start_samples(testbed, self.runner, scenario, iteration=-1)
-            if scenario.backend == "pg":
-                testbed.pg_cold_starts_ok += sum(s.ok for s in warm)
+            cold_start_samples(testbed, self.runner, scenario, iteration=-1)
             self.progress.tick(f"{scenario.id} (warm-up)", scenario.burst)
         measured: list[Sample] = []
         first = len([s for s in self.state.samples if s.scenario == scenario.id]) // max(scenario.burst, 1)
@@ -169,8 +164,6 @@ class Harness:
             for sample in batch:
                 self.state.add(sample)
             measured.extend(batch)
-            if scenario.backend == "pg":
-                testbed.pg_cold_starts_ok += sum(s.ok for s in batch)
             self.progress.tick(scenario.id, len(batch))
             if any(not s.ok for s in batch) and sum(not s.ok for s in measured) >= 3:
                 break  # something is broken: stop burning time, report what we have

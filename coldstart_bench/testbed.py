@@ -6,6 +6,7 @@ everything it created itself, labelled with the run id, even after Ctrl-C).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -134,19 +135,32 @@ class Testbed:
         self.start_pool()
         return self
 
-    def _start_container(self, image: str, name: str, command: list[str], **kwargs: Any) -> DockerContainer:
+    def _start_container(
+        self,
+        image: str,
+        name: str,
+        command: list[str],
+        volumes: tuple[tuple[Path, str, str], ...] = (),
+    ) -> DockerContainer:
+        """Start a long-lived component on the run's network and wait for its readiness line; on
+        failure remove it and raise with its last log lines."""
         container = (
             DockerContainer(image)
             .with_name(name)
             .with_command(command)
-            .with_kwargs(labels=self.labels, network=self.network_name, **kwargs)
+            .with_kwargs(labels=self.labels, network=self.network_name)
             .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
         )
+        for host, bind, mode in volumes:
+            container = container.with_volume_mapping(str(host), bind, mode)
         try:
             return container.start()
         except Exception as exc:
             wrapped = container._container
             logs = _tail(wrapped) if wrapped is not None else "(container not created)"
+            if wrapped is not None:
+                with contextlib.suppress(docker.errors.APIError):
+                    wrapped.remove(force=True)
             raise TestbedError(f"{name} ({image}) did not become ready: {exc}\nlast log lines:\n{logs}") from exc
 
     @property
@@ -169,23 +183,12 @@ class Testbed:
             return
         # The postgres pool kind needs the driver, which the pgfunction image carries.
         image = self.images.extra["pgfunction"] if self.pg is not None else self.images.pool
-        container = (
-            DockerContainer(image)
-            .with_name(self.pool_name)
-            .with_command(self.pool_command())
-            .with_volume_mapping(str(self.socket_dir), SOCKET_MOUNT, "rw")
-            .with_volume_mapping(str(self.secret_dir), SECRET_MOUNT, "ro")
-            .with_kwargs(labels=self.labels, network=self.network_name)
-            .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
+        self.pool = self._start_container(
+            image,
+            self.pool_name,
+            self.pool_command(),
+            volumes=((self.socket_dir, SOCKET_MOUNT, "rw"), (self.secret_dir, SECRET_MOUNT, "ro")),
         )
-        try:
-            self.pool = container.start()
-        except Exception as exc:
-            wrapped = container._container
-            logs = _tail(wrapped) if wrapped is not None else "(container not created)"
-            if wrapped is not None:
-                wrapped.remove(force=True)
-            raise TestbedError(f"pool manager did not become ready: {exc}\nlast log lines:\n{logs}") from exc
 
     def stop_pool(self) -> None:
         if self.pool is not None:
