@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 from .options import BenchOptions
 from .run_state import RunState
 
+if TYPE_CHECKING:
+    from .baseline import Baseline
+    from .expectations import Expectation
+    from .gate import GateRule
 
-def finish_run(state: RunState, opts: BenchOptions, expectation_texts: list[str]) -> tuple[list[str], bool]:
+
+@dataclass
+class AnalysisInputs:
+    """What the plugin parsed and validated up front (configure, collection), used once at the end."""
+
+    gate_rules: list[GateRule]
+    max_regression: float
+    baseline: Baseline | None
+    expectations: list[Expectation] = field(default_factory=list)
+
+
+def finish_run(state: RunState, opts: BenchOptions, inputs: AnalysisInputs) -> tuple[list[str], bool]:
     """Returns the terminal lines and whether the run must fail (gate, or expectations under 'fail')."""
     from .analysis import AnalysisConfig, analyse, terminal_lines, write_report
-    from .baseline import load_baseline, save_baseline
-    from .expectations import parse_expectation
-    from .gate import parse_gate_rules, parse_max_regression
+    from .baseline import save_baseline
 
     lines: list[str] = []
     rescued = state.rescue_samples()
@@ -23,11 +39,11 @@ def finish_run(state: RunState, opts: BenchOptions, expectation_texts: list[str]
         state.environment["interleave"] = state.interleave
     config = AnalysisConfig(
         alpha=opts.alpha,
-        expectations=[parse_expectation(t) for t in expectation_texts],
+        expectations=inputs.expectations,
         expectation_policy=opts.expectation_policy,
-        gate_rules=parse_gate_rules(opts.gate_text),
-        baseline=load_baseline(opts.baseline) if opts.baseline else None,
-        max_regression=parse_max_regression(opts.max_regression_text),
+        gate_rules=inputs.gate_rules,
+        baseline=inputs.baseline,
+        max_regression=inputs.max_regression,
     )
     analysis = analyse(state.samples, state.environment, config)
     run_dir = state.run_dir

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from . import options as bench_options
+from .finish import AnalysisInputs
 from .harness import Harness, new_run_id
 from .run_state import ReportWriteError, RunState
 from .scenarios import burst_scenarios, by_id
@@ -15,7 +16,7 @@ from .scenarios import burst_scenarios, by_id
 OPTIONS_KEY = pytest.StashKey[bench_options.BenchOptions]()
 STATE_KEY = pytest.StashKey[RunState]()
 SELECTED_KEY = pytest.StashKey[list[str]]()
-EXPECT_KEY = pytest.StashKey[list[str]]()
+INPUTS_KEY = pytest.StashKey[AnalysisInputs]()
 LINES_KEY = pytest.StashKey[list[str]]()
 SCENARIO_ARG = "scenario_id"
 BURST_ARG = "burst_scenario_id"
@@ -30,29 +31,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pool_load: pool manager load benchmark (real processes, ~30 s)")
     config.addinivalue_line("markers", "integration: needs a real Docker engine")
     opts = bench_options.from_config(config)
-    # Parse gate rules and the regression limit now: a bad rule is a usage error, not a crash at the end.
+    # Parse gate rules, the regression limit and the baseline once, now: a bad one is a usage error
+    # before minutes of measuring, not a crash at the end.
+    from .baseline import BaselineError, load_baseline
     from .gate import GateRuleError, parse_gate_rules, parse_max_regression
 
     try:
-        parse_gate_rules(opts.gate_text)
+        gate_rules = parse_gate_rules(opts.gate_text)
     except GateRuleError as exc:
         raise pytest.UsageError(f"bench_gate: {exc}") from None
     try:
-        parse_max_regression(opts.max_regression_text)
+        max_regression = parse_max_regression(opts.max_regression_text)
     except ValueError as exc:
         raise pytest.UsageError(f"--bench-max-regression: {exc}") from None
-    if opts.baseline is not None:
-        # A missing or corrupt baseline must stop the run before minutes of measuring, not after.
-        from .baseline import BaselineError, load_baseline
-
-        try:
-            load_baseline(opts.baseline)
-        except BaselineError as exc:
-            raise pytest.UsageError(f"--bench-baseline: {exc}") from None
+    try:
+        baseline = load_baseline(opts.baseline) if opts.baseline is not None else None
+    except BaselineError as exc:
+        raise pytest.UsageError(f"--bench-baseline: {exc}") from None
+    config.stash[INPUTS_KEY] = AnalysisInputs(gate_rules, max_regression, baseline)
     config.stash[OPTIONS_KEY] = opts
     config.stash[STATE_KEY] = RunState(report_root=opts.report_dir, run_id=new_run_id())
     config.stash[SELECTED_KEY] = []
-    config.stash[EXPECT_KEY] = []
     config.stash[LINES_KEY] = []
 
 
@@ -88,13 +87,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     expectations.append(str(text))
     from .expectations import parse_expectation
 
+    parsed = []
     for text in expectations:
         try:
-            parse_expectation(text)
+            parsed.append(parse_expectation(text))
         except ValueError as exc:
             raise pytest.UsageError(f"bench_expect({text!r}): {exc}") from None
     config.stash[SELECTED_KEY] = selected
-    config.stash[EXPECT_KEY] = expectations
+    config.stash[INPUTS_KEY].expectations = parsed
 
 
 def _deselect_pool_load(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -162,11 +162,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from .finish import finish_run
 
-    lines, failed = finish_run(
-        state,
-        config.stash[OPTIONS_KEY],
-        config.stash[EXPECT_KEY],
-    )
+    lines, failed = finish_run(state, config.stash[OPTIONS_KEY], config.stash[INPUTS_KEY])
     config.stash[LINES_KEY] = lines
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
