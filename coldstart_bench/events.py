@@ -74,6 +74,8 @@ class LifecycleEvents:
                 have = self._times.get(container_id, {})
                 if all(a in have for a in wanted):
                     return dict(have)
+                if self._error is not None:  # the stream died: nothing more will arrive
+                    raise EventTimeout(f"docker event stream ended ({self._error}) before {container_id[:12]}'s events")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     missing = [a for a in wanted if a not in have]

@@ -35,8 +35,6 @@ def finish_run(state: RunState, opts: BenchOptions, inputs: AnalysisInputs) -> t
         lines.append(f"WARNING: {err}")
     if rescued is not None:
         lines.append(f"WARNING: all {len(state.samples)} samples were saved to {rescued} instead")
-    if state.interleave is not None:
-        state.environment["interleave"] = state.interleave
     config = AnalysisConfig(
         alpha=opts.alpha,
         expectations=inputs.expectations,

@@ -182,12 +182,12 @@ class Harness:
         ids = [s.id for s in scenarios]
         rounds = {s.id: rounds_for(s, self.options.iterations) for s in scenarios}
         blocks = interleaved_order(ids, self.options.iterations, self.options.block_size, seed, rounds)
-        self.state.interleave = {
+        # Recorded with the environment, so summary.json says how the run was ordered.
+        self.state.environment["interleave"] = {
             "seed": seed,
             "block_size": self.options.block_size,
             "order": [[b.index, b.scenario, b.count] for b in blocks],
         }
-        self.state.environment["interleave_seed"] = seed
         self.write(f"[coldstart-bench] interleaving {len(ids)} scenarios in {len(blocks)} blocks, seed {seed}")
         results: dict[str, list[Sample]] = {sid: [] for sid in ids}
         warmed: set[str] = set()

@@ -50,7 +50,6 @@ class RunState:
     environment: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     write_errors: list[str] = field(default_factory=list)
-    interleave: dict[str, Any] | None = None
 
     def ensure_dir(self) -> Path:
         if self.run_dir is None:
