@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from coldstart_bench.pg import LocalCluster, start_local_cluster
+from coldstart_bench.procs import Echo
 
 
 @pytest.fixture(scope="module")
@@ -17,3 +18,11 @@ def cluster() -> Iterator[LocalCluster]:
         pytest.skip(reason)
     yield started
     started.stop()
+
+
+@pytest.fixture
+def echo() -> Iterator[Echo]:
+    """A real echo server subprocess on a free loopback port, for one test."""
+    e = Echo()
+    yield e
+    e.stop()

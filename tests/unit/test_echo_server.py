@@ -8,23 +8,13 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import contextlib
 
 from test_pool_manager_support import Echo
-
-
-@pytest.fixture
-def echo() -> Iterator[Echo]:
-    e = Echo()
-    yield e
-    e.stop()
 
 
 def test_ready_line_and_basic_echo(echo: Echo) -> None:

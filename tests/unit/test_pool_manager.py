@@ -38,13 +38,6 @@ def sockdir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def echo() -> Iterator[Echo]:
-    e = Echo()
-    yield e
-    e.stop()
-
-
-@pytest.fixture
 def start_manager(sockdir: Path) -> Iterator[Callable[..., Manager]]:
     started: list[Manager] = []
 

@@ -7,7 +7,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ from components import protocol
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
-@pytest.fixture
-def echo() -> Iterator[Echo]:
-    e = Echo()
-    yield e
-    e.stop()
 
 
 def test_connector_hands_out_and_refills(echo: Echo) -> None:

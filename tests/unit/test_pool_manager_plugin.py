@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,13 +85,6 @@ def start(d: Path, echo: Echo, size: int = 3) -> Manager:
         return Manager(d / "m.sock", echo.target, size, "--config", str(d / "cfg.json"), "--pool", "fake")
     finally:
         os.environ["PYTHONPATH"] = old
-
-
-@pytest.fixture
-def echo() -> Iterator[Echo]:
-    e = Echo()
-    yield e
-    e.stop()
 
 
 def test_plugin_sessions_carry_meta(echo: Echo) -> None:
