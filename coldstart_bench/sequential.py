@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from scipy.special import lambertw
 
+from .familywise import FamilyResult
 from .stats import Values, as_array, json_safe
 
 DEFAULT_ALPHA = 0.05
@@ -196,6 +197,45 @@ def confidence_sequence(diffs: Values, alpha: float, rho2: float) -> tuple[float
     return (mean, float(np.std(d, ddof=1) * boundary(d.size, rho2, alpha)))
 
 
+def always_valid_p(diffs: Values, rho2: float) -> float:
+    """The smallest alpha whose confidence sequence (same ρ) excludes 0 now: solving
+    |mean| = sd·boundary(t, ρ², alpha) for alpha gives sqrt(tρ² + 1)·exp(−mean²t²ρ² / (2sd²(tρ² + 1))).
+    P(it is ever ≤ alpha under mean 0) ≤ alpha, like the sequence itself; it is ≤ alpha exactly
+    when the sequence at level alpha excludes 0."""
+    d = as_array(diffs)
+    if d.size < 2:
+        return 1.0
+    t, mean, sd = float(d.size), float(d.mean()), float(np.std(d, ddof=1))
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    v = t * rho2 + 1.0
+    return min(1.0, math.sqrt(v) * math.exp(-(mean**2) * t * t * rho2 / (2.0 * sd * sd * v)))
+
+
+def family_result(status: ComparisonStatus, *, alpha: float, family_size: int) -> FamilyResult:
+    """A headline comparison of a run stopped by the rule, as a family-wise finding: its interval is
+    the confidence sequence at alpha/h (the only interval still valid after optional stopping),
+    p_adjusted the Bonferroni-adjusted anytime-valid p, significant iff the interval excludes 0."""
+    p_adj = min(1.0, status.p_value * family_size) if math.isfinite(status.p_value) else math.nan
+    ci = status.interval
+    return FamilyResult(
+        name=status.name,
+        design="paired-blocks",
+        estimator="mean of per-block differences (confidence sequence)",
+        unit=status.unit,
+        n={"blocks": status.blocks},
+        estimate=status.estimate,
+        p_value=status.p_value,
+        p_adjusted=p_adj,
+        family_size=family_size,
+        alpha=alpha,
+        confidence_adjusted=1.0 - alpha / family_size,
+        ci_adjusted=ci,
+        significant=ci is not None and (ci[0] > 0 or ci[1] < 0),
+        notes=[] if ci is not None else ["too few blocks for the confidence sequence"],
+    )
+
+
 @dataclass(frozen=True)
 class Look:
     """What the executor knows about one headline comparison after a round."""
@@ -215,6 +255,9 @@ class ComparisonStatus:
     half_width: float
     target: float
     reached: bool
+    # Anytime-valid p-value of "mean 0" for this comparison alone (NaN below min_blocks).
+    p_value: float = math.nan
+    alpha_each: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -278,6 +321,7 @@ class StoppingRule:
             half = math.inf
         target = self.precision.target(look.unit, look.reference_median) if self.precision else math.nan
         interval = (mean - half, mean + half) if math.isfinite(half) else None
+        p = always_valid_p(d, rho2) if d.size >= self.min_blocks else math.nan
         return ComparisonStatus(
             name=name,
             unit=look.unit,
@@ -287,6 +331,8 @@ class StoppingRule:
             half_width=half,
             target=target,
             reached=bool(math.isfinite(half) and math.isfinite(target) and half <= target),
+            p_value=p,
+            alpha_each=alpha_each,
         )
 
     def update(self, looks: Mapping[str, Look], *, cold_starts: int, elapsed_s: float) -> StopDecision:
@@ -315,6 +361,14 @@ class StoppingRule:
         )
         self.history.append(decision)
         return decision
+
+    def family_results(self, decision: StopDecision | None = None) -> dict[str, FamilyResult]:
+        """The headline comparisons of `decision` (default: the last) as family-wise findings."""
+        decision = decision or (self.history[-1] if self.history else None)
+        if decision is None:
+            return {}
+        h = len(decision.comparisons)
+        return {n: family_result(c, alpha=self.alpha, family_size=h) for n, c in decision.comparisons.items()}
 
     def record(self) -> dict[str, Any]:
         """For summary.json: the rule, the last decision, which comparisons reached the precision."""

@@ -12,6 +12,7 @@ from coldstart_bench.sequential import (
     PRECISION_REACHED,
     Look,
     StoppingRule,
+    always_valid_p,
     boundary,
     confidence_sequence,
     confidence_sequence_path,
@@ -223,3 +224,26 @@ def test_headline_looks_take_the_unit_from_the_metric() -> None:
     assert looks["a"].unit == "ms" and looks["b"].unit == "us" and looks["b"].reference_median is None
     with pytest.raises(ValueError, match="unit suffix"):
         headline_looks({"a": [1.0]}, {}, {"a": "lifecycle"})
+
+
+def test_always_valid_p_agrees_with_the_interval() -> None:
+    rng = np.random.default_rng(11)
+    rule = StoppingRule(parse_precision("1ms"), max_time_s=600)
+    agree = 0
+    for i in range(300):
+        looks = {"x": Look(rng.normal(rng.normal(0, 1.5), 5, 25 + i % 50)), "y": Look(rng.normal(0, 5, 30))}
+        decision = rule.update(looks, cold_starts=i, elapsed_s=i)
+        x = decision.comparisons["x"]
+        assert x.interval is not None
+        excludes = x.interval[0] > 0 or x.interval[1] < 0
+        assert excludes == (x.p_value <= x.alpha_each)
+        agree += excludes
+        result = rule.family_results()["x"]
+        assert result.significant == excludes and result.ci_adjusted == x.interval
+        assert result.p_adjusted == pytest.approx(min(1.0, 2 * x.p_value))
+        assert result.confidence_adjusted == pytest.approx(0.975)
+    assert 0 < agree < 300  # both outcomes occurred
+    assert always_valid_p([1.0], 0.1) == 1.0 and always_valid_p([2.0, 2.0], 0.1) == 0.0
+    below = rule.update({"x": Look([1.0] * 5)}, cold_starts=0, elapsed_s=1e3).comparisons["x"]
+    assert math.isnan(below.p_value)
+    assert not rule.family_results()["x"].significant
