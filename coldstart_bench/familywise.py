@@ -154,7 +154,7 @@ def paired_intervals_batch(d: np.ndarray, confidence: float) -> tuple[np.ndarray
     return (w[..., c - 1], w[..., w.shape[-1] - c])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FamilyComparison:
     """One comparison of the family: `a` against reference `b`, either as two samples or as
     per-block paired differences a − b (one value per interleaved block)."""
@@ -373,3 +373,16 @@ def checked_delay_fit(
     if fit is None:  # pragma: no cover - delay_fit needs only two levels
         raise AssertionError("delay_fit refused a series with enough levels")
     return fit
+
+
+def aa_control_warning(result: FamilyResult, *, scenario: str = "direct-aa") -> dict[str, str] | None:
+    """The run's false-positive check: two identical scenarios must not come out distinguishable.
+    A warning {rule, scenario, text} (see warning_groups) when they do, else None."""
+    if not result.significant:
+        return None
+    return {
+        "rule": "aa_significant",
+        "scenario": scenario,
+        "text": f"A/A control {result.name} is significant ({_interval_text(result, 1)}, {_p_text(result)}): "
+        "two identical scenarios differ, so the machine was not stable enough to trust the other findings",
+    }

@@ -11,6 +11,7 @@ from coldstart_bench.compare import DelayFit, holm
 from coldstart_bench.familywise import (
     FamilyComparison,
     FitRefused,
+    aa_control_warning,
     checked_delay_fit,
     family_findings,
     order_findings,
@@ -258,3 +259,17 @@ def test_delay_fit_made_from_three_levels() -> None:
     fit = checked_delay_fit(_series([0.0, 10.0, 50.0]), "lifecycle_ms", confidence=0.99)
     assert isinstance(fit, DelayFit)
     assert fit.slope == pytest.approx(1.0, abs=0.1)
+
+
+def test_aa_control_warns_only_when_significant() -> None:
+    rng = np.random.default_rng(12)
+    same, shifted = family_findings(
+        [
+            FamilyComparison("direct-aa − direct", a=rng.normal(0, 1, 50), b=rng.normal(0, 1, 50)),
+            FamilyComparison("direct-aa − direct (drifted)", a=rng.normal(3, 1, 50), b=rng.normal(0, 1, 50)),
+        ]
+    )
+    assert aa_control_warning(same) is None
+    warning = aa_control_warning(shifted)
+    assert warning is not None and warning["rule"] == "aa_significant" and warning["scenario"] == "direct-aa"
+    assert "not stable enough" in warning["text"]
