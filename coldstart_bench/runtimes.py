@@ -134,8 +134,9 @@ def missing_runtime_message(name: str, offered: Iterable[str]) -> str:
     snippet = json.dumps(runtime_snippet([name]), indent=2)
     package = DEBIAN_PACKAGES.get(name)
     install = f"install it (Debian: apt-get install {package}), " if package else f"install {name}, "
+    offers = ", ".join(sorted(offered)) or "none"
     return (
-        f"runtime {name!r} is not registered with the Docker engine (it offers: {', '.join(sorted(offered)) or 'none'}); "
+        f"runtime {name!r} is not registered with the Docker engine (it offers: {offers}); "
         f"{install}merge this into {DAEMON_JSON} (keep the existing keys):\n{snippet}\n{RELOAD_HINT}"
     )
 
@@ -427,6 +428,11 @@ def _cmd_daemon_json(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_packages(args: argparse.Namespace) -> int:
+    print(" ".join(DEBIAN_PACKAGES[r] for r in args.runtimes if r in DEBIAN_PACKAGES))
+    return 0
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from coldstart_bench.engine import connect
 
@@ -446,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=_cmd_daemon_json)
     p = sub.add_parser("packages", help="print the Debian packages providing the runtimes")
     p.add_argument("runtimes", nargs="+")
-    p.set_defaults(func=lambda a: print(" ".join(DEBIAN_PACKAGES[r] for r in a.runtimes if r in DEBIAN_PACKAGES)) or 0)
+    p.set_defaults(func=_cmd_packages)
     p = sub.add_parser("probe", help="probe runtimes on the engine and print the results as JSON")
     p.add_argument("runtimes", help="comma-separated, e.g. runc,runsc,crun")
     p.add_argument("--image", help="image with python3 (default: the project's base image)")
