@@ -174,10 +174,24 @@ class RuntimeProbe:
             return RELAY
         return NOT_POSSIBLE
 
-    def unsupported_reason(self, handoff: str) -> str | None:
-        """None if a scenario using ``handoff`` (``"inject"`` or ``"relay"``) can run here, else why not."""
+    @property
+    def sandbox_network(self) -> bool:
+        """False when the runtime is registered to run every sandbox without a network (runsc --network=none)."""
+        return "--network=none" not in (self.registration.get("runtimeArgs") or [])
+
+    def unsupported_reason(self, handoff: str, needs_network: bool = False) -> str | None:
+        """None if a scenario can run here, else why not.
+
+        ``handoff``: ``"inject"`` (the pooled TCP fd), ``"relay"`` (an AF_UNIX socketpair end) or
+        ``"direct"`` (no fd at all); ``needs_network``: the function itself connects (direct mode,
+        fallback) and so needs a network inside the container.
+        """
         if not self.offered or not self.runs:
             return f"runtime {self.runtime}: {self.reason}"
+        if (needs_network or handoff == "direct") and not self.sandbox_network:
+            return f"runtime {self.runtime} is registered with --network=none: its containers have no network"
+        if handoff == "direct":
+            return None
         check, what = (self.unix_fd, "an AF_UNIX fd") if handoff == RELAY else (self.tcp_fd, "an injected TCP fd")
         if check.works:
             return None

@@ -99,3 +99,13 @@ def test_command_line_merges_a_daemon_json(tmp_path: Path, capsys: pytest.Captur
     assert "not a JSON object" in capsys.readouterr().err
     assert rt.main(["packages", "runc", "runsc", "crun"]) == 0
     assert capsys.readouterr().out.split() == ["runsc", "crun"]
+
+
+def test_a_runtime_registered_without_network_cannot_run_direct_scenarios() -> None:
+    gvisor = _probe(False, True)
+    assert gvisor.unsupported_reason("direct") is None  # registration unknown: network assumed
+    gvisor.registration = dict(rt.KNOWN_RUNTIMES["runsc"])
+    assert not gvisor.sandbox_network
+    assert "--network=none" in (gvisor.unsupported_reason("direct") or "")
+    assert "--network=none" in (gvisor.unsupported_reason(rt.RELAY, needs_network=True) or "")
+    assert gvisor.unsupported_reason(rt.RELAY) is None
