@@ -22,7 +22,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from components.cpm.model import EPOLLIN, LAT_BOUNDS_US, SEND_FLAGS, Client, Conn, Pool
+from components.cpm.handoff import FD_PASSING
+from components.cpm.model import (
+    EPOLLIN,
+    LAT_BOUNDS_US,
+    SEND_FLAGS,
+    Client,
+    Conn,
+    Pool,
+    close_fds,
+    cookies_supported,
+    socket_cookie,
+)
 from components.pool_config import ManagerConfig
 from components.pool_connector import start_connector
 from components.protocol import PROTOCOL_VERSION
@@ -37,6 +48,7 @@ class ManagerCore:
         for name, pcfg in cfg.pools.items():
             plugin = importlib.import_module(pcfg.plugin_module) if pcfg.kind != "tcp" else None
             self.pools[name] = Pool(pcfg, plugin)
+            self.pools[name].handoff = FD_PASSING
         self.tcp_pools = [p for p in self.pools.values() if p.plugin is None]
         for i, pool in enumerate(self.tcp_pools):
             pool.tcp_index = i
@@ -51,6 +63,16 @@ class ManagerCore:
             self.ep.register(self.connector_chan.fileno(), EPOLLIN)
         self.poller = select.poll()
         self.clients: dict[int, Client] = {}
+        self.allowed_clients = 0  # callers whose credentials pass: bounded by max_clients
+        self.denied_clients = 0  # denied callers kept until their error line is sent: DENIED_SLOTS
+        self.denials_logged = 0  # denials logged one by one in the current window
+        self.denials_unlogged = 0
+        self.denial_window_until = 0.0
+        self.next_settle = float("inf")  # earliest end of a fresh connection's settle period
+        self.next_sweep = 0.0
+        # Released sockets are recognised by the kernel's socket cookie; without it (old kernels)
+        # by their address pair, which a caller on the same host could rebuild.
+        self.release_identity = "so_cookie" if cookies_supported() else "address_pair"
         self.connecting: dict[int, tuple[Pool, _socket.socket, float]] = {}
         self.results: queue.SimpleQueue[tuple[str, Pool, Any]] = queue.SimpleQueue()
         self.evfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -97,6 +119,15 @@ class ManagerCore:
                 while data:
                     data = data[os.write(2, data) :]
 
+    def release_key(self, sock: Any, peer: str) -> Any:
+        """What identifies a handed-out socket when it comes back (op release)."""
+        if self.release_identity == "so_cookie":
+            return socket_cookie(sock)
+        try:
+            return (sock.getsockname()[:2], peer)
+        except OSError:
+            return None
+
     def reply(self, client: Client, data: bytes) -> None:
         with contextlib.suppress(OSError):
             client.sock.send(data, SEND_FLAGS)
@@ -120,9 +151,16 @@ class ManagerCore:
             with contextlib.suppress(ValueError):
                 client.pool.waiters.remove(client)
             client.pool = None
+        if client.fds:
+            close_fds(client.fds)
+            client.fds = []
+        if client.allowed:
+            self.allowed_clients -= 1
+        else:
+            self.denied_clients -= 1
         # close() drops the epoll registration too: nobody else holds this descriptor.
         client.sock.close()
-        if not self.accepting and self.listener is not None and len(self.clients) < self.cfg.max_clients:
+        if not self.accepting and self.listener is not None and self.allowed_clients < self.cfg.max_clients:
             self.accepting = True
             self.ep.modify(self.listener.fileno(), EPOLLIN)
 
@@ -162,3 +200,7 @@ class ManagerCore:
         def connect_done(self, fd: int, ev: int) -> None: ...
         def drain_results(self) -> None: ...
         def expire_connects(self, now: float) -> None: ...
+        def promote_settled(self, now: float) -> None: ...
+        def is_quiet(self, conn: Conn) -> bool: ...
+        def note_discard(self, pool: Pool, reason: str, peer: str, now: float) -> None: ...
+        def flush_discards(self, pool: Pool) -> None: ...

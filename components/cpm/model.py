@@ -33,19 +33,60 @@ HEALTH_EVENTS = select.POLLIN | select.POLLPRI | select.POLLRDHUP | select.POLLE
 TICK = 0.05  # timer resolution for request/borrow/connect deadlines
 LAT_BOUNDS_US = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000, 1_000_000)
 HANDED_MEMORY = 65536  # handed-out connections remembered so a release can be verified
+MAX_PENDING_FDS = 8  # fds a caller may attach to a request line still arriving
+HANDOUT_PROBES = 4  # dead idle connections one acquire discards before leaving the rest to the sweep
+DISCARD_LOG_WINDOW = 1.0  # seconds: the first discard of a window is logged alone, the rest in one summary
+# The kernel's socket cookie (Linux >= 4.12): unique per socket for the system's lifetime, read the same
+# through every descriptor of the socket, and not settable by anyone.
+SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
+_COOKIE = struct.Struct("Q")
+
+
+def socket_cookie(sock: Any) -> int | None:
+    """The socket's SO_COOKIE, or None where the kernel does not offer it."""
+    try:
+        value: int = _COOKIE.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, _COOKIE.size))[0]
+    except (OSError, struct.error):
+        return None
+    return value
+
+
+def cookies_supported() -> bool:
+    a, b = socket.socketpair()
+    try:
+        ca, cb = socket_cookie(a), socket_cookie(b)
+        return ca is not None and cb is not None and ca != cb
+    finally:
+        a.close()
+        b.close()
 
 
 class Conn:
     """One pooled backend connection."""
 
-    __slots__ = ("anc", "created", "expires", "fd", "idle_since", "local", "meta", "peer", "reply_tail", "sock")
+    __slots__ = (
+        "anc",
+        "created",
+        "eligible_at",
+        "expires",
+        "fd",
+        "idle_since",
+        "key",
+        "meta",
+        "peer",
+        "reply_tail",
+        "session",
+        "sock",
+    )
 
-    def __init__(self, sock: _socket.socket, peer: str, local: Any, meta: bytes, now: float, expires: float) -> None:
+    def __init__(self, sock: _socket.socket, peer: str, key: Any, meta: bytes, now: float, expires: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.local = local
+        self.key = key  # release identity: the socket cookie (or the address pair where there is none)
         self.meta = meta
+        self.session: dict[str, Any] = {}  # a plug-in session's meta as open_session returned it
+        self.eligible_at = now  # a fresh connection settles until then before its first health check
         self.created = now
         self.expires = expires
         self.idle_since = now
@@ -58,12 +99,13 @@ class Conn:
 class Client:
     """A caller connected to the Unix socket (one request per connection)."""
 
-    __slots__ = ("allowed", "buf", "deadline", "fd", "gid", "pid", "pool", "registered", "sock", "t0", "uid")
+    __slots__ = ("allowed", "buf", "deadline", "fd", "fds", "gid", "pid", "pool", "registered", "sock", "t0", "uid")
 
     def __init__(self, sock: _socket.socket, now: float, deadline: float) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.buf = b""
+        self.fds: list[int] = []  # fds attached to the part of the request line read so far
         self.t0 = now
         self.deadline = deadline
         self.registered = False
@@ -85,6 +127,10 @@ class Pool:
         self.plugin = plugin
         self.idle: deque[Conn] = deque()
         self.waiters: deque[Client] = deque()
+        self.settling: deque[Conn] = deque()  # fresh connections waiting out the settle period
+        self.handoff: Any = None  # how a connection reaches its caller (components.cpm.handoff)
+        self.discard_log_until = 0.0
+        self.discards_unlogged: dict[str, int] = {}
         self.connecting = 0
         self.checking = 0  # plug-in sessions being checked before hand-out
         self.refreshing = 0  # idle plug-in sessions being proven alive in the background
@@ -96,7 +142,7 @@ class Pool:
         self.next_attempt = 0.0
         self.last_error = ""
         self.last_acquire = time.monotonic()  # start full; shrink to min_idle only after max_idle unused
-        self.handed: OrderedDict[tuple[Any, str], float] = OrderedDict()
+        self.handed: OrderedDict[Any, float] = OrderedDict()
         self.peer_names: dict[tuple[Any, ...], str] = {}
         self.reply_head = ('{"ok":true,"pool":' + json.dumps(cfg.name) + ',"peer":"').encode()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -108,8 +154,10 @@ class Pool:
                 "discard_ttl",
                 "discard_idle",
                 "discard_release",
+                "discard_fresh",
                 "released_reused",
                 "fallbacks_seen",
+                "fd_dropped",
                 "borrow_waits",
                 "borrow_timeouts",
                 "exhausted",

@@ -11,12 +11,13 @@ import time
 
 from components.cpm.core import ManagerCore
 from components.cpm.model import (
+    DISCARD_LOG_WINDOW,
     EPOLLIN,
     HANDED_MEMORY,
+    HANDOUT_PROBES,
     HEALTH_EVENTS,
     LAT_BOUNDS_US,
     PEEK_FLAGS,
-    SEND_FLAGS,
     TCP_ESTABLISHED,
     Client,
     Conn,
@@ -64,8 +65,14 @@ class PolicyRoom(ManagerCore):
             self.reply_error(client, "pool_exhausted", f"pool {pool.name} has no idle connection")
 
     def take_healthy(self, pool: Pool, now: float) -> Conn | None:
+        """The first idle connection that is healthy now; at most HANDOUT_PROBES dead ones are
+        discarded on the way, the rest is left to a sweep (one acquire never drains the pool)."""
         idle = pool.idle
+        dead = 0
         while idle:
+            if dead >= HANDOUT_PROBES:
+                self.next_sweep = now
+                return None
             conn = idle.popleft()
             if conn.expires <= now:
                 pool.stats["discard_ttl"] += 1
@@ -79,10 +86,33 @@ class PolicyRoom(ManagerCore):
             poller.unregister(conn.fd)
             if not ready:
                 return conn
+            dead += 1
             pool.stats["discard_health"] += 1
-            self.log("discard", pool=pool.name, reason=unhealthy_reason(conn.sock), peer=conn.peer)
+            self.note_discard(pool, unhealthy_reason(conn.sock), conn.peer, now)
             conn.sock.close()
         return None
+
+    def is_quiet(self, conn: Conn) -> bool:
+        """Nothing readable (no data, no EOF), no hang-up, no error: safe to hand out."""
+        poller = self.poller
+        poller.register(conn.fd, HEALTH_EVENTS)
+        ready = poller.poll(0)
+        poller.unregister(conn.fd)
+        return not ready
+
+    def note_discard(self, pool: Pool, reason: str, peer: str, now: float) -> None:
+        """Log a discarded connection; in a storm only the first of each window, then one summary."""
+        if now >= pool.discard_log_until:
+            self.flush_discards(pool)
+            pool.discard_log_until = now + DISCARD_LOG_WINDOW
+            self.log("discard", pool=pool.name, reason=reason, peer=peer)
+        else:
+            pool.discards_unlogged[reason] = pool.discards_unlogged.get(reason, 0) + 1
+
+    def flush_discards(self, pool: Pool) -> None:
+        if pool.discards_unlogged:
+            counts, pool.discards_unlogged = pool.discards_unlogged, {}
+            self.log("discards", level="warning", pool=pool.name, counts=counts, window_s=DISCARD_LOG_WINDOW)
 
     def hand_out(self, client: Client, pool: Pool, conn: Conn, now: float) -> bool:
         self.next_id += 1
@@ -90,26 +120,19 @@ class PolicyRoom(ManagerCore):
         # Time in the manager up to the reply (measured before sending: the woken caller may preempt us).
         self.lat_counts[bisect.bisect_left(LAT_BOUNDS_US, (now - client.t0) * 1e6)] += 1
         reply = b'%s%s","id":%d%s' % (pool.reply_head, conn.peer.encode(), hid, conn.reply_tail)
-        try:
-            sent = client.sock.sendmsg([reply], conn.anc, SEND_FLAGS)
-        except OSError:
+        # Every hand-out goes through the pool's hand-off strategy (fd passing unless replaced).
+        if not pool.handoff.deliver(client, conn, reply):
             # Not transferred: the connection is still only ours and still unused.
             pool.stats["send_failures"] += 1
             pool.idle.appendleft(conn)
             self.close_client(client)
             return False
-        if sent < len(reply):
-            # The fd went with the first byte; finish the line blocking-briefly (tiny, rare).
-            with contextlib.suppress(OSError):
-                client.sock.settimeout(0.2)
-                client.sock.sendall(reply[sent:])
         pool.stats["handed_out"] += 1
-        if pool.cfg.accept_release:
+        if pool.cfg.accept_release and conn.key is not None:
             handed = pool.handed
-            handed[(conn.local, conn.peer)] = conn.created
+            handed[conn.key] = conn.created
             if len(handed) > HANDED_MEMORY:
                 handed.popitem(last=False)
-        conn.sock.close()
         if self.log_grants:
             self.logbuf.append(
                 f'{{"ts":{time.time():.6f},"level":"info","event":"grant","pool":{pool.jname},"id":{hid},'
@@ -140,10 +163,10 @@ class PolicyRoom(ManagerCore):
             self.reply(client, (json.dumps(body, separators=(",", ":")) + "\n").encode())
             return
         peer = format_peer(sock.getpeername())
-        local = sock.getsockname()[:2]
-        created = pool.handed.pop((local, peer))
+        key = self.release_key(sock, peer)
+        created = pool.handed.pop(key)
         sock.setblocking(True)
-        conn = Conn(sock, peer, local, b"{}", now, float("inf"))
+        conn = Conn(sock, peer, key, b"{}", now, float("inf"))
         conn.created = created
         conn.expires = pool.expiry(created) if pool.cfg.ttl > 0 else float("inf")
         pool.stats["released_reused"] += 1
@@ -158,12 +181,12 @@ class PolicyRoom(ManagerCore):
             return "not_tcp"
         try:
             peer = format_peer(sock.getpeername())
-            local = sock.getsockname()[:2]
+            key = self.release_key(sock, peer)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
         except OSError:
             return "not_connected"
-        if (local, peer) not in pool.handed:
+        if key is None or key not in pool.handed:
             # Only connections this pool handed out come back: no foreign sockets get injected.
             return "unknown_connection"
         if err:
@@ -180,7 +203,7 @@ class PolicyRoom(ManagerCore):
             return "eof"
         if data:
             return "unread_data"
-        if len(pool.idle) + pool.connecting >= 2 * pool.cfg.size:
+        if len(pool.idle) + len(pool.settling) + pool.connecting >= 2 * pool.cfg.size:
             return "pool_full"
         return ""
 
@@ -205,6 +228,21 @@ class PolicyRoom(ManagerCore):
                 meta = meta_of(conn.sock)
                 if meta is not None:
                     conn.reply_tail = b',"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}\n"
+        prepare = getattr(pool.plugin, "prepare_handout", None)
+        if prepare is not None:
+            # Last word before hand-out, for kinds whose idle sessions legitimately receive bytes
+            # (e.g. TLS session tickets): consume them, and say what the caller must know in meta.
+            try:
+                meta = prepare(conn.sock, conn.session)
+                if meta is not None:
+                    conn.reply_tail = b',"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}\n"
+            except Exception as exc:
+                pool.stats["discard_health"] += 1
+                self.log("discard", pool=pool.name, reason="prepare_handout", error=f"{type(exc).__name__}: {exc}")
+                self.discard(pool, conn)
+                self.refill(pool, now)
+                self.serve_plugin_waiters(pool)
+                return
         client = pool.waiters.popleft()
         client.pool = None
         self.hand_out(client, pool, conn, now)
@@ -228,7 +266,7 @@ class PolicyRoom(ManagerCore):
                     verdict = None
             if verdict is False:
                 pool.stats["discard_health"] += 1
-                self.log("discard", pool=pool.name, reason="quick_check", peer=conn.peer)
+                self.note_discard(pool, "quick_check", conn.peer, now)
                 self.discard(pool, conn)
                 self.refill(pool, now)
                 continue
@@ -247,7 +285,7 @@ class PolicyRoom(ManagerCore):
             client = pool.waiters.popleft()
             client.pool = None
             self.hand_out(client, pool, conn, now)  # on failure the connection goes back to idle
-        if pool.waiters and pool.down and not pool.idle and pool.connecting == 0:
+        if pool.waiters and pool.down and not pool.idle and not pool.settling and pool.connecting == 0:
             self.reject_waiters(pool, pool.last_error or "backend down")
 
     def reject_waiters(self, pool: Pool, error: str) -> None:
@@ -286,18 +324,20 @@ class PolicyRoom(ManagerCore):
                     try:
                         peek = conn.sock.recv(1, PEEK_FLAGS)
                         reason = "health"
-                        self.log("discard", pool=pool.name, reason="eof" if not peek else "unread_data", peer=conn.peer)
+                        self.note_discard(pool, "eof" if not peek else "unread_data", conn.peer, now)
                     except (BlockingIOError, InterruptedError):
                         pass
                     except OSError:
                         reason = "health"
-                        self.log("discard", pool=pool.name, reason="error", peer=conn.peer)
+                        self.note_discard(pool, "error", conn.peer, now)
                 if reason:
                     pool.stats["discard_" + reason] += 1
                     self.discard(pool, conn)
                     remaining -= 1
                 else:
                     idle.append(conn)
+            if now >= pool.discard_log_until:
+                self.flush_discards(pool)
             self.refill(pool, now)
 
     @staticmethod

@@ -15,7 +15,17 @@ import time
 from typing import Any
 
 from components.cpm.core import ManagerCore
-from components.cpm.model import EPOLLOUT, SOCK_STREAM, Conn, Pool, close_fds, fds_of, resolve, run_open
+from components.cpm.model import (
+    EPOLLOUT,
+    SOCK_STREAM,
+    Conn,
+    Pool,
+    close_fds,
+    fds_of,
+    resolve,
+    run_open,
+    unhealthy_reason,
+)
 from components.pool_config import apply_socket_options
 from components.pool_connector import ANC_SPACE as CONNECTOR_ANC_SPACE
 from components.protocol import format_peer
@@ -41,7 +51,7 @@ class RefillRoom(ManagerCore):
     def _need(self, pool: Pool, now: float) -> int:
         if pool.down and now < pool.next_attempt:
             return 0
-        need = pool.target_size(now) - len(pool.idle) - pool.connecting - pool.checking
+        need = pool.target_size(now) - len(pool.idle) - len(pool.settling) - pool.connecting - pool.checking
         if pool.cfg.exhaustion == "connect" or pool.plugin is not None:
             # Connect on demand: one extra connection per waiting caller (plug-in pools always
             # open sessions for their waiters; they have no other refill path).
@@ -91,8 +101,7 @@ class RefillRoom(ManagerCore):
                 if rec[1] == "ok" and taken < len(fds):
                     sock = _socket.socket(rec[2], SOCK_STREAM, 0, fds[taken])
                     taken += 1
-                    local = (rec[4], rec[5]) if pool.cfg.accept_release else None
-                    self.add_connection(pool, sock, rec[3], local, now)
+                    self.add_connection(pool, sock, rec[3], now)
                 else:
                     self.connect_failed(pool, now, str(rec[2]))
             close_fds(fds[taken:])
@@ -208,8 +217,6 @@ class RefillRoom(ManagerCore):
 
     def connected(self, pool: Pool, sock: _socket.socket, peer_addr: tuple[Any, ...], now: float) -> None:
         try:
-            # The local address identifies the connection if it is handed back (op release).
-            local = sock.getsockname()[:2] if pool.cfg.accept_release else None
             sock.setblocking(True)  # O_NONBLOCK travels with the fd: hand out blocking sockets
         except OSError as exc:
             sock.close()
@@ -218,15 +225,41 @@ class RefillRoom(ManagerCore):
         peer = pool.peer_names.get(peer_addr)
         if peer is None:
             peer = pool.peer_names[peer_addr] = format_peer(peer_addr)
-        self.add_connection(pool, sock, peer, local, now)
+        self.add_connection(pool, sock, peer, now)
 
-    def add_connection(self, pool: Pool, sock: _socket.socket, peer: str, local: Any, now: float) -> None:
+    def add_connection(self, pool: Pool, sock: _socket.socket, peer: str, now: float) -> None:
+        """A fresh TCP connection settles first: a backend that accepts and closes at once, or
+        greets first, shows it (FIN or data) within the settle period; only then is it checked
+        and, if quiet, pooled (``promote_settled``)."""
         pool.stats["refills"] += 1
-        if pool.level:
-            self.log("backend_up", pool=pool.name, peer=peer)
-            pool.level = 0
-            pool.last_error = ""
-        self.conn_ready(pool, Conn(sock, peer, local, b"{}", now, pool.expiry(now)), now)
+        key = self.release_key(sock, peer) if pool.cfg.accept_release else None
+        conn = Conn(sock, peer, key, b"{}", now, pool.expiry(now))
+        conn.eligible_at = now + pool.cfg.settle_ms / 1000.0
+        pool.settling.append(conn)
+        self.next_settle = min(self.next_settle, conn.eligible_at)
+
+    def promote_settled(self, now: float) -> None:
+        """Check fresh connections whose settle period is over; pool the quiet ones."""
+        for pool in self.tcp_pools:
+            settling = pool.settling
+            while settling and settling[0].eligible_at <= now:
+                conn = settling.popleft()
+                if self.is_quiet(conn):
+                    if pool.level:
+                        self.log("backend_up", pool=pool.name, peer=conn.peer)
+                        pool.level = 0
+                        pool.last_error = ""
+                    self.conn_ready(pool, conn, now)
+                    continue
+                # The backend killed (or greeted on) a connection before it was ever used: to the
+                # caller that is a backend that does not work, so it counts as a failed connect.
+                reason = unhealthy_reason(conn.sock)
+                pool.stats["discard_fresh"] += 1
+                self.note_discard(pool, "fresh_" + reason, conn.peer, now)
+                conn.sock.close()
+                self.connect_failed(pool, now, f"backend ends new connections before use ({reason})")
+            self.refill(pool, now)  # may start connects whose settle periods end later
+        self.next_settle = min((p.settling[0].eligible_at for p in self.tcp_pools if p.settling), default=float("inf"))
 
     def conn_ready(self, pool: Pool, conn: Conn, now: float) -> None:
         pool.idle.append(conn)
@@ -246,7 +279,7 @@ class RefillRoom(ManagerCore):
             if pool._literal is None:
                 pool.addrs_expire = 0.0  # re-resolve: the backend may have moved
             self.log("connect_failed", level="warning", pool=pool.name, error=error, retry_in_s=round(delay, 3))
-        if pool.connecting == 0 and not pool.idle and pool.waiters:
+        if pool.connecting == 0 and not pool.idle and not pool.settling and pool.waiters:
             # Nothing can arrive soon: let waiting callers fall back now instead of at their deadline.
             self.reject_waiters(pool, error)
 
@@ -277,7 +310,6 @@ class RefillRoom(ManagerCore):
                 try:
                     sock.setblocking(True)
                     peer = format_peer(sock.getpeername())
-                    local = sock.getsockname()
                     meta_json = json.dumps(meta, separators=(",", ":")).encode()
                 except (OSError, TypeError, ValueError) as exc:
                     sock.close()
@@ -285,7 +317,9 @@ class RefillRoom(ManagerCore):
                     continue
                 pool.stats["refills"] += 1
                 pool.level = 0
-                self.conn_ready(pool, Conn(sock, peer, local, meta_json, now, pool.expiry(now)), now)
+                session = Conn(sock, peer, None, meta_json, now, pool.expiry(now))
+                session.session = meta
+                self.conn_ready(pool, session, now)
                 self.refill(pool, now)
             elif kind == "refreshed":
                 # A background proof of life of an idle session, off the hand-out path.
@@ -293,7 +327,7 @@ class RefillRoom(ManagerCore):
                 conn: Conn = args[1]
                 if not (ok and value):
                     pool.stats["discard_health"] += 1
-                    self.log("discard", pool=pool.name, reason="check_session", peer=conn.peer)
+                    self.note_discard(pool, "check_session", conn.peer, now)
                     self.discard(pool, conn)
                     self.refill(pool, now)
                 else:
@@ -304,7 +338,7 @@ class RefillRoom(ManagerCore):
                 conn = args[1]
                 if not (ok and value):
                     pool.stats["discard_health"] += 1
-                    self.log("discard", pool=pool.name, reason="check_session", peer=conn.peer)
+                    self.note_discard(pool, "check_session", conn.peer, now)
                     self.discard(pool, conn)
                 elif pool.waiters:
                     self.hand_out_session(pool, conn, now)

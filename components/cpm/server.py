@@ -18,6 +18,7 @@ from components.cpm.model import (
     AF_UNIX,
     ANC_SPACE,
     EPOLLIN,
+    MAX_PENDING_FDS,
     RECV_FLAGS,
     SOCK_STREAM,
     TICK,
@@ -25,8 +26,11 @@ from components.cpm.model import (
     close_fds,
     fds_of,
 )
-from components.pool_config import ConfigError
+from components.pool_config import DENIED_SLOTS, ConfigError
 from components.protocol import MAX_REQUEST_BYTES, PROTOCOL_VERSION
+
+DENIAL_LOG_WINDOW = 1.0  # seconds
+DENIAL_LOG_BURST = 20  # denials logged one by one per window; the rest are counted in one line
 
 
 class ServerRoom(ManagerCore):
@@ -60,6 +64,7 @@ class ServerRoom(ManagerCore):
             dir_mode=oct(stat.S_IMODE(os.stat(directory).st_mode)),
             allow_uids=sorted(cfg.allow_uids),
             allow_gids=sorted(cfg.allow_gids),
+            release_identity=self.release_identity,
         )
 
     def _clear_stale(self, path: str) -> None:
@@ -69,18 +74,21 @@ class ServerRoom(ManagerCore):
             return
         if not stat.S_ISSOCK(st.st_mode):
             raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(0.5)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
-            probe.connect(path)
-        except OSError:
-            # Nobody listens: a crashed run left it behind.
-            os.unlink(path)
-            self.log("stale_socket_removed", socket=path)
-            return
+            err = probe.connect_ex(path)
         finally:
             probe.close()
-        raise ConfigError(f"another manager is listening on {path}")
+        if err in (errno.ECONNREFUSED, errno.ENOENT):
+            # Nobody listens: a crashed run left it behind. Only a refusal proves that: a busy
+            # manager with a full accept backlog answers EAGAIN, and it must keep its socket.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            self.log("stale_socket_removed", socket=path)
+            return
+        if err in (0, errno.EAGAIN, errno.EINPROGRESS):
+            raise ConfigError(f"another manager is listening on {path}")
+        raise ConfigError(f"cannot tell whether {path} is in use ({os.strerror(err)}); refusing to replace it")
 
     # ---------------------------------------------------------------- main loop
     def run(self) -> None:
@@ -91,13 +99,16 @@ class ServerRoom(ManagerCore):
         connecting = self.connecting
         chan_fd = self.connector_chan.fileno() if self.connector_chan is not None else -2
         next_tick = time.monotonic()
-        next_sweep = next_tick + self.cfg.health_interval
+        self.next_sweep = next_tick + self.cfg.health_interval
         for pool in self.pools.values():
             self.refill(pool, next_tick)
         while not self.stopping:
             if self.demand_pending:
                 self.flush_demand()
-            events = ep_poll(TICK, 1024)
+            timeout = TICK
+            if self.next_settle != float("inf"):
+                timeout = min(TICK, max(0.0, self.next_settle - time.monotonic()))
+            events = ep_poll(timeout, 1024)
             for fd, ev in events:
                 if fd == lfd:
                     self.accept()
@@ -112,11 +123,13 @@ class ServerRoom(ManagerCore):
                 elif fd == evfd:
                     self.drain_results()
             now = time.monotonic()
+            if now >= self.next_settle:
+                self.promote_settled(now)
             if now >= next_tick:
                 next_tick = now + TICK
                 self.tick(now)
-                if now >= next_sweep:
-                    next_sweep = now + self.cfg.health_interval
+                if now >= self.next_sweep:
+                    self.next_sweep = now + self.cfg.health_interval
                     self.sweep(now)
             if not self.ready_announced:
                 self.announce_ready()
@@ -145,7 +158,7 @@ class ServerRoom(ManagerCore):
         clients = self.clients
         allow_uids, allow_gids = self.cfg.allow_uids, self.cfg.allow_gids
         for _ in range(256):
-            if len(clients) >= self.cfg.max_clients:
+            if self.allowed_clients >= self.cfg.max_clients:
                 # Leave the rest in the backlog; resume when callers finish.
                 self.ep.modify(listener.fileno(), 0)
                 self.accepting = False
@@ -163,12 +176,57 @@ class ServerRoom(ManagerCore):
                     return
                 continue
             client = Client(_socket.socket(AF_UNIX, SOCK_STREAM, 0, fd), time.monotonic(), deadline)
+            # Credentials are known now (SO_PEERCRED): denied callers never take an allowed caller's
+            # place. A few are kept until they send their line (so they read a clean error); the
+            # rest get the error line at once.
             client.allowed = client.uid in allow_uids or client.gid in allow_gids
             clients[client.fd] = client
+            if client.allowed:
+                self.allowed_clients += 1
+            else:
+                self.denied_clients += 1
+                if self.denied_clients > DENIED_SLOTS:
+                    self.deny(client)
+                    continue
             # Callers usually send right after connecting: try before paying for an epoll round.
             self.client_readable(client)
 
+    def deny(self, client: Client) -> None:
+        self.denied += 1
+        now = time.monotonic()
+        if now >= self.denial_window_until:
+            self.flush_denials()
+            self.denial_window_until = now + DENIAL_LOG_WINDOW
+            self.denials_logged = 0
+        if self.denials_logged < DENIAL_LOG_BURST:
+            self.denials_logged += 1
+            self.log("denied", level="warning", pid=client.pid, uid=client.uid, gid=client.gid)
+        else:
+            self.denials_unlogged += 1
+        self.reply_error(client, "forbidden", f"uid {client.uid} / gid {client.gid} is not allowed")
+
+    def flush_denials(self) -> None:
+        if self.denials_unlogged:
+            self.log("denied_more", level="warning", count=self.denials_unlogged, window_s=DENIAL_LOG_WINDOW)
+            self.denials_unlogged = 0
+
     def client_readable(self, client: Client) -> None:
+        """Read and serve a caller's request; whatever goes wrong, the caller gets an error line
+        and the manager goes on."""
+        try:
+            self.read_request(client)
+        except Exception as exc:
+            self.request_failed(client, exc)
+
+    def request_failed(self, client: Client, exc: Exception) -> None:
+        self.log("request_failed", level="error", error=f"{type(exc).__name__}: {exc}"[:300])
+        try:
+            if client.fd in self.clients:
+                self.reply_error(client, "internal", f"request could not be handled ({type(exc).__name__})")
+        except Exception:
+            self.close_client(client)
+
+    def read_request(self, client: Client) -> None:
         if client.pool is not None:
             # A waiting caller that sends more or hangs up: drop it (its wait is over).
             self.close_client(client)
@@ -198,7 +256,11 @@ class ServerRoom(ManagerCore):
         buf = client.buf + data if client.buf else data
         nl = buf.find(b"\n")
         if nl < 0:
-            close_fds(fds)  # an fd is only meaningful on a complete release request
+            # Fds ride on the first byte of a request, which may arrive before the rest of its line.
+            client.fds.extend(fds)
+            if len(client.fds) > MAX_PENDING_FDS:
+                self.reply_error(client, "bad_request", f"more than {MAX_PENDING_FDS} fds attached to one request")
+                return
             if len(buf) >= MAX_REQUEST_BYTES:
                 self.reply_error(client, "bad_request", f"request line longer than {MAX_REQUEST_BYTES} bytes")
                 return
@@ -207,6 +269,8 @@ class ServerRoom(ManagerCore):
                 client.registered = True
                 self.ep.register(client.fd, EPOLLIN)
             return
+        if client.fds:
+            fds, client.fds = client.fds + fds, []
         if nl + 1 > MAX_REQUEST_BYTES:
             close_fds(fds)
             self.reply_error(client, "bad_request", f"request line longer than {MAX_REQUEST_BYTES} bytes")
@@ -218,9 +282,7 @@ class ServerRoom(ManagerCore):
         if not client.allowed:
             # Checked before parsing: a denied caller learns nothing about pools or ops.
             close_fds(fds)
-            self.denied += 1
-            self.log("denied", level="warning", pid=client.pid, uid=client.uid, gid=client.gid)
-            self.reply_error(client, "forbidden", f"uid {client.uid} / gid {client.gid} is not allowed")
+            self.deny(client)
             return
         fast = self._fast_requests.get(line)
         if fast is not None:
@@ -233,12 +295,18 @@ class ServerRoom(ManagerCore):
                 close_fds(fds)
                 self.reply_error(client, "bad_request", "request is not a JSON line")
                 return
+            except RecursionError:
+                close_fds(fds)
+                self.reply_error(client, "bad_request", "request nests too deeply")
+                return
             if not isinstance(obj, dict):
                 close_fds(fds)
                 self.reply_error(client, "bad_request", "request must be a JSON object")
                 return
             req = obj
-            if req.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+            version = req.get("v", PROTOCOL_VERSION)
+            # Exactly the integer 1: JSON true and 1.0 compare equal to 1 in Python, but are not versions.
+            if type(version) is not int or version != PROTOCOL_VERSION:
                 close_fds(fds)
                 self.reply_error(client, "bad_request", f"unsupported protocol version {req.get('v')!r}")
                 return
@@ -273,6 +341,11 @@ class ServerRoom(ManagerCore):
                 pool.stats["fallbacks_seen"] += 1
                 self.log("fallback_reported", pool=pool.name, pid=client.pid, reason=str(req.get("reason", ""))[:200])
                 self.reply(client, b'{"ok":true,"op":"report"}\n')
+            elif event == "fd_dropped":
+                # The caller got an acquire reply without its fd (e.g. a sandbox that imports no TCP fds).
+                pool.stats["fd_dropped"] += 1
+                self.log("fd_dropped_reported", level="warning", pool=pool.name, pid=client.pid, uid=client.uid)
+                self.reply(client, b'{"ok":true,"op":"report"}\n')
             else:
                 self.reply_error(client, "bad_request", f"unknown report event {event!r}")
         else:
@@ -290,6 +363,8 @@ class ServerRoom(ManagerCore):
                 self.reject_unavailable(client, pool)
         if self.connecting:
             self.expire_connects(now)
+        if self.denials_unlogged and now >= self.denial_window_until:
+            self.flush_denials()
         for pool in self.pools.values():
             if pool.plugin is None and pool.waiters:
                 self.serve_waiters(pool, now)
@@ -309,6 +384,9 @@ class ServerRoom(ManagerCore):
             for conn in pool.idle:
                 self.discard(pool, conn)
             pool.idle.clear()
+            for conn in pool.settling:
+                conn.sock.close()
+            pool.settling.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.listener is not None:
             self.listener.close()

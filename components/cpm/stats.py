@@ -31,7 +31,9 @@ class StatsRoom(ManagerCore):
                 "discards": pool.stats["discard_health"]
                 + pool.stats["discard_ttl"]
                 + pool.stats["discard_idle"]
-                + pool.stats["discard_release"],
+                + pool.stats["discard_release"]
+                + pool.stats["discard_fresh"],
+                "settling": len(pool.settling),
             }
         total = sum(self.lat_counts)
         return {
@@ -42,6 +44,7 @@ class StatsRoom(ManagerCore):
             "requests": self.requests,
             "clients": len(self.clients),
             "denied": self.denied,
+            "release_identity": self.release_identity,
             "errors": dict(self.errors),
             "open_fds": open_fd_count(),
             "acquire_latency_us": {
