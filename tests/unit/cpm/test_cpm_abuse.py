@@ -35,7 +35,7 @@ from components import protocol
 def loose_fds(m: Manager) -> int:
     """The manager's open descriptors that are not pooled connections (listener, epoll, clients...)."""
     st = m.stats()
-    pooled = sum(p["idle"] + p["settling"] + p["connecting"] for p in st["pools"].values())
+    pooled = sum(p["idle"] + p.get("settling", 0) + p["connecting"] for p in st["pools"].values())
     return int(st["open_fds"]) - pooled
 
 
