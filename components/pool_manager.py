@@ -36,7 +36,10 @@ Both run in worker threads, never on the event loop. Optional, called on the loo
 ``close_session(sock)`` to end a session the manager discards (TTL, max idle, failed check,
 shutdown) instead of a plain close, and ``session_meta(sock) -> dict | None`` for an up-to-date
 ``meta`` at hand-out, and ``quick_check(sock) -> bool | None``, a non-blocking verdict before
-hand-out (None: run ``check_session`` in a worker). TTL and max idle apply as for TCP;
+hand-out (None: run ``check_session`` in a worker), and ``prepare_handout(sock, session) -> dict | None``,
+called just before hand-out with the meta ``open_session`` returned, for kinds whose idle sessions
+legitimately receive bytes (TLS session tickets): it consumes them and returns the reply's ``meta``
+(None keeps it); if it raises, the session is discarded. TTL and max idle apply as for TCP;
 ``release`` is refused for plug-in kinds.
 """
 
