@@ -29,6 +29,9 @@ from typing import Any
 EXHAUSTION_POLICIES = ("wait", "connect", "refuse")
 # Plug-in pool kinds: kind -> module providing open_session()/check_session().
 KIND_MODULES = {"postgres": "components.pg_pool"}
+# Callers whose credentials are refused, kept until their error line is sent; more are answered at
+# once. They never count against max_clients, so they cannot starve allowed callers.
+DENIED_SLOTS = 16
 
 
 class ConfigError(ValueError):
@@ -59,9 +62,13 @@ class PoolConfig:
     nodelay: bool = True
     accept_release: bool = True
     resolve_ttl: float = 5.0
+    # A fresh connection waits this long before its first health check and hand-out, so a backend
+    # that closes (or greets) right after accepting is seen before a caller gets the connection.
+    settle_ms: float = 20.0
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        _check_types(f"pool {self.name!r}", self, _POOL_TYPES)
         if self.kind == "tcp":
             if not self.target:
                 raise ConfigError(f"pool {self.name!r}: target HOST:PORT is required")
@@ -81,7 +88,16 @@ class PoolConfig:
             raise ConfigError(f"pool {self.name!r}: exhaustion must be one of {', '.join(EXHAUSTION_POLICIES)}")
         if self.max_connecting < 1:
             raise ConfigError(f"pool {self.name!r}: max_connecting must be >= 1")
-        for attr in ("ttl", "max_idle", "borrow_timeout", "connect_timeout", "backoff_initial", "backoff_max"):
+        for attr in (
+            "ttl",
+            "max_idle",
+            "borrow_timeout",
+            "connect_timeout",
+            "backoff_initial",
+            "backoff_max",
+            "settle_ms",
+            "resolve_ttl",
+        ):
             if getattr(self, attr) < 0:
                 raise ConfigError(f"pool {self.name!r}: {attr} must be >= 0")
         if not 0 <= self.ttl_jitter < 1:
@@ -109,9 +125,38 @@ def _is_secret(key: str) -> bool:
 
 
 _POOL_FIELDS = {f.name for f in fields(PoolConfig)} - {"name", "options"}
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_POOL_TYPES: dict[str, type] = {
+    f.name: {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
+    for f in fields(PoolConfig)
+    if f.name in _POOL_FIELDS
+}
 
 
-def pool_from_dict(name: str, data: dict[str, Any]) -> PoolConfig:
+def _type_ok(value: Any, want: type) -> bool:
+    if want is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False  # JSON true is not a count or a duration
+    if want is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, want)
+
+
+def _check_types(where: str, obj: Any, types: dict[str, type]) -> None:
+    for key, want in types.items():
+        value = getattr(obj, key)
+        if not _type_ok(value, want):
+            raise ConfigError(f"{where}: {key!r} must be {_TYPE_NAMES[want]}, got {value!r}")
+        if want is float:
+            setattr(obj, key, float(value))
+
+
+def pool_from_dict(name: str, data: Any) -> PoolConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f'pools.{name}: must be an object of settings such as {{"target": "HOST:PORT"}}, got {data!r}'
+        )
     known = {k: v for k, v in data.items() if k in _POOL_FIELDS}
     extra = {k: v for k, v in data.items() if k not in _POOL_FIELDS}
     try:
@@ -149,15 +194,45 @@ class ManagerConfig:
             self.default_pool = next(iter(self.pools))
         if self.log_grants not in ("each", "none"):
             raise ConfigError("log_grants must be 'each' or 'none'")
+        if not isinstance(self.max_clients, int) or isinstance(self.max_clients, bool) or self.max_clients < 1:
+            raise ConfigError(f"max_clients must be an integer >= 1, got {self.max_clients!r}")
+        for key in ("request_timeout", "health_interval"):
+            value = getattr(self, key)
+            if not _type_ok(value, float) or value <= 0:
+                raise ConfigError(f"{key} must be a number of seconds > 0, got {value!r}")
+        for key in ("socket_mode", "socket_dir_mode"):
+            mode = getattr(self, key)
+            if mode is not None and not 0 <= mode <= 0o777:
+                raise ConfigError(f"{key} must be an octal permission mode 0000-0777 such as 0660, got {oct(mode)}")
 
     def fd_budget(self) -> int:
         """Descriptors the configuration can hold at once (pools, connects, clients, margin)."""
         pools = sum(2 * p.size + p.max_connecting for p in self.pools.values())
-        return pools + self.max_clients + 64
+        return pools + self.max_clients + DENIED_SLOTS + 64
 
 
-def _octal(value: str | int) -> int:
-    return value if isinstance(value, int) else int(str(value), 8)
+def _octal(key: str, value: Any) -> int:
+    """A permission mode: an octal string ("0660") or, in JSON, an integer (432 == 0o660)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be an octal permission mode such as 0660, got {value!r}")
+
+
+def _id_list(key: str, value: Any) -> set[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{key} must be a list of integer ids such as [0, 1000], got {value!r}")
+    return set(value)
+
+
+def _number(key: str, value: Any) -> float:
+    if not _type_ok(value, float):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return float(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket-mode", help="octal mode of the socket file (default 0660)")
     p.add_argument("--socket-dir-mode", help="octal mode applied to the socket directory")
     p.add_argument("--request-timeout", type=float, help="seconds a client has to send its request")
-    p.add_argument("--max-clients", type=int)
+    p.add_argument("--max-clients", type=int, help="callers served at once (>= 1, default 1024)")
+    p.add_argument("--settle-ms", type=float, help="ms a fresh connection settles before hand-out (default 20)")
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
     p.add_argument(
@@ -211,7 +287,7 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
     raw_pools = data.get("pools", {})
     if not isinstance(raw_pools, dict):
         raise ConfigError("'pools' must be an object of name -> settings")
-    pools = {name: pool_from_dict(name, dict(spec)) for name, spec in raw_pools.items()}
+    pools = {name: pool_from_dict(name, spec) for name, spec in raw_pools.items()}
 
     pool_name = args.pool or data.get("default_pool") or "echo"
     overrides = {
@@ -225,6 +301,7 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
         "ttl": args.ttl,
         "ttl_jitter": args.ttl_jitter,
         "max_idle": args.max_idle,
+        "settle_ms": args.settle_ms,
         "accept_release": False if args.no_release else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -240,25 +317,38 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
                     setattr(pool, key, value)
 
     me = os.getuid()
-    allow_uids = set(args.allow_uid) if args.allow_uid else set(data.get("allow_uids", [me, 0]))
-    allow_gids = set(args.allow_gid) if args.allow_gid else set(data.get("allow_gids", []))
-    dir_mode = args.socket_dir_mode or data.get("socket_dir_mode")
+    allow_uids = set(args.allow_uid) if args.allow_uid else _id_list("allow_uids", data.get("allow_uids", [me, 0]))
+    allow_gids = set(args.allow_gid) if args.allow_gid else _id_list("allow_gids", data.get("allow_gids", []))
+    dir_mode = args.socket_dir_mode if args.socket_dir_mode is not None else data.get("socket_dir_mode")
+    socket_path = args.socket or data.get("socket", "")
+    if not isinstance(socket_path, str):
+        raise ConfigError(f"socket must be a path string, got {socket_path!r}")
+    connector = data.get("connector_process", False)
+    if not isinstance(connector, bool):
+        raise ConfigError(f"connector_process must be true or false, got {connector!r}")
     cfg = ManagerConfig(
-        socket=args.socket or data.get("socket", ""),
+        socket=socket_path,
         pools=pools,
-        socket_mode=_octal(args.socket_mode or data.get("socket_mode", "0660")),
-        socket_dir_mode=_octal(dir_mode) if dir_mode is not None else None,
+        socket_mode=_octal("socket_mode", _given(args.socket_mode, data, "socket_mode", "0660")),
+        socket_dir_mode=_octal("socket_dir_mode", dir_mode) if dir_mode is not None else None,
         allow_uids=allow_uids,
         allow_gids=allow_gids,
-        request_timeout=args.request_timeout or float(data.get("request_timeout", 2.0)),
-        max_clients=args.max_clients or int(data.get("max_clients", 1024)),
-        health_interval=args.health_interval or float(data.get("health_interval", 1.0)),
-        log_grants=args.log_grants or str(data.get("log_grants", "each")),
-        connector_process=bool(args.connector_process or data.get("connector_process", False)),
+        request_timeout=_number("request_timeout", _given(args.request_timeout, data, "request_timeout", 2.0)),
+        max_clients=_given(args.max_clients, data, "max_clients", 1024),
+        health_interval=_number("health_interval", _given(args.health_interval, data, "health_interval", 1.0)),
+        log_grants=_given(args.log_grants, data, "log_grants", "each"),
+        connector_process=bool(args.connector_process or connector),
         default_pool=pool_name,
     )
     cfg.validate()
     return cfg
+
+
+def _given(flag: Any, data: dict[str, Any], key: str, default: Any) -> Any:
+    """The flag if given (0 and "" are values, not absence), else the file's key, else the default."""
+    if flag is not None:
+        return flag
+    return data.get(key, default)
 
 
 def apply_socket_options(sock: Any, cfg: PoolConfig) -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import tempfile
@@ -77,3 +78,10 @@ def echo_roundtrip(sock: socket.socket, data: bytes = b"roundtrip\n") -> bool:
             return False
         got += chunk
     return got == data
+
+
+def error_of(reply: bytes) -> str:
+    obj = json.loads(reply.split(b"\n", 1)[0])
+    assert obj["ok"] is False, obj
+    assert set(obj) == {"ok", "error", "detail"}
+    return str(obj["error"])

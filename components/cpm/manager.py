@@ -1,0 +1,84 @@
+"""The manager assembled from its rooms, its fd budget check and the command-line entry point."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from types import FrameType
+
+from components.cpm.policy import PolicyRoom
+from components.cpm.refill import RefillRoom
+from components.cpm.server import ServerRoom
+from components.cpm.stats import StatsRoom
+from components.pool_config import ConfigError, ManagerConfig, load_config
+
+
+class Manager(ServerRoom, PolicyRoom, RefillRoom, StatsRoom):
+    """One thread, one epoll set: every room works on the state in ``ManagerCore``."""
+
+
+def raise_fd_limit(cfg: ManagerConfig) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; refuse a configuration that cannot fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    need = cfg.fd_budget()
+    if need > soft:
+        raise ConfigError(
+            f"pools need up to {need} file descriptors (2 x size + max_connecting per pool, "
+            f"+ max_clients {cfg.max_clients} + 64) but RLIMIT_NOFILE allows {soft} (hard limit {hard}); "
+            f"lower --size/--max-clients or raise the limit (ulimit -n, docker --ulimit nofile=N:N)"
+        )
+    return soft, need
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = load_config(argv)
+        limit, need = raise_fd_limit(cfg)
+    except ConfigError as exc:
+        sys.stderr.write(
+            json.dumps({"ts": time.time(), "level": "error", "event": "config_error", "error": str(exc)}) + "\n"
+        )
+        return 2
+    try:
+        manager = Manager(cfg)
+    except ImportError as exc:
+        sys.stderr.write(
+            json.dumps({"ts": time.time(), "level": "error", "event": "plugin_import_failed", "error": str(exc)}) + "\n"
+        )
+        return 2
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        manager.stopping = True
+        with contextlib.suppress(OSError):
+            os.eventfd_write(manager.evfd, 1)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    manager.log("starting", pools={n: p.as_dict() for n, p in cfg.pools.items()}, nofile=limit, fd_budget=need)
+    try:
+        manager.bind()
+    except (ConfigError, OSError) as exc:
+        manager.log("bind_failed", level="error", error=str(exc))
+        manager.flush_log()
+        manager.close()
+        return 2
+    try:
+        manager.run()
+    finally:
+        manager.log("stopped", requests=manager.requests)
+        manager.flush_log()
+        manager.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
