@@ -28,7 +28,7 @@ from typing import Any
 
 EXHAUSTION_POLICIES = ("wait", "connect", "refuse")
 # Plug-in pool kinds: kind -> module providing open_session()/check_session().
-KIND_MODULES = {"postgres": "components.pg_pool"}
+KIND_MODULES = {"postgres": "components.pg_pool", "tls": "components.tls_pool"}
 
 
 class ConfigError(ValueError):

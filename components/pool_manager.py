@@ -719,6 +719,19 @@ class Manager:
                 meta = meta_of(conn.sock)
                 if meta is not None:
                     conn.reply_tail = b',"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}\n"
+        prepare = getattr(pool.plugin, "prepare_handout", None)
+        if prepare is not None:
+            # Last step before the fd leaves (tls: records that arrived are counted, keys added to
+            # this reply only). A failure discards the session; the waiter keeps its place.
+            try:
+                handout_meta = prepare(conn.sock, None)
+                conn.reply_tail = b',"meta":' + json.dumps(handout_meta, separators=(",", ":")).encode() + b"}\n"
+            except Exception as exc:
+                pool.stats["discard_health"] += 1
+                self.log("discard", pool=pool.name, reason="prepare_handout", peer=conn.peer, error=str(exc)[:200])
+                self.discard(pool, conn)
+                self.refill(pool, now)
+                return
         client = pool.waiters.popleft()
         client.pool = None
         self.hand_out(client, pool, conn, now)

@@ -222,12 +222,12 @@ class _LibCrypto:
         import _ssl
 
         tried = []
-        candidates = [getattr(_ssl, "__file__", None)]
+        candidates: list[str] = [str(getattr(_ssl, "__file__", "") or "")]
         with contextlib.suppress(OSError), open("/proc/self/maps", encoding="ascii", errors="replace") as fh:
             for line in fh:
-                path = line.rstrip("\n").split(" ", 5)[-1].strip()
-                if "libcrypto" in os.path.basename(path) and path not in candidates:
-                    candidates.append(path)
+                mapped = line.rstrip("\n").split(" ", 5)[-1].strip()
+                if "libcrypto" in os.path.basename(mapped) and mapped not in candidates:
+                    candidates.append(mapped)
         for path in candidates:
             if not path:
                 continue
@@ -547,7 +547,7 @@ class TLSSession:
             self._peer_alert(body[1], encrypted=False)
             return
         if outer != APPLICATION_DATA:
-            self._fail(f"unexpected unprotected TLS record (content type {outer}) after the handshake", UNEXPECTED_MESSAGE)
+            self._fail(f"unprotected TLS record (content type {outer}) after the handshake", UNEXPECTED_MESSAGE)
         try:
             ctype, content = self.reader.open(header, body)
         except TLSRecordError as exc:
@@ -618,9 +618,7 @@ class TLSSession:
         if self.closed:
             return
         with contextlib.suppress(OSError, TLSError):
-            self.sock.send(
-                self.writer.seal(ALERT, bytes([1, CLOSE_NOTIFY])), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
-            )
+            self.sock.send(self.writer.seal(ALERT, bytes([1, CLOSE_NOTIFY])), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
         self._drop()
 
     def detach_state(self) -> SessionParams:
