@@ -23,12 +23,10 @@ Stdlib only; ``ctypes`` is imported lazily by the first AEAD operation.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 # Content types (RFC 8446 §5.1) and handshake types (§4).
@@ -110,26 +108,31 @@ class TLSAlertReceived(TLSError):
 # -- cipher suites and key schedule -----------------------------------------------------
 
 
-@dataclass(frozen=True)
 class CipherSuite:
-    name: str
-    code: int
-    key_len: int
-    hash_name: str
-    evp_cipher: str  # name of the libcrypto function returning the EVP_CIPHER
-    iv_len: int = 12
+    """A TLS 1.3 suite: AEAD key length, hash, and the libcrypto function giving its EVP_CIPHER.
+    (A plain class, not a dataclass: ``dataclasses`` costs a cold process milliseconds.)"""
 
-    @property
-    def hash_len(self) -> int:
-        return hashlib.new(self.hash_name).digest_size
+    __slots__ = ("code", "evp_cipher", "hash_len", "hash_name", "iv_len", "key_len", "name")
+
+    def __init__(self, name: str, code: int, key_len: int, hash_name: str, evp_cipher: str, hash_len: int) -> None:
+        self.name = name
+        self.code = code
+        self.key_len = key_len
+        self.hash_name = hash_name
+        self.evp_cipher = evp_cipher
+        self.hash_len = hash_len
+        self.iv_len = 12
+
+    def __repr__(self) -> str:
+        return f"CipherSuite({self.name})"
 
 
 SUITES: dict[str, CipherSuite] = {
     s.name: s
     for s in (
-        CipherSuite("TLS_AES_128_GCM_SHA256", 0x1301, 16, "sha256", "EVP_aes_128_gcm"),
-        CipherSuite("TLS_AES_256_GCM_SHA384", 0x1302, 32, "sha384", "EVP_aes_256_gcm"),
-        CipherSuite("TLS_CHACHA20_POLY1305_SHA256", 0x1303, 32, "sha256", "EVP_chacha20_poly1305"),
+        CipherSuite("TLS_AES_128_GCM_SHA256", 0x1301, 16, "sha256", "EVP_aes_128_gcm", 32),
+        CipherSuite("TLS_AES_256_GCM_SHA384", 0x1302, 32, "sha384", "EVP_aes_256_gcm", 48),
+        CipherSuite("TLS_CHACHA20_POLY1305_SHA256", 0x1303, 32, "sha256", "EVP_chacha20_poly1305", 32),
     )
 }
 
@@ -143,14 +146,13 @@ def suite_by_name(name: str) -> CipherSuite:
 
 def hkdf_expand(secret: bytes, info: bytes, length: int, hash_name: str) -> bytes:
     """HKDF-Expand (RFC 5869 §2.3)."""
-    digest_size = hashlib.new(hash_name).digest_size
-    if length > 255 * digest_size:
-        raise ValueError("HKDF-Expand length too large")
     out = b""
     block = b""
     counter = 1
     while len(out) < length:
-        block = hmac.new(secret, block + info + bytes([counter]), hash_name).digest()
+        if counter > 255:
+            raise ValueError("HKDF-Expand length too large")
+        block = hmac.digest(secret, block + info + bytes([counter]), hash_name)
         out += block
         counter += 1
     return out[:length]
@@ -190,8 +192,9 @@ _EVP_CTRL_AEAD_SET_TAG = 0x11
 
 
 class _LibCrypto:
-    """The EVP_* functions of the libcrypto already loaded for ``_ssl`` (found through the
-    extension's own handle: dlsym searches its dependencies; then /proc/self/maps)."""
+    """The EVP_* functions of the libcrypto Python's ``_hashlib``/``_ssl`` are linked against,
+    found through the extension's own handle (dlsym searches its dependencies), else through
+    /proc/self/maps. ``_hashlib`` first: ``hmac`` has loaded it already, ``_ssl`` costs more."""
 
     _instance: _LibCrypto | None = None
 
@@ -219,10 +222,10 @@ class _LibCrypto:
 
     @staticmethod
     def _find(ctypes: Any) -> Any:
-        import _ssl
+        import _hashlib
 
         tried = []
-        candidates: list[str] = [str(getattr(_ssl, "__file__", "") or "")]
+        candidates: list[str] = [str(getattr(_hashlib, "__file__", "") or "")]
         with contextlib.suppress(OSError), open("/proc/self/maps", encoding="ascii", errors="replace") as fh:
             for line in fh:
                 mapped = line.rstrip("\n").split(" ", 5)[-1].strip()
@@ -237,6 +240,13 @@ class _LibCrypto:
                 return lib
             except (OSError, AttributeError) as exc:
                 tried.append(f"{path}: {exc}")
+        with contextlib.suppress(ImportError):
+            import _ssl
+
+            with contextlib.suppress(OSError, AttributeError):
+                lib = ctypes.CDLL(_ssl.__file__)
+                lib.EVP_CIPHER_CTX_new  # noqa: B018
+                return lib
         import ctypes.util
 
         name = ctypes.util.find_library("crypto")
@@ -382,17 +392,28 @@ def parse_header(header: bytes) -> int:
 # -- the session ---------------------------------------------------------------------------
 
 
-@dataclass
 class SessionParams:
     """What the receiver needs to continue a session (``meta.tls`` of the acquire reply)."""
 
-    suite: CipherSuite
-    read_secret: bytes  # the server's application traffic secret (we read what it writes)
-    write_secret: bytes
-    read_seq: int = 0
-    write_seq: int = 0
-    pending_plaintext: bytes = b""  # application bytes the manager already decrypted
-    version: str = "TLSv1.3"
+    __slots__ = ("pending_plaintext", "read_secret", "read_seq", "suite", "version", "write_secret", "write_seq")
+
+    def __init__(
+        self,
+        suite: CipherSuite,
+        read_secret: bytes,  # the server's application traffic secret (we read what it writes)
+        write_secret: bytes,
+        read_seq: int = 0,
+        write_seq: int = 0,
+        pending_plaintext: bytes = b"",  # application bytes the manager already decrypted
+        version: str = "TLSv1.3",
+    ) -> None:
+        self.suite = suite
+        self.read_secret = read_secret
+        self.write_secret = write_secret
+        self.read_seq = read_seq
+        self.write_seq = write_seq
+        self.pending_plaintext = pending_plaintext
+        self.version = version
 
     @classmethod
     def from_meta(cls, tls: dict[str, Any]) -> SessionParams:
