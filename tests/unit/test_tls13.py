@@ -97,9 +97,9 @@ def test_meta_parsing_names_what_is_missing() -> None:
         tls13.SessionParams.from_meta(
             {"version": "TLSv1.3", "cipher_suite": "TLS_AES_128_GCM_SHA256", "server_traffic_secret": "00" * 32}
         )
-    with pytest.raises(tls13.TLSError, match="only TLS 1.3"):
+    with pytest.raises(tls13.TLSError, match=r"only TLS 1\.3"):
         tls13.SessionParams.from_meta({"version": "TLSv1.2"})
-    with pytest.raises(tls13.TLSError, match="unsupported TLS 1.3 cipher suite"):
+    with pytest.raises(tls13.TLSError, match=r"unsupported TLS 1\.3 cipher suite"):
         tls13.SessionParams.from_meta({"version": "TLSv1.3", "cipher_suite": "TLS_AES_128_CCM_SHA256"})
 
 
@@ -197,7 +197,7 @@ def test_alerts_close_notify_and_tickets() -> None:
     # So is an unprotected one.
     client, server = session_pair()
     server.sock.sendall(bytes([tls13.ALERT, 3, 3, 0, 2, 2, 40]))
-    with pytest.raises(tls13.TLSAlertReceived, match="handshake_failure .*unprotected"):
+    with pytest.raises(tls13.TLSAlertReceived, match=r"handshake_failure .*unprotected"):
         client.recv(10)
 
 
