@@ -1,0 +1,292 @@
+"""The tls pool kind: configuration, verification, record accounting, kernel TLS packing, and the
+manager handing TLS sessions to the function (secrets only to allowed callers, never in logs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_pool_manager_support import REPO, Manager, env, short_tmpdir, wait_for
+from tls_helpers import TlsEcho
+
+from coldstart_bench.tls_certs import RunCertificates, make_run_certificates, openssl_path
+from components import protocol, tls13, tls_pool
+
+SECRET_HEX = re.compile(r"[0-9a-f]{64,}")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunCertificates]:
+    if openssl_path() is None:
+        pytest.skip("the openssl command is not installed (needed to make the run's certificates)")
+    yield make_run_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def tls_echo(certs: RunCertificates) -> Iterator[TlsEcho]:
+    server = TlsEcho(certs)
+    yield server
+    server.stop()
+
+
+def _config(certs: RunCertificates, target: str, **extra: object) -> dict[str, object]:
+    return {"target": target, "ca_file": str(certs.ca_cert), "server_name": "localhost", **extra}
+
+
+# -- configuration and verification --------------------------------------------------------------
+
+
+def test_config_errors_are_readable(certs: RunCertificates) -> None:
+    with pytest.raises(tls_pool.TlsSessionError, match="needs 'target'"):
+        tls_pool.parse_config({})
+    with pytest.raises(tls_pool.TlsSessionError, match="not a readable file"):
+        tls_pool.parse_config({"target": "h:1", "ca_file": "/nonexistent/ca.pem"})
+    with pytest.raises(tls_pool.TlsSessionError, match="key_file given without cert_file"):
+        tls_pool.parse_config({"target": "h:1", "key_file": str(certs.client_key)})
+    with pytest.raises(tls_pool.TlsSessionError, match="cannot be turned off"):
+        tls_pool.parse_config({"target": "h:1", "verify": False})
+    with pytest.raises(tls_pool.TlsSessionError, match="ktls must be one of"):
+        tls_pool.parse_config({"target": "h:1", "ktls": "maybe"})
+    cfg = tls_pool.parse_config({"target": "db.example:5433"})
+    assert (cfg.host, cfg.port, cfg.server_name, cfg.ktls) == ("db.example", 5433, "db.example", "auto")
+
+
+def test_server_verification_failures(certs: RunCertificates, tls_echo: TlsEcho, tmp_path: Path) -> None:
+    with pytest.raises(tls_pool.TlsSessionError, match=r"certificate rejected.*mismatch"):
+        tls_pool.open_session(_config(certs, tls_echo.target, server_name="not-the-server.example"))
+    other = make_run_certificates(tmp_path / "other")
+    with pytest.raises(tls_pool.TlsSessionError, match=r"certificate rejected.*unable to get local issuer"):
+        tls_pool.open_session({"target": tls_echo.target, "ca_file": str(other.ca_cert), "server_name": "localhost"})
+    assert tls_echo.stats()["tls_sessions"] == 0
+
+
+def test_mutual_tls(certs: RunCertificates) -> None:
+    server = TlsEcho(certs, client_ca=certs.ca_cert)
+    try:
+        # Without a client certificate the server's alert arrives right after the handshake.
+        with pytest.raises(tls_pool.TlsSessionError, match="certificate_required"):
+            tls_pool.open_session(_config(certs, server.target))
+        sock, meta = tls_pool.open_session(
+            _config(certs, server.target, cert_file=str(certs.client_cert), key_file=str(certs.client_key))
+        )
+        assert meta["tls"]["client_cert"] is True
+        session = tls13.continue_session(sock, tls_pool.prepare_handout(sock)["tls"])
+        session.sendall(b"mutual")
+        assert session.recv(10) == b"mutual"
+        session.close()
+        assert server.stats()["tls_sessions"] == 1
+    finally:
+        server.stop()
+
+
+# -- sessions in the pool -------------------------------------------------------------------------
+
+
+def test_tickets_are_counted_before_hand_out_and_secrets_only_in_the_handout_meta(
+    certs: RunCertificates, tls_echo: TlsEcho
+) -> None:
+    sock, meta = tls_pool.open_session(_config(certs, tls_echo.target))
+    assert not SECRET_HEX.search(json.dumps(meta)), "the open/log meta must not carry secrets"
+    assert not SECRET_HEX.search(json.dumps(tls_pool.session_meta(sock)))
+    assert tls_pool.quick_check(sock) is True
+    handout = tls_pool.prepare_handout(sock, None)
+    tls = handout["tls"]
+    # Python's ssl server sends two session tickets; both were read and counted here.
+    assert (tls["server_seq"], tls["client_seq"], tls["tickets"]) == (2, 0, 2)
+    assert tls["path"] == "record_layer" and tls["version"] == "TLSv1.3"
+    assert len(bytes.fromhex(tls["server_traffic_secret"])) == tls13.suite_by_name(tls["cipher_suite"]).hash_len
+    # The socket holds nothing the receiver cannot read: it continues at the right numbers.
+    session = tls13.continue_session(sock, tls)
+    session.sendall(b"continued")
+    assert session.recv(100) == b"continued"
+    session.close()
+
+
+def test_closed_session_fails_the_health_check(certs: RunCertificates) -> None:
+    server = TlsEcho(certs)
+    sock, _meta = tls_pool.open_session(_config(certs, server.target))
+    server.stop()  # closes every connection
+    wait_for(lambda: not tls_pool.check_session(sock), timeout=5)
+    with pytest.raises(tls_pool.TlsSessionError, match="unfit"):
+        tls_pool.prepare_handout(sock)
+    tls_pool.close_session(sock)
+    assert sock.fileno() == -1
+
+
+# -- kernel TLS -------------------------------------------------------------------------------------
+
+
+def test_ktls_detection(tmp_path: Path) -> None:
+    ulp = tmp_path / "tcp_available_ulp"
+    ulp.write_text("mptcp\n")
+    assert not tls_pool.ktls_available(str(ulp))
+    ulp.write_text("mptcp tls\n")
+    assert tls_pool.ktls_available(str(ulp))
+    assert not tls_pool.ktls_available(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize(
+    ("suite", "cipher_type", "size"),
+    [("TLS_AES_128_GCM_SHA256", 51, 40), ("TLS_AES_256_GCM_SHA384", 52, 56), ("TLS_CHACHA20_POLY1305_SHA256", 54, 56)],
+)
+def test_ktls_crypto_info_packing(suite: str, cipher_type: int, size: int) -> None:
+    s = tls13.suite_by_name(suite)
+    key, iv = bytes(range(1, s.key_len + 1)), bytes(range(100, 112))
+    info = tls_pool.ktls_crypto_info(suite, key, iv, seq=0x0102030405060708)
+    assert len(info) == size  # sizeof(struct tls12_crypto_info_*)
+    version, ctype = struct.unpack_from("=HH", info)
+    assert (version, ctype) == (0x0304, cipher_type)
+    if suite == "TLS_CHACHA20_POLY1305_SHA256":
+        assert info[4:16] == iv and info[16:48] == key  # no salt: the whole 12-byte IV
+    else:
+        # struct order: iv (the IV's last 8 bytes), key, salt (its first 4), rec_seq
+        assert info[4:12] == iv[4:] and info[12 : 12 + s.key_len] == key
+        assert info[12 + s.key_len : 16 + s.key_len] == iv[:4]
+    assert info[-8:] == bytes(range(1, 9))
+    with pytest.raises(tls13.TLSError, match="sizes"):
+        tls_pool.ktls_crypto_info(suite, key[:-1], iv, 0)
+
+
+def test_ktls_on_without_the_ulp_refuses_and_auto_uses_the_record_layer(
+    certs: RunCertificates, tls_echo: TlsEcho
+) -> None:
+    if tls_pool.ktls_available():
+        pytest.skip("this kernel has the tls ULP; the refusal path cannot be shown")
+    sock, _ = tls_pool.open_session(_config(certs, tls_echo.target, ktls="on"))
+    with pytest.raises(tls_pool.TlsSessionError, match="no tls ULP"):
+        tls_pool.prepare_handout(sock)
+    tls_pool.close_session(sock)
+    sock, _ = tls_pool.open_session(_config(certs, tls_echo.target))
+    assert tls_pool.prepare_handout(sock)["tls"]["path"] == "record_layer"
+    tls_pool.close_session(sock)
+
+
+# -- the manager serving a TLS backend it did not start --------------------------------------------
+
+
+def _function(sock_path: str, *extra: str) -> dict[str, object]:
+    args = [sys.executable, "-m", "components.function", "--socket", sock_path, "--pool", "tls"]
+    proc = subprocess.run(
+        [*args, "--transport", "tls", "--no-fallback", *extra],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=REPO,
+        timeout=30,
+    )
+    assert proc.stdout, proc.stderr
+    record: dict[str, object] = json.loads(proc.stdout)
+    assert (proc.returncode == 0) == bool(record["ok"]), proc.stderr
+    return record
+
+
+def _acquire_as_nobody(sock_path: str) -> bytes:
+    """The raw reply a caller of another uid gets (root forks and drops to nobody)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(sock_path)
+            s.sendall(protocol.encode_request("acquire", pool="tls"))
+            data, anc, _flags, _addr = s.recvmsg(65536, socket.CMSG_SPACE(16))
+            os.write(w, (b"FD " if anc else b"") + data)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    got = os.read(r, 65536)
+    os.close(r)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return got
+
+
+def test_manager_hands_tls_sessions_to_the_function_and_secrets_stay_private(
+    certs: RunCertificates, tls_echo: TlsEcho
+) -> None:
+    with short_tmpdir() as d:
+        os.chmod(d, 0o755)
+        cfg = d / "cpm.json"
+        cfg.write_text(json.dumps({"pools": {"tls": {"kind": "tls", **_config(certs, tls_echo.target)}}}))
+        sock_path = str(d / "pool.sock")
+        m = Manager(Path(sock_path), tls_echo.target, 2, "--config", str(cfg), "--pool", "tls", "--socket-mode", "0666")
+        try:
+            # The cold function continues an injected session and verifies the echo through it.
+            records = [_function(sock_path, "--mode", "socket") for _ in range(2)]
+            for rec in records:
+                assert rec["ok"] is True and rec["path"] == "socket", rec
+                assert rec["tls_path"] == "record_layer" and rec["tls_version"] == "TLSv1.3"
+                assert rec["tls_server_seq"] == 2 and rec["tls_client_seq"] == 0
+            direct_extra = ["--tls-ca", str(certs.ca_cert), "--tls-server-name", "localhost"]
+            direct = _function(sock_path, "--mode", "direct", "--target", tls_echo.target, *direct_extra)
+            assert direct["ok"] is True and direct["tls_path"] == "handshake", direct
+            for key in ("ssl_import_us", "tls_context_us", "tls_handshake_us"):
+                assert isinstance(direct[key], float) and direct[key] > 0
+            # Sessions the test takes itself: their secrets are what must appear nowhere else.
+            secrets = []
+            for _ in range(2):
+                sock, reply = protocol.acquire(sock_path, "tls")
+                tls = reply["meta"]["tls"]
+                secrets += [tls["client_traffic_secret"], tls["server_traffic_secret"]]
+                session = tls13.continue_session(sock, tls)
+                session.sendall(b"mine")
+                assert session.recv(10) == b"mine"
+                session.close()
+            if os.getuid() == 0:
+                denied = _acquire_as_nobody(sock_path)
+                assert not denied.startswith(b"FD "), "a denied caller must get no fd"
+                assert json.loads(denied)["error"] == "forbidden"
+                assert not SECRET_HEX.search(denied.decode())
+            stats = m.stats()
+            pool = stats["pools"]["tls"]
+            assert pool["handed_out"] == 4
+            # One TLS session at the backend per session the manager opened, plus the direct one.
+            wait_for(lambda: tls_echo.stats()["tls_sessions"] == m.stats()["pools"]["tls"]["refills"] + 1, timeout=5)
+            stats_text = json.dumps(m.stats())
+        finally:
+            m.stop()
+        logs = m.logs()
+        written = "".join(p.read_text(errors="replace") for p in d.rglob("*") if p.is_file())
+        echo_out = tls_echo.stats()
+        for where, text in (
+            ("manager log", logs),
+            ("stats reply", stats_text),
+            ("files", written),
+            ("function output", json.dumps([*records, direct])),
+            ("echo stats", json.dumps(echo_out)),
+        ):
+            for secret in secrets:
+                assert secret not in text, f"a traffic secret appears in the {where}"
+            assert not SECRET_HEX.search(text), f"something secret-shaped appears in the {where}"
+        assert '"event":"grant"' in logs
+        if os.getuid() == 0:
+            assert stats["denied"] == 1
+
+
+def test_function_without_tls_meta_fails_clearly(certs: RunCertificates, tls_echo: TlsEcho) -> None:
+    # A plain tcp pool to the TLS backend: the reply has no meta.tls, the function says so.
+    with short_tmpdir() as d:
+        m = Manager(d / "pool.sock", tls_echo.target, 1, "--pool", "tls")
+        try:
+            rec = _function(m.sock_path, "--mode", "socket")
+        finally:
+            m.stop(signal.SIGTERM)
+    assert rec["ok"] is False and "meta.tls missing" in str(rec["error"])
