@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_pool_manager_support import REPO, Manager, env, short_tmpdir, wait_for
+from test_pool_manager_support import REPO, Echo, Manager, env, short_tmpdir, wait_for
 from tls_helpers import TlsEcho
 
 from coldstart_bench.tls_certs import RunCertificates, make_run_certificates, openssl_path
@@ -290,3 +290,74 @@ def test_function_without_tls_meta_fails_clearly(certs: RunCertificates, tls_ech
         finally:
             m.stop(signal.SIGTERM)
     assert rec["ok"] is False and "meta.tls missing" in str(rec["error"])
+
+
+# -- the manager's hand-out hook --------------------------------------------------------------------
+
+HOOK_KIND = """
+import socket
+import threading
+
+_lock = threading.Lock()
+_count = [0]
+
+
+def open_session(config):
+    host, port = config["target"].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=2)
+    sock.settimeout(None)
+    return sock, {"opened": True}
+
+
+def check_session(sock):
+    return True
+
+
+def quick_check(sock):
+    return True
+
+
+def prepare_handout(sock, session):
+    with _lock:
+        _count[0] += 1
+        n = _count[0]
+    if n == 1:
+        raise RuntimeError("first session refused at hand-out")
+    return {"opened": True, "prepared": n}
+"""
+
+
+def test_prepare_handout_hook_adds_meta_and_a_failure_discards_the_session(echo: Echo) -> None:
+    target = echo.target
+    with short_tmpdir() as d:
+        (d / "hookkind.py").write_text(HOOK_KIND)
+        cfg = {"pools": {"hook": {"kind": "hook", "module": "hookkind", "target": target, "size": 2}}}
+        (d / "cfg.json").write_text(json.dumps(cfg))
+        old = os.environ.get("PYTHONPATH", "")
+        os.environ["PYTHONPATH"] = str(d) + (os.pathsep + old if old else "")
+        try:
+            m = Manager(d / "m.sock", target, 2, "--config", str(d / "cfg.json"), "--pool", "hook")
+        finally:
+            os.environ["PYTHONPATH"] = old
+        try:
+            sock, reply = protocol.acquire(m.sock_path, "hook")
+            sock.close()
+            # The first session failed its hook and was discarded; the caller got the next one.
+            assert reply["meta"] == {"opened": True, "prepared": 2}
+            assert m.stats()["pools"]["hook"]["discard_health"] == 1
+            events = wait_for(lambda: [e for e in m.log_events() if e.get("reason") == "prepare_handout"], timeout=3)
+            assert "refused at hand-out" in events[0]["error"]
+        finally:
+            m.stop()
+
+
+def test_session_state_goes_with_the_socket(certs: RunCertificates, tls_echo: TlsEcho) -> None:
+    import gc
+
+    sock, _ = tls_pool.open_session(_config(certs, tls_echo.target))
+    tls_pool.prepare_handout(sock)
+    before = len(tls_pool._SESSIONS)
+    sock.close()
+    del sock
+    gc.collect()
+    assert len(tls_pool._SESSIONS) == before - 1  # the manager's copy of the keys is gone
