@@ -361,3 +361,28 @@ def test_session_state_goes_with_the_socket(certs: RunCertificates, tls_echo: Tl
     del sock
     gc.collect()
     assert len(tls_pool._SESSIONS) == before - 1  # the manager's copy of the keys is gone
+
+
+def test_function_and_echo_flags_are_checked(certs: RunCertificates) -> None:
+    from components import function
+
+    with pytest.raises(ValueError, match="--transport must be tcp or tls"):
+        function._parse(["--mode", "socket", "--transport", "udp"])
+    with pytest.raises(ValueError, match="--release is not available"):
+        function._parse(["--mode", "socket", "--transport", "tls", "--release"])
+    opts = function._parse(["--mode", "direct", "--transport", "tls", "--tls-ca", "ca.pem", "--tls-server-name", "db"])
+    assert (opts["transport"], opts["tls_ca"], opts["tls_server_name"]) == ("tls", "ca.pem", "db")
+    args = [sys.executable, "-m", "components.echo_server", "--port", "0", "--tls-cert", str(certs.server_cert)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env(), cwd=REPO, timeout=30)
+    assert proc.returncode == 2 and "go together" in proc.stderr
+
+
+def test_tls_echo_prints_its_count_at_exit(certs: RunCertificates) -> None:
+    server = TlsEcho(certs)
+    sock, _ = tls_pool.open_session(_config(certs, server.target))
+    tls_pool.close_session(sock)
+    server.proc.send_signal(signal.SIGTERM)
+    out, _ = server.proc.communicate(timeout=10)
+    server.stop()
+    last = json.loads(out.decode().strip().splitlines()[-1])
+    assert last["event"] == "stats" and last["tls_sessions"] == 1
