@@ -3,6 +3,7 @@ manager handing TLS sessions to the function (secrets only to allowed callers, n
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from test_pool_manager_support import REPO, Echo, Manager, env, short_tmpdir, wait_for
-from tls_helpers import TlsEcho
+from tls_helpers import TlsEcho, echo_until_eof, server_context
 
 from coldstart_bench.tls_certs import RunCertificates, make_run_certificates, openssl_path
 from components import protocol, tls13, tls_pool
@@ -352,8 +354,6 @@ def test_prepare_handout_hook_adds_meta_and_a_failure_discards_the_session(echo:
 
 
 def test_session_state_goes_with_the_socket(certs: RunCertificates, tls_echo: TlsEcho) -> None:
-    import gc
-
     sock, _ = tls_pool.open_session(_config(certs, tls_echo.target))
     tls_pool.prepare_handout(sock)
     before = len(tls_pool._SESSIONS)
@@ -386,3 +386,38 @@ def test_tls_echo_prints_its_count_at_exit(certs: RunCertificates) -> None:
     server.stop()
     last = json.loads(out.decode().strip().splitlines()[-1])
     assert last["event"] == "stats" and last["tls_sessions"] == 1
+
+
+def test_application_bytes_decrypted_by_the_manager_reach_the_receiver(certs: RunCertificates) -> None:
+    """A server that speaks first (a banner): the manager consumes the record while accounting
+    and hands the plaintext over in meta.tls, so the receiver reads it first."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ctx = server_context(certs)
+    done: list[int] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(b"220 banner\n")
+            done.append(echo_until_eof(tls))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        target = f"127.0.0.1:{listener.getsockname()[1]}"
+        sock, _ = tls_pool.open_session(_config(certs, target))
+        state = tls_pool._state(sock)
+        assert state is not None
+        wait_for(lambda: tls_pool.check_session(sock) and state.session.pending() > 0, timeout=5)
+        tls = tls_pool.prepare_handout(sock)["tls"]
+        assert bytes.fromhex(tls["plaintext"]) == b"220 banner\n"
+        assert tls["server_seq"] == 3  # two tickets and the banner
+        session = tls13.continue_session(sock, tls)
+        assert session.recv(100) == b"220 banner\n"
+        session.sendall(b"after banner")
+        assert session.recv(100) == b"after banner"
+        session.close()
+        t.join(5)
+        assert done == [len(b"after banner")]
+    finally:
+        listener.close()
