@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,3 +422,20 @@ def test_application_bytes_decrypted_by_the_manager_reach_the_receiver(certs: Ru
         assert done == [len(b"after banner")]
     finally:
         listener.close()
+
+
+def test_key_log_without_memfd_leaves_no_file(
+    certs: RunCertificates, tls_echo: TlsEcho, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_memfd(*_args: object) -> int:
+        raise OSError(38, "memfd_create not available")
+
+    monkeypatch.setattr(tls_pool.os, "memfd_create", no_memfd)
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    before = set(base.glob("cpm-tls-*"))
+    sock, _ = tls_pool.open_session(_config(certs, tls_echo.target))
+    assert set(base.glob("cpm-tls-*")) == before  # the private directory went at once
+    session = tls13.continue_session(sock, tls_pool.prepare_handout(sock)["tls"])
+    session.sendall(b"fallback key log")
+    assert session.recv(100) == b"fallback key log"
+    session.close()
