@@ -3,12 +3,17 @@
 One thread, one epoll loop, non-blocking sockets. Accepts are drained in batches
 so thousands of new connections per second (the pool manager refilling behind
 single-use hand-outs) cost one wake-up per batch, not one per connection.
+
+With ``--tls-cert``/``--tls-key`` it serves TLS 1.3 only (stdlib ``ssl``, handshakes driven by
+the same loop) and counts the TLS sessions it accepted: SIGUSR1 prints a stats line
+``{"event": "stats", "tls_sessions": N, ...}`` on stdout, and so does a clean exit.
 """
 
 from __future__ import annotations
 
 import _socket
 import argparse
+import contextlib
 import errno
 import json
 import select
@@ -16,6 +21,7 @@ import signal
 import socket
 import sys
 from types import FrameType
+from typing import Any
 
 READ_SIZE = 65536
 _DONTWAIT = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
@@ -144,19 +150,169 @@ class EchoServer:
         self.listener.close()
 
 
+class _TlsConn:
+    """One TLS connection: handshaking, then echoing (with its own unsent-bytes buffer)."""
+
+    __slots__ = ("established", "out", "sock")
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.established = False
+        self.out = bytearray()
+
+
+class TlsEchoServer:
+    """The echo protocol over TLS 1.3; counts accepted (handshake completed) sessions."""
+
+    def __init__(self, host: str, port: int, cert: str, key: str, backlog: int = 4096, ca: str | None = None) -> None:
+        import ssl
+
+        self.ssl = ssl
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.load_cert_chain(cert, key)
+        if ca:
+            # Mutual TLS: clients must present a certificate from this CA.
+            self.ctx.load_verify_locations(cafile=ca)
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        self.listener.listen(backlog)
+        self.listener.setblocking(False)
+        self.ep = select.epoll()
+        self.ep.register(self.listener.fileno(), select.EPOLLIN)
+        self.conns: dict[int, _TlsConn] = {}
+        self.stats = {"tls_sessions": 0, "tls_handshake_failures": 0, "tls_errors": 0, "closed": 0}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.listener.getsockname()[:2]
+        return host, port
+
+    def stats_line(self) -> str:
+        return json.dumps({"event": "stats", **self.stats, "open": len(self.conns)})
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            conn = _TlsConn(tls)
+            self.conns[tls.fileno()] = conn
+            self.ep.register(tls.fileno(), select.EPOLLIN)
+            self._step(tls.fileno(), conn)
+
+    def _close(self, fd: int, conn: _TlsConn) -> None:
+        self.conns.pop(fd, None)
+        self.stats["closed"] += 1
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(fd)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+    def _step(self, fd: int, conn: _TlsConn) -> None:
+        ssl = self.ssl
+        want_write = False
+        try:
+            if not conn.established:
+                try:
+                    conn.sock.do_handshake()
+                except ssl.SSLWantReadError:
+                    return
+                except ssl.SSLWantWriteError:
+                    self.ep.modify(fd, select.EPOLLOUT)
+                    return
+                except (ssl.SSLError, OSError):
+                    self.stats["tls_handshake_failures"] += 1
+                    self._close(fd, conn)
+                    return
+                conn.established = True
+                self.stats["tls_sessions"] += 1
+            while True:
+                if conn.out:
+                    try:
+                        sent = conn.sock.send(conn.out)
+                    except ssl.SSLWantWriteError:
+                        want_write = True
+                        break
+                    del conn.out[:sent]
+                    continue
+                try:
+                    data = conn.sock.recv(READ_SIZE)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLWantWriteError:
+                    want_write = True
+                    break
+                if not data:
+                    self._close(fd, conn)
+                    return
+                conn.out += data
+        except (ssl.SSLError, OSError):
+            self.stats["tls_errors"] += 1
+            self._close(fd, conn)
+            return
+        self.ep.modify(fd, select.EPOLLOUT if want_write else select.EPOLLIN)
+
+    def serve_forever(self) -> None:
+        lfd = self.listener.fileno()
+        while True:
+            for fd, _ev in self.ep.poll(-1, 1024):
+                if fd == lfd:
+                    self._accept()
+                    continue
+                conn = self.conns.get(fd)
+                if conn is not None:
+                    self._step(fd, conn)
+
+    def close(self) -> None:
+        for fd, conn in list(self.conns.items()):
+            self._close(fd, conn)
+        self.ep.close()
+        self.listener.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.echo_server", description=__doc__)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=7000, help="0 picks a free port (printed when ready)")
     parser.add_argument("--backlog", type=int, default=4096)
+    parser.add_argument("--tls-cert", help="serve TLS 1.3 with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
+    parser.add_argument("--tls-client-ca", help="require client certificates issued by this CA (mutual TLS)")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, _on_sigterm)
-    server = EchoServer(args.host, args.port, args.backlog)
+    server: EchoServer | TlsEchoServer
+    if args.tls_cert:
+        tls_server = server = TlsEchoServer(
+            args.host, args.port, args.tls_cert, args.tls_key, args.backlog, args.tls_client_ca
+        )
+
+        def on_usr1(_signum: int, _frame: FrameType | None) -> None:
+            sys.stdout.write(tls_server.stats_line() + "\n")
+            sys.stdout.flush()
+
+        signal.signal(signal.SIGUSR1, on_usr1)
+    else:
+        server = EchoServer(args.host, args.port, args.backlog)
     host, port = server.address
     try:
         # Inside the try: a SIGTERM may land as soon as the reader has seen this line.
-        sys.stdout.write(json.dumps({"event": "ready", "host": host, "port": port}) + "\n")
+        ready: dict[str, Any] = {"event": "ready", "host": host, "port": port}
+        if args.tls_cert:
+            ready["tls"] = "TLSv1.3"
+        sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()
         server.serve_forever()
     except _Stop:
@@ -165,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         # A second signal must not interrupt the clean-up.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if isinstance(server, TlsEchoServer):
+            sys.stdout.write(server.stats_line() + "\n")
+            sys.stdout.flush()
         server.close()
     return 0
 

@@ -25,7 +25,8 @@ from typing import Any
 
 USAGE = """usage: python -m components.function --mode {direct,socket} [--target HOST:PORT]
        [--socket PATH] [--pool NAME] [--payload-size N] [--fallback | --no-fallback]
-       [--release] [--timeout S]
+       [--release] [--timeout S] [--transport {tcp,tls} [--tls-ca FILE] [--tls-server-name NAME]
+       [--tls-cert FILE --tls-key FILE]]
 
   --mode          direct (resolve + TCP connect) or socket (fd from the pool manager)
   --target        backend HOST:PORT (direct mode and fallback)       default echo:7000
@@ -35,6 +36,10 @@ USAGE = """usage: python -m components.function --mode {direct,socket} [--target
   --fallback      connect directly if socket mode fails (default); --no-fallback disables
   --release       hand the connection back to the pool (op release) instead of closing it
   --timeout       seconds for each network step                     default 2.0
+  --transport     tcp, or tls: TLS 1.3 handshake (direct) or the injected session continued (socket)
+  --tls-ca        CA file verifying the server (direct tls)        default: system CAs
+  --tls-server-name  name to verify (direct tls)                    default: the target host
+  --tls-cert, --tls-key  client certificate for mutual TLS (direct tls)
 """
 
 
@@ -48,8 +53,14 @@ def _parse(argv: list[str]) -> dict[str, Any]:
         "fallback": True,
         "release": False,
         "timeout": 2.0,
+        "transport": "tcp",
+        "tls_ca": None,
+        "tls_server_name": None,
+        "tls_cert": None,
+        "tls_key": None,
     }
-    valued = {"--mode", "--target", "--socket", "--pool", "--payload-size", "--timeout"}
+    valued = {"--mode", "--target", "--socket", "--pool", "--payload-size", "--timeout", "--transport"}
+    valued |= {"--tls-ca", "--tls-server-name", "--tls-cert", "--tls-key"}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -83,6 +94,10 @@ def _parse(argv: list[str]) -> dict[str, Any]:
         raise ValueError("--mode must be direct or socket")
     if opts["payload_size"] < 24:
         raise ValueError("--payload-size must be >= 24")
+    if opts["transport"] not in ("tcp", "tls"):
+        raise ValueError("--transport must be tcp or tls")
+    if opts["transport"] == "tls" and opts["release"]:
+        raise ValueError("--release is not available with --transport tls (a TLS session is not reused)")
     return opts
 
 
@@ -206,6 +221,12 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
                 rec["fd_check"] = check_fd(sock, reply.get("peer"))
                 if not rec["fd_check"]["ok"]:
                     raise protocol.PoolError("bad_fd", json.dumps(rec["fd_check"]))
+                if opts["transport"] == "tls":
+                    from components.function_tls import continue_injected
+
+                    sock, tls_info = continue_injected(sock, reply)
+                    rec.update(tls_info)
+                    rec["connect_us"] += tls_info["tls_setup_us"]
             except protocol.PoolError as exc:
                 attempt_ns = time.perf_counter_ns() - t0
                 if sock is not None:
@@ -225,6 +246,13 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
             rec["handshake_us"] = handshake_ns / 1000
             rec["connect_us"] = (attempt_ns + resolve_ns + handshake_ns) / 1000
             rec["fd_check"] = check_fd(sock, None)
+            if opts["transport"] == "tls":
+                from components.function_tls import direct_handshake
+
+                sock, tls_info = direct_handshake(sock, opts, _split(opts["target"])[0])
+                rec.update(tls_info)
+                rec["connect_us"] += tls_info["ssl_import_us"] + tls_info["tls_context_us"]
+                rec["connect_us"] += tls_info["tls_handshake_us"]
         rec["peer"] = _peer(sock.getpeername())
         rec["request_rtt_us"] = echo(sock, opts["payload_size"], timeout) / 1000
         rec["ok"] = True

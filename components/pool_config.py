@@ -28,7 +28,7 @@ from typing import Any
 
 EXHAUSTION_POLICIES = ("wait", "connect", "refuse")
 # Plug-in pool kinds: kind -> module providing open_session()/check_session().
-KIND_MODULES = {"postgres": "components.pg_pool"}
+KIND_MODULES = {"postgres": "components.pg_pool", "tls": "components.tls_pool"}
 # Callers whose credentials are refused, kept until their error line is sent; more are answered at
 # once. They never count against max_clients, so they cannot starve allowed callers.
 DENIED_SLOTS = 16
