@@ -28,7 +28,7 @@ struct pool_acquired {
     char detail[256];            /* human-readable detail on failure */
 };
 
-static int pool_fail_(struct pool_acquired *out, const char *code, const char *fmt, const char *arg) {
+static inline int pool_fail_(struct pool_acquired *out, const char *code, const char *fmt, const char *arg) {
     snprintf(out->error, sizeof(out->error), "%s", code);
     snprintf(out->detail, sizeof(out->detail), fmt, arg);
     if (out->fd >= 0) close(out->fd);
@@ -38,7 +38,7 @@ static int pool_fail_(struct pool_acquired *out, const char *code, const char *f
 
 /* Copy the string value of "key" from a flat JSON object line into dst; 0 if found. Good
  * enough for the manager's replies (codes and ids without escapes); escapes end the copy. */
-static int pool_json_string(const char *line, const char *key, char *dst, size_t cap) {
+static inline int pool_json_string(const char *line, const char *key, char *dst, size_t cap) {
     char pat[80];
     snprintf(pat, sizeof(pat), "\"%s\":\"", key);
     const char *p = strstr(line, pat);
@@ -50,7 +50,7 @@ static int pool_json_string(const char *line, const char *key, char *dst, size_t
     return 0;
 }
 
-static int pool_acquire(const char *path, const char *pool, double timeout_s, struct pool_acquired *out) {
+static inline int pool_acquire(const char *path, const char *pool, double timeout_s, struct pool_acquired *out) {
     out->fd = -1;
     out->reply[0] = out->error[0] = out->detail[0] = 0;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
