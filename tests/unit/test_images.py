@@ -107,7 +107,7 @@ def test_build_packages_give_a_build_stage_base_that_the_tag_covers(tmp_path: Pa
     images_dir = _tree(
         tmp_path / "images",
         {
-            "cfunction/Dockerfile": "ARG BASE_IMAGE\nARG BUILD_IMAGE\nFROM ${BUILD_IMAGE} AS build\nFROM ${BASE_IMAGE}\n",
+            "cfunction/Dockerfile": "ARG BASE_IMAGE\nARG BUILD_IMAGE\nFROM ${BUILD_IMAGE} AS b\nFROM ${BASE_IMAGE}\n",
             "cfunction/build-packages.txt": "gcc\nlibc6-dev\n",
             "echo/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n",
         },
