@@ -119,6 +119,17 @@ def _show_servers_count(output: str, database: str) -> int:
     return sum(1 for line in output.splitlines() if line.count("|") >= 3 and line.split("|")[2] == database)
 
 
+def sessions_opened(db: _Database) -> int:
+    """Sessions PostgreSQL has established to the benchmark database since its stats reset
+    (pg_stat_database.sessions, PG >= 14). Its difference across an arm is the server
+    connections that arm cost the database, for any arm (direct, pooled, proxied). Asked from the
+    ``postgres`` database, so the harness's own psql sessions are not counted."""
+    if not db.database.replace("_", "").isalnum():
+        raise PgBouncerError(f"unexpected database name {db.database!r}")
+    out = db.psql(f"SELECT sessions FROM pg_stat_database WHERE datname = '{db.database}'", database="postgres")
+    return int(out.strip() or 0)
+
+
 class _Counters:
     """What the proxy costs the database, shared by the container and the local process."""
 
@@ -133,13 +144,8 @@ class _Counters:
         return _show_servers_count(self.admin("SHOW SERVERS"), self.database)
 
     def sessions_opened(self) -> int:
-        """Sessions PostgreSQL has established to the database since its stats reset (PG >= 14);
-        the difference across an arm is the server connections that arm opened, whoever opened
-        them (minus the harness's own psql sessions, which use the ``postgres`` database)."""
-        # Asked from the postgres database, so the query's own session is not counted.
-        sql = f"SELECT sessions FROM pg_stat_database WHERE datname = '{self.database}'"
-        out = self.db.psql(sql, database="postgres")
-        return int(out.strip() or 0)
+        """See ``sessions_opened(db)``."""
+        return sessions_opened(self.db)
 
 
 class LocalPgBouncer(_Counters):
