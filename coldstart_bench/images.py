@@ -8,6 +8,9 @@ directory:
 - ``debian-packages.txt``: Debian packages the image needs. They are added to
   an offline base variant (mmdebstrap), or apt-installed on top of a registry
   or user-provided base, so the image's own Dockerfile never needs network.
+- ``build-packages.txt``: Debian packages of a build stage (a C compiler, say). The
+  Dockerfile then also gets ``BUILD_IMAGE``, the base with those packages, to build in
+  and copy from, so the image itself stays lean.
 - ``wheels.txt``: pinned binary wheels, downloaded on the host into a wheel
   cache and copied into the build context as ``wheels/``.
 
@@ -404,12 +407,18 @@ class ImageBuilder:
 
     # images -------------------------------------------------------------------------
 
-    def _assemble(self, name: str, ctx: Path) -> str:
-        """Lay out the build context of image name in ctx; returns the base it builds FROM."""
+    def _assemble(self, name: str, ctx: Path) -> dict[str, str]:
+        """Lay out the build context of image name in ctx; returns its build args (the base it
+        builds FROM, and the build-stage base when it has build-packages.txt)."""
         directory = self.images_dir / name
         if not (directory / "Dockerfile").is_file():
             raise ImageBuildError(f"no image {name!r}: {directory / 'Dockerfile'} does not exist")
         base_ref = self.base_with_packages(name, read_list(directory / "debian-packages.txt"))
+        args = {"BASE_IMAGE": base_ref}
+        build_packages = read_list(directory / "build-packages.txt")
+        if build_packages:
+            # Named by its packages only, so images needing the same compiler share one variant.
+            args["BUILD_IMAGE"] = self.base_with_packages("build", build_packages)
         wheels = self.wheels.ensure(read_list(directory / "wheels.txt"))
         copies = [
             *tree_files(directory),
@@ -421,12 +430,15 @@ class ImageBuilder:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest)
         (ctx / "wheels").mkdir(exist_ok=True)  # Dockerfiles may COPY it even when empty
-        return base_ref
+        return args
 
-    def _tag(self, name: str, ctx: Path, base_ref: str) -> str:
+    def _tag(self, name: str, ctx: Path, args: dict[str, str]) -> str:
         # Hashing the assembled copy, not the tree, so the tag matches exactly what is built
         # even while components/ is being edited.
+        base_ref = args["BASE_IMAGE"]
         extra = [f"recipe:{IMAGE_RECIPE_VERSION}", f"image:{name}", base_ref, _image_id(self.client, base_ref)]
+        if "BUILD_IMAGE" in args:
+            extra += [f"build:{args['BUILD_IMAGE']}", _image_id(self.client, args["BUILD_IMAGE"])]
         return f"{PREFIX}/{name}:{content_hash(tree_files(ctx), extra)[:12]}"
 
     def image_tag(self, name: str) -> str:
@@ -437,10 +449,10 @@ class ImageBuilder:
     def ensure(self, name: str) -> str:
         with tempfile.TemporaryDirectory(prefix=f"coldstart-ctx-{name}-") as tmp:
             ctx = Path(tmp)
-            base_ref = self._assemble(name, ctx)
-            tag = self._tag(name, ctx, base_ref)
+            args = self._assemble(name, ctx)
+            tag = self._tag(name, ctx, args)
             if not _image_exists(self.client, tag):
-                self._docker_build(ctx, tag, {"BASE_IMAGE": base_ref}, self.base().route)
+                self._docker_build(ctx, tag, args, self.base().route)
         return tag
 
     def _docker_build(self, context: Path, tag: str, buildargs: dict[str, str], route: str) -> None:

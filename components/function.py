@@ -8,6 +8,9 @@ Modes:
 If socket mode fails (manager unreachable, refusing, exhausted, bad fd) and fallback is on,
 the function connects directly and reports path "fallback"; then connect_us also counts the
 failed attempt (socket_attempt_us), because that is what the caller waited.
+  fd3     adopt the connection components/c/fd3_entrypoint.c placed at fd 3 (LISTEN_FDS=1);
+          fd_recv_us is the entrypoint's acquire, connect_us adds the adoption here. Without it
+          (COLDSTART_FD3_FALLBACK says why) the function connects directly, path "fallback".
 
 Prints exactly one JSON line on stdout; exit status 0 iff ok. Imports are kept minimal
 (no argparse) because every run is a cold process and start-up time is part of what is measured.
@@ -23,12 +26,13 @@ import sys
 import time
 from typing import Any
 
-USAGE = """usage: python -m components.function --mode {direct,socket} [--target HOST:PORT]
+USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--target HOST:PORT]
        [--socket PATH] [--pool NAME] [--payload-size N] [--fallback | --no-fallback]
        [--release] [--timeout S] [--transport {tcp,tls} [--tls-ca FILE] [--tls-server-name NAME]
        [--tls-cert FILE --tls-key FILE]]
 
-  --mode          direct (resolve + TCP connect) or socket (fd from the pool manager)
+  --mode          direct (resolve + TCP connect), socket (fd from the pool manager)
+                  or fd3 (fd inherited from the fd-3 entrypoint)
   --target        backend HOST:PORT (direct mode and fallback)       default echo:7000
   --socket        pool manager Unix socket (socket mode)            default /run/cpm/pool.sock
   --pool          pool name                                         default echo
@@ -90,8 +94,8 @@ def _parse(argv: list[str]) -> dict[str, Any]:
         else:
             raise ValueError(f"unknown argument {arg!r}")
         i += 1
-    if opts["mode"] not in ("direct", "socket"):
-        raise ValueError("--mode must be direct or socket")
+    if opts["mode"] not in ("direct", "socket", "fd3"):
+        raise ValueError("--mode must be direct, socket or fd3")
     if opts["payload_size"] < 24:
         raise ValueError("--payload-size must be >= 24")
     if opts["transport"] not in ("tcp", "tls"):
@@ -181,6 +185,33 @@ def echo(sock: socket.socket, size: int, timeout: float) -> int:
     return elapsed
 
 
+def _adopt_fd3(rec: dict[str, Any], fallback: bool, t_main_ns: int) -> tuple[socket.socket | None, int]:
+    """The connection inherited at fd 3, or (None, ns the caller waited) after a failed acquire."""
+    from components import listen_fds
+
+    t0 = time.perf_counter_ns()
+    rec.update(listen_fds.entrypoint_fields(t_main_ns))
+    acquire_ns = int((listen_fds.acquire_us() or 0.0) * 1000)
+    sock, reply, why = listen_fds.inherited()
+    if sock is not None:
+        rec["pool_id"] = reply.get("id")
+        rec["fd_check"] = check_fd(sock, reply.get("peer"))
+        if rec["fd_check"]["ok"]:
+            rec["t_connected_ns"] = time.time_ns()
+            rec["fd_recv_us"] = acquire_ns / 1000
+            rec["connect_us"] = (acquire_ns + time.perf_counter_ns() - t0) / 1000
+            return sock, 0
+        sock.close()
+        why = f"bad_fd: {json.dumps(rec['fd_check'])}"
+    if not fallback:
+        raise ConnectionError(f"no connection at fd 3: {why}")
+    rec["path"] = "fallback"
+    rec["fallback_reason"] = why
+    attempt_ns = acquire_ns + time.perf_counter_ns() - t0
+    rec["socket_attempt_us"] = attempt_ns / 1000
+    return None, attempt_ns
+
+
 def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "ok": False,
@@ -239,6 +270,8 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
                 rec["fallback_reason"] = f"{exc.code}: {exc.detail}"
                 rec["socket_attempt_us"] = attempt_ns / 1000
                 manager_error = exc.code
+        if opts["mode"] == "fd3":
+            sock, attempt_ns = _adopt_fd3(rec, opts["fallback"], t_main_ns)
         if sock is None:
             sock, resolve_ns, handshake_ns = connect_direct(opts["target"], timeout)
             rec["t_connected_ns"] = time.time_ns()

@@ -7,6 +7,12 @@ ReadyForQuery (``fd_recv_us`` = ``connect_us``); it needs no credentials. Both t
 transaction with the same client (``components.pg_wire``, one round trip per statement), so
 ``request_rtt_us`` compares the sessions, not two client libraries.
 
+After the transfer it runs ``--queries N`` point reads, each timed (``query_us``, their median
+``query_p50_us`` and the first ``query_first_us``), so per-query latency is measured, not only
+the first statement: through a proxy such as PgBouncer every query pays the extra hop.
+``--host`` starting with ``/`` is a Unix socket directory (libpq's convention): the function
+connects to ``<dir>/.s.PGSQL.<port>``, e.g. a bind-mounted PgBouncer socket with no network.
+
 Prints exactly one JSON line (the echo function's keys plus the PostgreSQL phases) and exits
 0 iff the transfer committed and was verified.
 """
@@ -28,6 +34,7 @@ from typing import Any  # noqa: E402
 
 # Must match images/postgres/schema.sql.
 DEFAULT_ACCOUNTS = 100
+DEFAULT_QUERIES = 5
 
 
 def _us(start_ns: int, end_ns: int) -> float:
@@ -46,6 +53,8 @@ def _peer(sock: socket.socket) -> str:
         addr = sock.getpeername()
     except OSError:
         return ""
+    if isinstance(addr, str):  # a Unix socket: its path
+        return addr
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -68,7 +77,12 @@ def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
     password = _read_password(args.password_file)
 
     t0 = time.perf_counter_ns()
-    infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    infos: list[tuple[Any, ...]]
+    if args.host.startswith("/"):
+        # A Unix socket directory: nothing to resolve.
+        infos = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, "", f"{args.host.rstrip('/')}/.s.PGSQL.{args.port}")]
+    else:
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
     t_resolved = time.perf_counter_ns()
     last_exc: OSError | None = None
     sock: socket.socket | None = None
@@ -86,9 +100,10 @@ def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
     if sock is None:
         raise OSError(f"cannot connect to {args.host}:{args.port}: {last_exc}")
     t_tcp = time.perf_counter_ns()
-    # What libpq does too; keepalive as the pool sets it, so both sessions are configured alike.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if sock.family != socket.AF_UNIX:
+        # What libpq does too; keepalive as the pool sets it, so both sessions are configured alike.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     conn, trace, traced = pg_pool.traced_handshake(
         sock,
         user=args.user,
@@ -173,13 +188,35 @@ def transfer(session: Any, accounts: int, transfer_id: str, rng: random.Random) 
     }
 
 
+def point_reads(session: Any, accounts: int, n: int, rng: random.Random) -> dict[str, Any]:
+    """n single-row reads, each its own round trip (and, through a transaction pooler, its own
+    server assignment); every one must return exactly one row."""
+    times: list[float] = []
+    for _ in range(n):
+        account = rng.randint(1, accounts)
+        t0 = time.perf_counter_ns()
+        result = session.query("SELECT balance FROM accounts WHERE id = $1", (account,))
+        times.append(_us(t0, time.perf_counter_ns()))
+        if len(result.rows) != 1:
+            raise RuntimeError(f"point read of account {account} returned {len(result.rows)} rows")
+    ordered = sorted(times)
+    mid = len(ordered) // 2
+    median = (ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2) if ordered else None
+    return {
+        "queries": n,
+        "query_us": times,
+        "query_first_us": times[0] if times else None,
+        "query_p50_us": round(median, 1) if median is not None else None,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m components.pg_function",
         description="Cold-start OLTP function: one TPC-B-like transfer over a direct or an injected session.",
     )
     p.add_argument("--mode", choices=("direct", "socket"), required=True)
-    p.add_argument("--host", default="db", help="database host (direct mode and fallback)")
+    p.add_argument("--host", default="db", help="database host, or a Unix socket directory if it starts with /")
     p.add_argument("--port", type=int, default=5432)
     p.add_argument("--database", default="bench")
     p.add_argument("--user", default="bench")
@@ -188,13 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="pg", help="pool name (socket mode)")
     p.add_argument("--fallback", action="store_true", help="connect directly when the manager fails")
     p.add_argument("--accounts", type=int, default=DEFAULT_ACCOUNTS, help="accounts in the schema")
+    p.add_argument("--queries", type=int, default=DEFAULT_QUERIES, help="timed point reads after the transfer (>= 0)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for acquire, connect and each reply")
     p.add_argument("--transfer-id", help="id for the history row (default: random)")
     return p
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.queries < 0:
+        parser.error("--queries must be >= 0")
     transfer_id = args.transfer_id or os.urandom(12).hex()
     rec: dict[str, Any] = {
         "ok": False,
@@ -224,6 +265,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "fallback_reason": None,
         "socket_attempt_us": None,
         "auth_method": None,
+        "queries": args.queries,
+        "query_us": [],
+        "query_first_us": None,
+        "query_p50_us": None,
     }
     session = None
     try:
@@ -248,7 +293,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         rec["peer"] = _peer(sock)
         rec["backend_pid"] = session.backend_pid
         session.settimeout(args.timeout)
-        rec.update(transfer(session, args.accounts, transfer_id, random.Random()))
+        rng = random.Random()
+        rec.update(transfer(session, args.accounts, transfer_id, rng))
+        rec.update(point_reads(session, args.accounts, args.queries, rng))
         rec["ok"] = bool(rec["verified"])
         if not rec["ok"]:
             rec["error"] = rec["verify_error"]

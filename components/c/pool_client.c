@@ -1,10 +1,12 @@
 /*
  * Minimal pool protocol v1 client in C: acquire one connection from the pool
  * manager (fd passed with SCM_RIGHTS), send a message over it, read the echo.
- * Shows the protocol needs nothing but a Unix socket, one JSON line and recvmsg.
+ * Shows the protocol needs nothing but a Unix socket, one JSON line and recvmsg
+ * (the acquire itself is pool_acquire.h, shared with fd3_entrypoint.c).
  *
  * usage: pool_client SOCKET_PATH [POOL] [MESSAGE]
- * Prints one JSON line: {"ok":..., "reply":<manager reply>, "echo_ok":...}.
+ * Prints one JSON line: {"ok":..., "reply":<manager reply>, "echo_ok":...}; on a failed acquire
+ * {"ok":false, "error":<code>, "reply":<manager reply or null>}.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,6 +17,8 @@
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include "pool_acquire.h"
 
 static int fail(const char *what) {
     printf("{\"ok\":false,\"error\":\"%s: %s\"}\n", what, strerror(errno));
@@ -30,54 +34,14 @@ int main(int argc, char **argv) {
     const char *pool = argc > 2 ? argv[2] : "echo";
     const char *msg = argc > 3 ? argv[3] : "hello from C";
 
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(addr.sun_path)) { errno = ENAMETOOLONG; return fail("socket path"); }
-    strcpy(addr.sun_path, path);
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (s < 0) return fail("socket");
-    struct timeval tv = {.tv_sec = 2};
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    if (connect(s, (struct sockaddr *)&addr, sizeof(addr)) < 0) return fail("connect");
-
-    char req[512];
-    int n = snprintf(req, sizeof(req), "{\"v\":1,\"op\":\"acquire\",\"pool\":\"%s\"}\n", pool);
-    if (n <= 0 || n >= (int)sizeof(req)) { errno = EINVAL; return fail("pool name"); }
-    if (send(s, req, (size_t)n, MSG_NOSIGNAL) != n) return fail("send");
-
-    /* The fd rides on the first byte of the reply line; keep reading until the newline. */
-    char reply[4096];
-    size_t got = 0;
-    int fd = -1;
-    while (got < sizeof(reply) - 1) {
-        char cbuf[CMSG_SPACE(4 * sizeof(int))];
-        struct iovec iov = {.iov_base = reply + got, .iov_len = sizeof(reply) - 1 - got};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
-        ssize_t r = recvmsg(s, &mh, MSG_CMSG_CLOEXEC);
-        if (r < 0) return fail("recvmsg");
-        if (r == 0) break;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-            int nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            for (int i = 0; i < nfds; i++) {
-                int f;
-                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                if (fd < 0) fd = f;
-                else close(f); /* never keep more than the one we asked for */
-            }
-        }
-        got += (size_t)r;
-        if (memchr(reply, '\n', got)) break;
-    }
-    reply[got] = 0;
-    close(s);
-    char *nl = strchr(reply, '\n');
-    if (nl) *nl = 0;
-    if (strncmp(reply, "{\"ok\":true", 10) != 0 || fd < 0) {
-        printf("{\"ok\":false,\"reply\":%s,\"fd\":%d}\n", got ? reply : "null", fd);
-        if (fd >= 0) close(fd);
+    struct pool_acquired got;
+    if (pool_acquire(path, pool, 2.0, &got) < 0) {
+        printf("{\"ok\":false,\"error\":\"%s\",\"reply\":%s}\n", got.error, got.reply[0] == '{' ? got.reply : "null");
         return 1;
     }
-
+    int fd = got.fd;
+    const char *reply = got.reply;
+    struct timeval tv = {.tv_sec = 2};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     size_t len = strlen(msg);
     if (send(fd, msg, len, MSG_NOSIGNAL) != (ssize_t)len) return fail("send on pooled connection");

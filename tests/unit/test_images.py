@@ -97,10 +97,42 @@ def test_build_context_holds_image_files_components_and_wheels(tmp_path: Path) -
     builder._base = im._Base("base:1", "env:base:1")
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    assert builder._assemble("delay", ctx) == "base:1"
+    assert builder._assemble("delay", ctx) == {"BASE_IMAGE": "base:1"}
     assert [rel for rel, _ in im.tree_files(ctx)] == [
         "Dockerfile", "components/__init__.py", "wheels.txt", f"wheels/{WHEEL}",
     ]  # fmt: skip
+
+
+def test_build_packages_give_a_build_stage_base_that_the_tag_covers(tmp_path: Path) -> None:
+    images_dir = _tree(
+        tmp_path / "images",
+        {
+            "cfunction/Dockerfile": "ARG BASE_IMAGE\nARG BUILD_IMAGE\nFROM ${BUILD_IMAGE} AS b\nFROM ${BASE_IMAGE}\n",
+            "cfunction/build-packages.txt": "gcc\nlibc6-dev\n",
+            "echo/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n",
+        },
+    )
+    components = _tree(tmp_path / "components", {"__init__.py": ""})
+    client = FakeClient(existing={"base:1": "sha256:aaa", "build:gcc": "sha256:ccc"})
+    builder = im.ImageBuilder(client, log=lambda _m: None, images_dir=images_dir, components_dir=components)
+    builder._base = im._Base("base:1", "env:base:1")
+    asked: list[tuple[str, list[str]]] = []
+
+    def variant(name: str, packages: list[str]) -> str:
+        asked.append((name, list(packages)))
+        return "build:gcc" if packages else "base:1"
+
+    builder.base_with_packages = variant  # type: ignore[method-assign]
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    assert builder._assemble("cfunction", ctx) == {"BASE_IMAGE": "base:1", "BUILD_IMAGE": "build:gcc"}
+    assert ("build", ["gcc", "libc6-dev"]) in asked
+    (ctx2 := tmp_path / "ctx2").mkdir()
+    assert builder._assemble("echo", ctx2) == {"BASE_IMAGE": "base:1"}
+
+    tag = builder.image_tag("cfunction")
+    client.existing["build:gcc"] = "sha256:ddd"  # the compiler variant was rebuilt: the image follows
+    assert builder.image_tag("cfunction") != tag
 
 
 def test_discover_images_lists_dirs_with_dockerfile_except_base(tmp_path: Path) -> None:
