@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from coldstart_bench.catalogue import EXTENDED_SCENARIOS, PG_SCENARIOS, THESIS_SCENARIOS
 from coldstart_bench.harness import Harness
-from coldstart_bench.scenarios import EXTENDED_SCENARIOS, PG_SCENARIOS, THESIS_SCENARIOS
 
 SCENARIO_IDS = [s.id for s in THESIS_SCENARIOS + EXTENDED_SCENARIOS + PG_SCENARIOS]
 

@@ -9,9 +9,9 @@ from .options import BenchOptions
 from .run_state import RunState
 
 if TYPE_CHECKING:
-    from .baseline import Baseline
-    from .expectations import Expectation
-    from .gate import GateRule
+    from .analyse.baseline import Baseline
+    from .analyse.expectations import Expectation
+    from .analyse.gate import GateRule
 
 
 @dataclass
@@ -26,8 +26,8 @@ class AnalysisInputs:
 
 def finish_run(state: RunState, opts: BenchOptions, inputs: AnalysisInputs) -> tuple[list[str], bool]:
     """Returns the terminal lines and whether the run must fail (gate, or expectations under 'fail')."""
-    from .analysis import AnalysisConfig, analyse, terminal_lines, write_report
-    from .baseline import save_baseline
+    from .analyse.baseline import save_baseline
+    from .analyse.run import AnalysisConfig, analyse, terminal_lines, write_report
 
     lines: list[str] = []
     rescued = state.rescue_samples()

@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import environment
-from .campaign import cold_start_samples, interleaved_order, rounds_for, validate
-from .engine import EngineUnavailable, connect
-from .events import LifecycleEvents
+from .catalogue import Scenario, by_id
+from .measure import environment
+from .measure.engine import EngineUnavailable, connect
+from .measure.events import LifecycleEvents
+from .measure.executor import cold_start_samples, interleaved_order, rounds_for, validate
+from .measure.runner import ColdStartRunner
 from .options import BenchOptions
 from .progress import Progress
 from .run_state import RunState
-from .runner import ColdStartRunner
 from .samples import Sample
-from .scenarios import Scenario, by_id
 
 if TYPE_CHECKING:
-    from .testbed import Testbed
+    from .measure.testbed import Testbed
 
 
 class LifecycleClock:
@@ -83,8 +83,8 @@ class Harness:
             self._broken = f"coldstart-bench: {exc}"
             pytest.fail(self._broken, pytrace=False)
         # Docker-side modules load on first use, so unit tests and option errors never need them.
-        from .images import ImageBuildError, ensure_images
-        from .testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
+        from .measure.images import ImageBuildError, ensure_images
+        from .measure.testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
 
         try:
             images = ensure_images(self.client, log=lambda m: self.write(f"[coldstart-bench] {m}"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .scenarios import DEFAULT_BURST_SIZES, parse_burst_sizes
+from .catalogue import DEFAULT_BURST_SIZES, parse_burst_sizes
 
 DEFAULT_ITERATIONS = 10
 DEFAULT_WARMUP = 1

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from . import options as bench_options
+from .catalogue import burst_scenarios, by_id
 from .finish import AnalysisInputs
 from .harness import Harness, new_run_id
 from .run_state import ReportWriteError, RunState
-from .scenarios import burst_scenarios, by_id
 
 OPTIONS_KEY = pytest.StashKey[bench_options.BenchOptions]()
 STATE_KEY = pytest.StashKey[RunState]()
@@ -33,8 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
     opts = bench_options.from_config(config)
     # Parse gate rules, the regression limit and the baseline once, now: a bad one is a usage error
     # before minutes of measuring, not a crash at the end.
-    from .baseline import BaselineError, load_baseline
-    from .gate import GateRuleError, parse_gate_rules, parse_max_regression
+    from .analyse.baseline import BaselineError, load_baseline
+    from .analyse.gate import GateRuleError, parse_gate_rules, parse_max_regression
 
     try:
         gate_rules = parse_gate_rules(opts.gate_text)
@@ -85,7 +85,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             for text in mark.args:
                 if text not in expectations:
                     expectations.append(str(text))
-    from .expectations import parse_expectation
+    from .analyse.expectations import parse_expectation
 
     parsed = []
     for text in expectations:

@@ -6,9 +6,9 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coldstart_bench.campaign import interleaved_order, rounds_for, validate
+from coldstart_bench.catalogue import Scenario, by_id
+from coldstart_bench.measure.executor import interleaved_order, rounds_for, validate
 from coldstart_bench.samples import Sample
-from coldstart_bench.scenarios import Scenario, by_id
 
 
 def _sample(scenario: str, i: int, **kw: object) -> Sample:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from coldstart_bench.compare import (
+from coldstart_bench.analyse.compare import (
     adjust,
     cliffs_delta,
     cliffs_magnitude,

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..catalogue import Scenario
+from ..samples import Sample
 from .runner import ColdStartResult, ColdStartRunner, to_sample
-from .samples import Sample
-from .scenarios import Scenario
 
 if TYPE_CHECKING:
     from .testbed import Testbed

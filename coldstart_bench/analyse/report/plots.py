@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..samples import Sample, group_by_scenario
+from ...samples import Sample, group_by_scenario
 
 DPI = 110
 _BURST = re.compile(r"^burst-(\d+)-(.+)$")

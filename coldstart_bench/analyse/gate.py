@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .samples import ALL_METRICS, PRIMARY_METRICS
+from ..samples import ALL_METRICS, PRIMARY_METRICS
 from .stats import STAT_NAMES, Values, as_array, json_safe, statistic
 from .textfmt import percent_change, pvalue, value
 

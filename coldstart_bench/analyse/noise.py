@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..samples import PRIMARY_METRICS, Sample, group_by_scenario
 from .compare import mann_whitney
-from .samples import PRIMARY_METRICS, Sample, group_by_scenario
 from .stats import MIN_N_FOR_PERCENTILE, as_array, count_outside
 
 CV_LIMIT: dict[str, float] = {"lifecycle_ms": 0.10, "connect_us": 0.50}

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from ..samples import ALL_METRICS, PRIMARY_METRICS, Sample, group_by_scenario
 from .baseline import Baseline
 from .compare import Comparison, adjust, compare, delay_fit, paired_blocks, reference_for, two_sample_estimate
 from .expectations import Expectation, Verdict, evaluate, verdicts_fail
 from .gate import GateResult, GateRule, evaluate_gate
 from .noise import noise_warnings
-from .samples import ALL_METRICS, PRIMARY_METRICS, Sample, group_by_scenario
 from .stats import describe, json_safe, values_by_scenario
 
 SUMMARY_VERSION = 1
