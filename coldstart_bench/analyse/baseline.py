@@ -21,7 +21,7 @@ from .report.files import ReportWriteError, ensure_dir, write_text_atomic
 from .stats import values_by_scenario
 
 if TYPE_CHECKING:
-    from .run import RunAnalysis
+    from ..results import RunAnalysis
 
 SAMPLES_FILE = "samples.csv"
 SUMMARY_FILE = "summary.json"

@@ -116,6 +116,21 @@ def percentile_warnings(counts: Mapping[str, int]) -> list[str]:
     return out
 
 
+def control_warnings(comparisons: Sequence[Any], alpha: float) -> list[str]:
+    """A/A controls (a scenario declared identical to its reference): a significant difference
+    between the two is a false positive, so the run's other significant results deserve doubt."""
+    out = []
+    for c in comparisons:
+        p = c.mannwhitney_p_holm
+        if isinstance(p, float) and math.isfinite(p) and p < alpha:
+            out.append(
+                f"false-positive check failed: {c.a} and {c.b} are the same experiment, yet their {c.metric} "
+                f"differs (Mann–Whitney p={p:.2g} Holm-corrected < {alpha:g}); drift or contention makes "
+                "differences look real in this run"
+            )
+    return out
+
+
 def noise_warnings(samples: Sequence[Sample], environment: Mapping[str, Any]) -> list[str]:
     out = environment_warnings(environment)
     groups = group_by_scenario(samples)
