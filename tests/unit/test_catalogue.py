@@ -109,7 +109,9 @@ def test_a_scenario_added_at_runtime_reaches_comparisons_findings_and_plots() ->
             "socket-warm",
             "socket",
             family="extended",
-            references=(Reference("direct", headline=True, findings=(Finding(LIFECYCLE_SAVING, "warm", "A warm pool"),)),),
+            references=(
+                Reference("direct", headline=True, findings=(Finding(LIFECYCLE_SAVING, "warm", "A warm pool"),)),
+            ),
             diff_reference="socket",
         )
     )
