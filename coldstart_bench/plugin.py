@@ -28,9 +28,15 @@ BURST_ARG = "burst_scenario_id"  # parametrized with every burst scenario of the
 
 
 def catalogue_of(config: pytest.Config) -> Catalogue:
-    """The run's scenario catalogue. A conftest or plugin may extend it in its pytest_configure
-    (`catalogue_of(config).register(Scenario(...))`); tests are generated from it at collection."""
+    """The run's scenario catalogue. Extend it from the `pytest_coldstart_bench_catalogue` hook
+    (hookspec.py); tests are generated from it at collection."""
     return config.stash[CATALOGUE_KEY]
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,7 +67,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--bench-baseline: {exc}") from None
     config.stash[INPUTS_KEY] = AnalysisInputs(gate_rules, max_regression, baseline)
     config.stash[OPTIONS_KEY] = opts
-    config.stash[CATALOGUE_KEY] = default_catalogue(opts.bursts)
+    catalogue = default_catalogue(opts.bursts)
+    config.stash[CATALOGUE_KEY] = catalogue
+    config.hook.pytest_coldstart_bench_catalogue(config=config, catalogue=catalogue)
     config.stash[STATE_KEY] = RunState(report_root=opts.report_dir, run_id=new_run_id())
     config.stash[SELECTED_KEY] = []
     config.stash[DESELECTED_KEY] = set()

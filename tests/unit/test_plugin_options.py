@@ -124,3 +124,17 @@ def test_gate_rule_about_a_deselected_scenario_says_so(pytester: pytest.Pytester
     )
     result.assert_outcomes(passed=1, deselected=1)
     result.stdout.fnmatch_lines(["*gate rules about direct not applied: the scenario was deselected*"])
+
+
+def test_a_conftest_extends_the_catalogue_and_its_scenario_is_collected(
+    pytester: pytest.Pytester, plugin: tuple[str, ...]
+) -> None:
+    pytester.makeconftest(
+        "from coldstart_bench.catalogue import Reference, Scenario\n"
+        "def pytest_coldstart_bench_catalogue(config, catalogue):\n"
+        "    catalogue.register(Scenario('socket-mine', 'socket', family='user', references=(Reference('direct'),)))\n"
+    )
+    pytester.makepyfile(test_c="def test_c(catalogue_scenario_id):\n    pass\n")
+    result = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*test_c[[]direct-aa[]]*", "*test_c[[]socket-mine[]]*"])
