@@ -100,3 +100,21 @@ def test_the_loader_needs_neither_pytest_nor_docker(written: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=repo)
     assert out.stdout.strip() == "5"
+
+
+def test_the_report_states_the_plan(tmp_path: Path) -> None:
+    from coldstart_bench.catalogue import default_catalogue
+    from coldstart_bench.options import ExternalPg
+    from coldstart_bench.plan import PlanSettings, plan
+
+    cat = default_catalogue()
+    p = plan(
+        PlanSettings(iterations=12, seed=3, pg_external=ExternalPg("h", 1, "u", "d", tmp_path)),
+        [cat.by_id(s) for s in ("socket", "direct", "pg-direct-10ms")],
+    )
+    samples = thesis_run(n=12, scenarios=("socket", "direct"))
+    analysis = analyse(samples, {}, AnalysisConfig(bootstrap_resamples=50, plan=p.to_dict()))
+    write_report(tmp_path, samples, analysis)
+    md = (tmp_path / "report.md").read_text()
+    assert f"Planned {p.cold_starts} cold starts" in md and "seed 3" in md
+    assert "pg-direct-10ms skipped: the SYN-ACK delay needs the database container" in md

@@ -342,6 +342,27 @@ def paired_blocks_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     )
 
 
+def plan_blocks(plan: Mapping[str, Any] | None) -> list[Heading | Para | Bullets | Table | Image]:
+    """How the run was planned: order, seed, blocks, cold starts, and what was skipped and why."""
+    if not plan:
+        return []
+    how = (
+        f"interleaved in randomised blocks of up to {plan.get('block_size')} rounds, seed {plan.get('seed')}"
+        if plan.get("interleave")
+        else "one scenario after another"
+    )
+    out: list[Heading | Para | Bullets | Table | Image] = [
+        Para(
+            f"Planned {plan.get('cold_starts', 0)} cold starts (warm-ups included) in {len(plan.get('order', []))} "
+            f"blocks, {how}; {plan.get('iterations')} measured per scenario, {plan.get('warmup')} warm-up(s) first."
+        )
+    ]
+    skips = plan.get("skips") or []
+    if skips:
+        out.append(Bullets([f"{s['scenario']} skipped: {s['reason']}" for s in skips]))
+    return out
+
+
 def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
     scenarios = summary.get("scenarios", {})
     doc = Document("Cold-start benchmark report")
@@ -409,6 +430,10 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     if bt:
         b.append(Heading("Bursts"))
         b.append(bt)
+    campaign = plan_blocks(summary.get("plan"))
+    if campaign:
+        b.append(Heading("Campaign"))
+        b.extend(campaign)
     b.append(Heading("Statistics per scenario"))
     b.append(Heading("connect_us (µs)", 3))
     b.append(stats_table(scenarios, "connect_us", 1))
