@@ -9,9 +9,11 @@ from .options import BenchOptions
 from .run_state import RunState
 
 if TYPE_CHECKING:
-    from .baseline import Baseline
-    from .expectations import Expectation
-    from .gate import GateRule
+    from .analyse.baseline import Baseline
+    from .analyse.expectations import Expectation
+    from .analyse.gate import GateRule
+    from .catalogue import Catalogue
+    from .plan import Plan
 
 
 @dataclass
@@ -22,12 +24,19 @@ class AnalysisInputs:
     max_regression: float
     baseline: Baseline | None
     expectations: list[Expectation] = field(default_factory=list)
+    deselected: set[str] = field(default_factory=set)  # gate rules' scenarios that -k/-m deselected
 
 
-def finish_run(state: RunState, opts: BenchOptions, inputs: AnalysisInputs) -> tuple[list[str], bool]:
+def finish_run(
+    state: RunState,
+    opts: BenchOptions,
+    inputs: AnalysisInputs,
+    catalogue: Catalogue | None = None,
+    plan: Plan | None = None,
+) -> tuple[list[str], bool]:
     """Returns the terminal lines and whether the run must fail (gate, or expectations under 'fail')."""
-    from .analysis import AnalysisConfig, analyse, terminal_lines, write_report
-    from .baseline import save_baseline
+    from .analyse.baseline import save_baseline
+    from .analyse.run import AnalysisConfig, analyse, terminal_lines, write_report
 
     lines: list[str] = []
     rescued = state.rescue_samples()
@@ -42,7 +51,11 @@ def finish_run(state: RunState, opts: BenchOptions, inputs: AnalysisInputs) -> t
         gate_rules=inputs.gate_rules,
         baseline=inputs.baseline,
         max_regression=inputs.max_regression,
+        plan=plan.to_dict() if plan is not None else None,
+        deselected=set(inputs.deselected),
     )
+    if catalogue is not None:
+        config.catalogue = catalogue
     analysis = analyse(state.samples, state.environment, config)
     run_dir = state.run_dir
     if run_dir is not None:

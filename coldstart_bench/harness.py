@@ -1,32 +1,33 @@
-"""What the benchmark tests call: brings up the testbed once, measures a scenario, validates it,
-and feeds each round's lifecycle to pytest-benchmark so its storage and compare see every scenario."""
+"""What the benchmark tests call: the pytest side of a run. It brings up the testbed once, hands
+the campaign plan to the executor, and adapts what comes back to pytest (skip, fail) and to
+pytest-benchmark (one round per cold-start round, so its storage and compare see every scenario)."""
 
 from __future__ import annotations
 
 import math
-import random
 import signal
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-from . import environment
-from .campaign import cold_start_samples, interleaved_order, rounds_for, validate
-from .engine import EngineUnavailable, connect
-from .events import LifecycleEvents
+from .catalogue import Catalogue, Scenario, default_catalogue
+from .measure import environment
+from .measure.engine import EngineUnavailable, connect
+from .measure.events import LifecycleEvents
+from .measure.executor import Executor, PrepareError, Runner, StopPolicy, validate
+from .measure.executor import Testbed as TestbedLike
+from .measure.runner import ColdStartRunner
 from .options import BenchOptions
+from .plan import Plan, PlanSettings, plan_settings, single_scenario_plan, skip_reason
 from .progress import Progress
 from .run_state import RunState
-from .runner import ColdStartRunner
 from .samples import Sample
-from .scenarios import Scenario, by_id
 
-if TYPE_CHECKING:
-    from .testbed import Testbed
+BringUp = Callable[[], tuple[TestbedLike, Runner]]
 
 
 class LifecycleClock:
@@ -54,55 +55,73 @@ class Harness:
         self,
         options: BenchOptions,
         state: RunState,
-        selected: Sequence[str],
+        plan: Plan,
         write: Callable[[str], None],
-        planned: int,
+        catalogue: Catalogue | None = None,
+        *,
+        bring_up: BringUp | None = None,
+        stop_policy: StopPolicy | None = None,
     ) -> None:
         self.options = options
         self.state = state
-        self.selected = list(selected)
+        self.plan = plan
+        self.catalogue = catalogue or default_catalogue(options.bursts)
         self.write = write
-        self.progress = Progress(planned, write)
+        self.progress = Progress(plan.cold_starts, write)
         self.client: Any = None
-        self.testbed: Testbed | None = None
+        self.testbed: TestbedLike | None = None
         self.events: LifecycleEvents | None = None
-        self.runner: ColdStartRunner | None = None
+        self.runner: Runner | None = None
+        self._bring_up = bring_up or self._bring_up_docker
+        self._stop_policy = stop_policy
         self._steal_start = environment.cpu_steal_ticks()
+        self._executor: Executor | None = None
         self._interleaved: dict[str, list[Sample]] | None = None
         self._broken: str | None = None
 
+    @property
+    def settings(self) -> PlanSettings:
+        return plan_settings(self.options)
+
     # --- bring-up / tear-down ----------------------------------------------------------------
-    def _ensure_up(self) -> Testbed:
+    def _ensure_up(self) -> tuple[TestbedLike, Runner]:
         if self._broken:
             pytest.fail(self._broken, pytrace=False)
-        if self.testbed is not None:
-            return self.testbed
+        if self.testbed is None or self.runner is None:
+            self.testbed, self.runner = self._bring_up()
+            self.progress.restart_clock()
+        return self.testbed, self.runner
+
+    def _fail_broken(self, message: str) -> None:
+        self._broken = message
+        pytest.fail(message, pytrace=False)
+
+    def _bring_up_docker(self) -> tuple[TestbedLike, Runner]:
         try:
             self.client = connect()
         except EngineUnavailable as exc:
-            self._broken = f"coldstart-bench: {exc}"
-            pytest.fail(self._broken, pytrace=False)
+            self._fail_broken(f"coldstart-bench: {exc}")
         # Docker-side modules load on first use, so unit tests and option errors never need them.
-        from .images import ImageBuildError, ensure_images
-        from .testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
+        from .measure.images import ImageBuildError, ensure_images
+        from .measure.testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
 
         try:
             images = ensure_images(self.client, log=lambda m: self.write(f"[coldstart-bench] {m}"))
         except ImageBuildError as exc:
-            self._broken = f"coldstart-bench: cannot build the images: {exc}"
-            pytest.fail(self._broken, pytrace=False)
+            self._fail_broken(f"coldstart-bench: cannot build the images: {exc}")
         sweep(self.client)  # leftovers of runs whose process died (kill -9, power loss)
-        self.state.environment.update(environment.capture(self.client))
-        self.state.environment["base_image"] = images.base
-        self.state.environment["base_route"] = images.base_route
-        self.state.environment["run_id"] = self.state.run_id
-        self.state.environment["command"] = "pytest " + " ".join(sys.argv[1:])
-        self.state.environment["iterations"] = self.options.iterations
-        self.state.environment["warmup"] = self.options.warmup
-        self.state.environment["pool_size"] = self.options.pool_size
+        env = self.state.environment
+        env.update(environment.capture(self.client).to_dict())  # typed fields, read back by name
+        env.base_image = images.base
+        env.base_route = images.base_route
+        env.run_id = self.state.run_id
+        env.command = "pytest " + " ".join(sys.argv[1:])
+        env.iterations = self.options.iterations
+        env.warmup = self.options.warmup
+        env.pool_size = self.options.pool_size
         self._install_sigterm()
         self.events = LifecycleEvents(self.client, f"{LABEL_RUN}={self.state.run_id}").start()
-        self.runner = ColdStartRunner(self.client, self.events)
+        runner = ColdStartRunner(self.client, self.events)
         testbed = Testbed(
             self.client,
             images,
@@ -117,9 +136,7 @@ class Harness:
             finally:
                 self._broken = f"coldstart-bench: the testbed did not come up: {exc}"
             pytest.fail(self._broken, pytrace=False)
-        self.testbed = testbed
-        self.progress.restart_clock()
-        return testbed
+        return testbed, runner
 
     @staticmethod
     def _install_sigterm() -> None:
@@ -133,10 +150,12 @@ class Harness:
 
     def close(self) -> None:
         try:
-            if self.testbed is not None:
-                backends = sorted(self.testbed.delay_backends)
-                self.state.environment["delay_backend"] = ",".join(backends) if backends else "none used"
-                self.testbed.close()
+            testbed = self.testbed
+            if testbed is not None and hasattr(testbed, "delay_backends"):
+                backends = sorted(testbed.delay_backends)
+                self.state.environment.delay_backend = ",".join(backends) if backends else "none used"
+            if testbed is not None and hasattr(testbed, "close"):
+                testbed.close()
         finally:
             self.testbed = None
             if self.events is not None:
@@ -145,73 +164,60 @@ class Harness:
                 environment.finish(self.state.environment, self._steal_start)
 
     # --- measuring ---------------------------------------------------------------------------
-    def _measure(self, scenario: Scenario, rounds: int, block: int = 0, warmup: int = 0) -> list[Sample]:
-        testbed = self._ensure_up()
-        assert self.runner is not None
-        try:
-            testbed.prepare(scenario)
-        except Exception as exc:
-            pytest.fail(f"{scenario.id}: could not prepare the testbed: {exc}", pytrace=False)
-        if scenario.delay_ms > 0 and testbed.delay is not None:
-            self.state.environment.setdefault("delay_backends_by_scenario", {})[scenario.id] = testbed.delay.backend
-        for _ in range(warmup):
-            cold_start_samples(testbed, self.runner, scenario, iteration=-1)
-            self.progress.tick(f"{scenario.id} (warm-up)", scenario.burst)
-        measured: list[Sample] = []
-        first = len([s for s in self.state.samples if s.scenario == scenario.id]) // max(scenario.burst, 1)
-        for r in range(rounds):
-            batch = cold_start_samples(testbed, self.runner, scenario, iteration=first + r, block=block)
-            for sample in batch:
-                self.state.add(sample)
-            measured.extend(batch)
-            self.progress.tick(scenario.id, len(batch))
-            if any(not s.ok for s in batch) and sum(not s.ok for s in measured) >= 3:
-                break  # something is broken: stop burning time, report what we have
-        return measured
+    def _executor_for(self, plan: Plan) -> Executor:
+        testbed, runner = self._ensure_up()
 
-    def _skip_reason(self, scenario: Scenario) -> str:
-        if scenario.backend == "pg" and scenario.delay_ms > 0 and self.options.pg_external is not None:
-            return "the SYN-ACK delay needs the database container, not --bench-pg-target"
-        return ""
+        def prepared(scenario: Scenario) -> None:
+            delay = getattr(testbed, "delay", None)
+            if scenario.delay_ms > 0 and delay is not None:
+                self.state.environment.delay_backends_by_scenario[scenario.id] = delay.backend
+
+        executor = Executor(
+            plan,
+            testbed,
+            runner,
+            on_sample=self.state.add,
+            on_progress=self.progress.tick,
+            on_prepared=prepared,
+            on_planned=self.progress.add_planned,
+            stop_policy=self._stop_policy,
+        )
+        for s in self.state.samples:  # iteration numbers continue across blocks and executors
+            executor.measured.setdefault(s.scenario, []).append(s)
+        return executor
+
+    def _measure(self, plan: Plan, blocks: Sequence[Any] | None = None) -> dict[str, list[Sample]]:
+        executor = self._executor_for(plan)
+        try:
+            return executor.run() if blocks is None else executor.run_blocks(blocks)
+        except PrepareError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
     def _interleave_all(self) -> dict[str, list[Sample]]:
-        if self._interleaved is not None:
-            return self._interleaved
-        seed = self.options.seed if self.options.seed is not None else random.SystemRandom().randrange(2**31)
-        scenarios = [sc for sc in (by_id(s, self.options.bursts) for s in self.selected) if not self._skip_reason(sc)]
-        ids = [s.id for s in scenarios]
-        rounds = {s.id: rounds_for(s, self.options.iterations) for s in scenarios}
-        blocks = interleaved_order(ids, self.options.iterations, self.options.block_size, seed, rounds)
-        # Recorded with the environment, so summary.json says how the run was ordered.
-        self.state.environment["interleave"] = {
-            "seed": seed,
-            "block_size": self.options.block_size,
-            "order": [[b.index, b.scenario, b.count] for b in blocks],
-        }
-        self.write(f"[coldstart-bench] interleaving {len(ids)} scenarios in {len(blocks)} blocks, seed {seed}")
-        results: dict[str, list[Sample]] = {sid: [] for sid in ids}
-        warmed: set[str] = set()
-        for block in blocks:
-            scenario = by_id(block.scenario, self.options.bursts)
-            # Every block after the first opens with a discarded cold start: switching the testbed
-            # (delay sidecar, pool manager) perturbs the engine for the next start or two.
-            warm = self.options.block_warmup if scenario.id in warmed else self.options.warmup
-            warmed.add(scenario.id)
-            results[scenario.id].extend(self._measure(scenario, block.count, block=block.index, warmup=warm))
-        self._interleaved = results
-        return results
+        if self._interleaved is None:
+            self.write(
+                f"[coldstart-bench] interleaving {len(self.plan.scenarios)} scenarios in {len(self.plan.blocks)} "
+                f"blocks, seed {self.plan.seed}"
+            )
+            self._interleaved = self._measure(self.plan)
+        return self._interleaved
 
     def run(self, scenario_id: str, benchmark: Any) -> list[Sample]:
-        scenario = by_id(scenario_id, self.options.bursts)
-        reason = self._skip_reason(scenario)
+        scenario = self.catalogue.by_id(scenario_id)
+        reason = self.plan.skip_reason(scenario_id) or skip_reason(scenario, self.settings)
         if reason:
             pytest.skip(f"{scenario_id}: {reason}")
-        if self.options.interleave and scenario_id in self.selected:
-            samples = self._interleave_all()[scenario_id]
-        else:
-            samples = self._measure(scenario, rounds_for(scenario, self.options.iterations), warmup=self.options.warmup)
+        if scenario_id in self.plan.ids:
+            if self.plan.interleave:
+                samples = self._interleave_all().get(scenario_id, [])
+            else:
+                samples = self._measure(self.plan, self.plan.blocks_of(scenario_id)).get(scenario_id, [])
+        else:  # a scenario no selected test declared: measured on demand, counted when asked for
+            extra = single_scenario_plan(scenario, self.settings)
+            self.progress.add_planned(extra.cold_starts)
+            samples = self._measure(extra).get(scenario_id, [])
         self._record_benchmark(benchmark, scenario, samples)
-        status = self.testbed.pool_status() if self.testbed is not None else ""
+        status = self.testbed.pool_status() if self.testbed is not None and hasattr(self.testbed, "pool_status") else ""
         problems = validate(scenario, samples, pool_status=status)
         if scenario.backend == "pg":
             problems.extend(self._check_database())
@@ -221,15 +227,16 @@ class Harness:
 
     def _check_database(self) -> list[str]:
         """Every successful OLTP cold start committed exactly one transfer, and money is conserved."""
-        if self.testbed is None or self.testbed.pg is None:
+        testbed: Any = self.testbed
+        if testbed is None or getattr(testbed, "pg", None) is None:
             return []
-        total, balanced = self.testbed.pg.check_balances()
-        transfers = total - self.testbed.pg_transfers_before
-        self.state.environment["pg_transfers_checked"] = transfers
+        total, balanced = testbed.pg.check_balances()
+        transfers = total - testbed.pg_transfers_before
+        self.state.environment.pg_transfers_checked = transfers
         problems = []
-        if transfers != self.testbed.pg_cold_starts_ok:
+        if transfers != testbed.pg_cold_starts_ok:
             problems.append(
-                f"database holds {transfers} transfers but {self.testbed.pg_cold_starts_ok} cold starts committed one"
+                f"database holds {transfers} transfers but {testbed.pg_cold_starts_ok} cold starts committed one"
             )
         if not balanced:
             problems.append("account balances do not add up to the initial total")
@@ -247,7 +254,9 @@ class Harness:
             return
         clock = LifecycleClock()
         pending = iter(values)
-        benchmark._timer = clock  # pytest-benchmark reads the timer when it builds each round's runner
+        # pytest-benchmark reads the timer when it builds each round's runner. It has no public per-test
+        # timer (--benchmark-timer is one for the whole session, and would time other benchmarks too).
+        benchmark._timer = clock
         benchmark.group = "cold start lifecycle"
         benchmark.extra_info.update(
             {

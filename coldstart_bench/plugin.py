@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from . import options as bench_options
+from .catalogue import Catalogue, burst_ids, default_catalogue, single_start_ids
 from .finish import AnalysisInputs
 from .harness import Harness, new_run_id
-from .run_state import ReportWriteError, RunState
-from .scenarios import burst_scenarios, by_id
+from .plan import Plan, plan, plan_settings
+from .run_state import ReportWriteError, RunState, check_report_root
 
 OPTIONS_KEY = pytest.StashKey[bench_options.BenchOptions]()
 STATE_KEY = pytest.StashKey[RunState]()
 SELECTED_KEY = pytest.StashKey[list[str]]()
+DESELECTED_KEY = pytest.StashKey[set[str]]()
 INPUTS_KEY = pytest.StashKey[AnalysisInputs]()
 LINES_KEY = pytest.StashKey[list[str]]()
-SCENARIO_ARG = "scenario_id"
-BURST_ARG = "burst_scenario_id"
+CATALOGUE_KEY = pytest.StashKey[Catalogue]()
+PLAN_KEY = pytest.StashKey[Plan]()
+SCENARIO_ARG = "scenario_id"  # a test of your own measuring one scenario of the catalogue
+CATALOGUE_ARG = "catalogue_scenario_id"  # parametrized with every single-start scenario of the catalogue
+BURST_ARG = "burst_scenario_id"  # parametrized with every burst scenario of the catalogue
+
+
+def catalogue_of(config: pytest.Config) -> Catalogue:
+    """The run's scenario catalogue. Extend it from the `pytest_coldstart_bench_catalogue` hook
+    (hookspec.py); tests are generated from it at collection."""
+    return config.stash[CATALOGUE_KEY]
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,8 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
     opts = bench_options.from_config(config)
     # Parse gate rules, the regression limit and the baseline once, now: a bad one is a usage error
     # before minutes of measuring, not a crash at the end.
-    from .baseline import BaselineError, load_baseline
-    from .gate import GateRuleError, parse_gate_rules, parse_max_regression
+    from .analyse.baseline import BaselineError, load_baseline
+    from .analyse.gate import GateRuleError, parse_gate_rules, parse_max_regression
 
     try:
         gate_rules = parse_gate_rules(opts.gate_text)
@@ -50,42 +67,61 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--bench-baseline: {exc}") from None
     config.stash[INPUTS_KEY] = AnalysisInputs(gate_rules, max_regression, baseline)
     config.stash[OPTIONS_KEY] = opts
+    catalogue = default_catalogue(opts.bursts)
+    config.stash[CATALOGUE_KEY] = catalogue
+    config.hook.pytest_coldstart_bench_catalogue(config=config, catalogue=catalogue)
     config.stash[STATE_KEY] = RunState(report_root=opts.report_dir, run_id=new_run_id())
     config.stash[SELECTED_KEY] = []
+    config.stash[DESELECTED_KEY] = set()
     config.stash[LINES_KEY] = []
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if BURST_ARG in metafunc.fixturenames:
-        sizes = metafunc.config.stash[OPTIONS_KEY].bursts
-        ids = [s.id for s in burst_scenarios(sizes)]
-        metafunc.parametrize(BURST_ARG, ids, ids=ids)
+    catalogue = catalogue_of(metafunc.config)
+    for arg, ids in ((CATALOGUE_ARG, single_start_ids(catalogue)), (BURST_ARG, burst_ids(catalogue))):
+        if arg in metafunc.fixturenames:
+            metafunc.parametrize(arg, ids, ids=ids)
 
 
 def _scenario_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return None
-    for arg in (SCENARIO_ARG, BURST_ARG):
+    for arg in (SCENARIO_ARG, CATALOGUE_ARG, BURST_ARG):
         if arg in callspec.params:
             return str(callspec.params[arg])
     return None
 
 
+def pytest_deselected(items: Sequence[pytest.Item]) -> None:
+    """Remember which scenarios -k/-m left out, so rules about them can say so."""
+    for item in items:
+        sid = _scenario_of(item)
+        if sid is not None and DESELECTED_KEY in item.config.stash:
+            item.config.stash[DESELECTED_KEY].add(sid)
+
+
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: count only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _deselect_pool_load(config, items)
+    catalogue = catalogue_of(config)
     selected: list[str] = []
     expectations: list[str] = []
     for item in items:
         sid = _scenario_of(item)
         if sid is not None and sid not in selected:
             selected.append(sid)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and CATALOGUE_ARG in callspec.params:
+            # The catalogue's expectations (the thesis's claims) come with its cold-start test.
+            for text in catalogue.expectations():
+                if text not in expectations:
+                    expectations.append(text)
         for mark in item.iter_markers("bench_expect"):
             for text in mark.args:
                 if text not in expectations:
                     expectations.append(str(text))
-    from .expectations import parse_expectation
+    from .analyse.expectations import parse_expectation
 
     parsed = []
     for text in expectations:
@@ -93,8 +129,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             parsed.append(parse_expectation(text))
         except ValueError as exc:
             raise pytest.UsageError(f"bench_expect({text!r}): {exc}") from None
+    inputs = config.stash[INPUTS_KEY]
+    deselected = config.stash[DESELECTED_KEY] - set(selected)
+    for rule in inputs.gate_rules:
+        if rule.scenario not in selected and rule.scenario not in deselected and not catalogue.knows(rule.scenario):
+            raise pytest.UsageError(
+                f"bench_gate line {rule.line_no} {str(rule)!r}: unknown scenario {rule.scenario!r}; "
+                f"the catalogue has {', '.join(catalogue.ids)}"
+            )
+    inputs.deselected = {r.scenario for r in inputs.gate_rules if r.scenario in deselected}
+    for sid in sorted(inputs.deselected):
+        config.stash[LINES_KEY].append(f"gate rules about {sid} not applied: the scenario was deselected (-k/-m)")
+    unknown = [sid for sid in selected if not catalogue.knows(sid)]
+    if unknown:
+        raise pytest.UsageError(f"unknown scenario(s) {', '.join(map(repr, unknown))}: not in the catalogue")
+    opts = config.stash[OPTIONS_KEY]
+    if selected:
+        try:  # a report directory that cannot be written is a usage error before anything is measured
+            check_report_root(opts.report_dir)
+        except ReportWriteError as exc:
+            raise pytest.UsageError(f"--bench-report-dir: {exc}") from None
+    run_plan = plan(plan_settings(opts), [catalogue.by_id(sid) for sid in selected])
+    if run_plan.interleave:  # recorded with the environment, so summary.json says how the run was ordered
+        config.stash[STATE_KEY].environment.interleave = run_plan.interleave_record()
     config.stash[SELECTED_KEY] = selected
-    config.stash[INPUTS_KEY].expectations = parsed
+    config.stash[PLAN_KEY] = run_plan
+    inputs.expectations = parsed
 
 
 def _deselect_pool_load(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -106,20 +166,6 @@ def _deselect_pool_load(config: pytest.Config, items: list[pytest.Item]) -> None
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if item.get_closest_marker("pool_load") is None]
-
-
-def _planned_cold_starts(config: pytest.Config) -> int:
-    opts = config.stash[OPTIONS_KEY]
-    total = 0
-    for sid in config.stash[SELECTED_KEY]:
-        scenario = by_id(sid, opts.bursts)
-        rounds = max(1, -(-opts.iterations // scenario.burst))
-        warmups = opts.warmup
-        if opts.interleave:
-            blocks = -(-rounds // opts.block_size)
-            warmups += (blocks - 1) * opts.block_warmup
-        total += (rounds + warmups) * scenario.burst
-    return total
 
 
 @pytest.fixture(scope="session")
@@ -139,14 +185,11 @@ def coldstart(request: pytest.FixtureRequest) -> Iterator[Harness]:
         else:
             reporter.write_line(line)
 
-    selected: list[str] = config.stash[SELECTED_KEY]
-    harness = Harness(
-        config.stash[OPTIONS_KEY],
-        config.stash[STATE_KEY],
-        selected,
-        write,
-        _planned_cold_starts(config),
-    )
+    opts = config.stash[OPTIONS_KEY]
+    run_plan = config.stash[PLAN_KEY] if PLAN_KEY in config.stash else plan(plan_settings(opts), [])
+    state = config.stash[STATE_KEY]
+    state.notify = write
+    harness = Harness(opts, state, run_plan, write, catalogue_of(config))
     try:
         yield harness
     finally:
@@ -162,8 +205,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from .finish import finish_run
 
-    lines, failed = finish_run(state, config.stash[OPTIONS_KEY], config.stash[INPUTS_KEY])
-    config.stash[LINES_KEY] = lines
+    run_plan = config.stash.get(PLAN_KEY, None)
+    lines, failed = finish_run(
+        state, config.stash[OPTIONS_KEY], config.stash[INPUTS_KEY], catalogue_of(config), run_plan
+    )
+    config.stash[LINES_KEY] = config.stash[LINES_KEY] + lines
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -177,4 +223,4 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(line)
 
 
-__all__ = ["ReportWriteError", "coldstart"]
+__all__ = ["ReportWriteError", "catalogue_of", "coldstart"]

@@ -15,7 +15,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[object]:
     """The real engine; integration tests skip with the reason when none answers."""
-    from coldstart_bench.engine import EngineUnavailable, connect
+    from coldstart_bench.measure.engine import EngineUnavailable, connect
 
     try:
         client = connect()

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench.delay import DelayError, SynAckDelay, detect_delay_backend
-from coldstart_bench.images import ImageSet, ensure_images
-from coldstart_bench.testbed import run_labels, sweep
+from coldstart_bench.measure.delay import DelayError, SynAckDelay, detect_delay_backend
+from coldstart_bench.measure.images import ImageSet, ensure_images
+from coldstart_bench.measure.testbed import run_labels, sweep
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench.images import ensure_images
-from coldstart_bench.pg import DEFAULT_PASSWORD, READY_LINE
-from coldstart_bench.testbed import run_labels
+from coldstart_bench.measure.database import DEFAULT_PASSWORD, READY_LINE
+from coldstart_bench.measure.images import ensure_images
+from coldstart_bench.measure.testbed import run_labels
 
 from .test_bench_e2e import leftovers, run_bench
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench.images import CORE_IMAGES, ImageSet, ensure_images, images_created_by_project
-from coldstart_bench.testbed import run_labels
+from coldstart_bench.measure.images import CORE_IMAGES, ImageSet, ensure_images, images_created_by_project
+from coldstart_bench.measure.testbed import run_labels
 
 pytestmark = pytest.mark.integration
 

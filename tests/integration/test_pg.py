@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench.pg import POOL_NAME, PostgresBackend
-from coldstart_bench.testbed import run_labels, sweep
+from coldstart_bench.measure.database import POOL_NAME, PostgresBackend
+from coldstart_bench.measure.testbed import run_labels, sweep
 from components import pg_pool, pg_wire
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ CONFIG_MOUNT = "/cfg"
 
 @pytest.fixture(scope="module")
 def pg_images(docker_client: Any) -> dict[str, str]:
-    from coldstart_bench.images import ensure_images
+    from coldstart_bench.measure.images import ensure_images
 
     images = ensure_images(docker_client, ["postgres", "pgfunction"], log=lambda _msg: None)
     return {"postgres": images.extra["postgres"], "pgfunction": images.extra["pgfunction"]}
@@ -307,8 +307,8 @@ def test_synack_delay_on_the_database_slows_only_direct_handshakes(
     shared_dirs: tuple[Path, Path],
 ) -> None:
     """pg-direct-10ms: the sidecar delays the database's SYN-ACKs; pooled sessions are open already."""
-    from coldstart_bench.delay import SynAckDelay
-    from coldstart_bench.images import ensure_images
+    from coldstart_bench.measure.delay import SynAckDelay
+    from coldstart_bench.measure.images import ensure_images
 
     delay_image = ensure_images(docker_client, ["delay"], log=lambda _msg: None).delay
     labels = run_labels(run_id)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from synthetic_samples import DESCRIBE_FIELDS, THESIS_LIKE, scenario_samples, thesis_run
 
-from coldstart_bench.analysis import AnalysisConfig, RunAnalysis, analyse, phase_attribution
-from coldstart_bench.baseline import BaselineError, load_baseline, save_baseline
-from coldstart_bench.expectations import parse_expectation
-from coldstart_bench.gate import parse_gate_rules
-from coldstart_bench.report.files import ReportWriteError
+from coldstart_bench.analyse.baseline import BaselineError, load_baseline, save_baseline
+from coldstart_bench.analyse.expectations import parse_expectation
+from coldstart_bench.analyse.gate import parse_gate_rules
+from coldstart_bench.analyse.report.files import ReportWriteError
+from coldstart_bench.analyse.run import AnalysisConfig, RunAnalysis, analyse, phase_attribution
 from coldstart_bench.samples import Sample, write_samples_csv
 
 FIELDS = DESCRIBE_FIELDS
@@ -226,7 +226,7 @@ def test_interleaved_run_gets_paired_block_differences(tmp_path: Path) -> None:
     rows = {(r["a"], r["b"], r["metric"]): r for r in a.summary["paired_blocks"]}
     life = rows[("socket", "direct", "lifecycle_ms")]
     assert life["blocks"] == 6 and life["mean_diff"] < 0
-    from coldstart_bench.analysis import write_report
+    from coldstart_bench.analyse.run import write_report
 
     write_report(tmp_path, samples, a)
     assert "Paired differences per block" in (tmp_path / "report.md").read_text()

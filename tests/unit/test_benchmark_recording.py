@@ -9,7 +9,7 @@ import pytest
 TEST_FILE = """
 from coldstart_bench.harness import Harness
 from coldstart_bench.samples import Sample
-from coldstart_bench.scenarios import by_id
+from coldstart_bench.catalogue import by_id
 
 
 def test_socket(benchmark):

@@ -6,9 +6,10 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coldstart_bench.campaign import interleaved_order, rounds_for, validate
+from coldstart_bench.catalogue import by_id
+from coldstart_bench.measure.executor import validate
+from coldstart_bench.plan import interleaved_order, rounds_for
 from coldstart_bench.samples import Sample
-from coldstart_bench.scenarios import Scenario, by_id
 
 
 def _sample(scenario: str, i: int, **kw: object) -> Sample:
@@ -104,6 +105,12 @@ def test_validate_nonet_requires_loopback_only() -> None:
 
 def test_fallback_scenario_expects_the_fallback_path() -> None:
     scen = by_id("fallback")
-    assert scen == Scenario("fallback", "socket", pool_up=False, expect_path="fallback")
+    assert (scen.id, scen.mode, scen.pool_up, scen.expect_path, scen.path) == (
+        "fallback",
+        "socket",
+        False,
+        "fallback",
+        "fallback",
+    )
     ok = [_sample("fallback", 0, path="fallback", connect_us=math.nan)]
     assert validate(scen, ok) == []

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from coldstart_bench.compare import (
+from coldstart_bench.analyse.compare import (
     adjust,
     cliffs_delta,
     cliffs_magnitude,
@@ -21,7 +21,6 @@ from coldstart_bench.compare import (
     mann_whitney,
     paired_blocks,
     ratio_of_medians,
-    reference_for,
 )
 
 RNG = np.random.default_rng(11)
@@ -171,28 +170,6 @@ def test_delay_fit_reproduces_thesis_table_2() -> None:
     assert [row["diff"] for row in fit.table] == pytest.approx([0.0, 15.0, 27.0, 72.0, 123.0])
     assert fit.table[0]["scenario"] == "socket"
     assert delay_fit({"direct": (0.0, [1.0, 2.0])}, "lifecycle_ms") is None
-
-
-def test_reference_pairs() -> None:
-    present = [
-        "socket",
-        "direct",
-        "direct-100ms",
-        "socket-100ms",
-        "socket-nonet",
-        "pg-direct",
-        "pg-socket",
-        "burst-1-socket-nonet",
-        "burst-4-socket-nonet",
-        "burst-4-direct",
-    ]
-    assert reference_for("socket", present) == [("direct", True)]
-    assert reference_for("direct", present) == []
-    assert reference_for("socket-100ms", present) == [("direct", False), ("direct-100ms", True)]
-    assert reference_for("socket-nonet", present) == [("direct", False), ("socket", True)]
-    assert reference_for("pg-socket", present) == [("pg-direct", True)]
-    assert reference_for("burst-4-socket-nonet", present) == [("burst-1-socket-nonet", False), ("burst-4-direct", True)]
-    assert reference_for("socket", ["socket"]) == []
 
 
 def test_compare_and_adjust() -> None:

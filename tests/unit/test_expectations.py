@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coldstart_bench.expectations import (
+from coldstart_bench.analyse.expectations import (
     NO_EVIDENCE,
     PASS,
     SKIPPED,

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coldstart_bench.gate import (
+from coldstart_bench.analyse.gate import (
     GateRuleError,
     compare_with_baseline,
     evaluate_rules,

@@ -9,7 +9,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from coldstart_bench import images as im
+from coldstart_bench.measure import images as im
 
 # --- content hash ------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from synthetic_samples import scenario_samples
 
-from coldstart_bench.noise import environment_warnings, noise_warnings, percentile_warnings, scenario_warnings
+from coldstart_bench.analyse.noise import environment_warnings, noise_warnings, percentile_warnings, scenario_warnings
 
 
 def test_cpu_contention() -> None:

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench.pg import ACCOUNTS, LocalCluster
+from coldstart_bench.measure.database import ACCOUNTS
 from components import pg_pool, pg_wire, protocol
+from tests.support.pg_cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,7 +108,7 @@ def test_unknown_role_and_database(cluster: LocalCluster) -> None:
 
 
 def test_unreachable_server() -> None:
-    from coldstart_bench.pg import free_port
+    from tests.support.pg_cluster import free_port
 
     with pytest.raises(pg_pool.PgSessionError, match="cannot connect"):
         pg_pool.open_session({"target": f"127.0.0.1:{free_port()}", "user": "u", "connect_timeout": 1})
@@ -378,7 +379,7 @@ def test_manager_with_wrong_credentials_reports_the_startup_error(cluster: Local
 
 def test_external_postgres_admin_over_the_bench_role(cluster: LocalCluster, tmp_path: Path) -> None:
     """Pointing the harness at your own server: schema, balances and terminate without superuser."""
-    from coldstart_bench.pg import ExternalPostgres
+    from coldstart_bench.measure.database import ExternalPostgres
 
     cluster.psql("CREATE DATABASE ext OWNER bench", database="postgres")
     pw_file = cluster.write_password_file(tmp_path)

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from coldstart_bench.pg import LocalCluster
 from components import pg_pool, pg_wire
+from tests.support.pg_cluster import LocalCluster
 
 
 @pytest.fixture

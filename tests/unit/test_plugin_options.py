@@ -69,3 +69,72 @@ def test_pool_load_benchmarks_run_only_when_asked(pytester: pytest.Pytester, plu
     default.assert_outcomes(passed=1, deselected=1)
     asked = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--bench-pool-load")
     asked.assert_outcomes(passed=2)
+
+
+SCENARIO_TEST = (
+    "import pytest\n"
+    "@pytest.mark.parametrize('scenario_id', ['socket', 'direct'])\n"
+    "def test_measure(scenario_id):\n"
+    "    pass\n"
+)
+
+
+@pytest.mark.parametrize("kind", ["file", "file-below"])
+def test_unusable_report_dir_is_a_usage_error_before_measuring(
+    pytester: pytest.Pytester, plugin: tuple[str, ...], kind: str
+) -> None:
+    pytester.makepyfile(test_m=SCENARIO_TEST)
+    (pytester.path / "taken").write_text("a file, not a directory\n")
+    target = "taken" if kind == "file" else "taken/reports"
+    result = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--bench-report-dir", target)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--bench-report-dir*taken*not a directory*"])
+    assert "Traceback" not in result.stderr.str()
+    result.stdout.no_fnmatch_line("*test_measure*PASSED*")
+
+
+def test_strict_expectation_policy_is_accepted(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    result = _run(pytester, plugin, "--bench-expectations", "strict")
+    result.assert_outcomes(passed=1)
+
+
+def test_policies_match_the_expectations_module() -> None:
+    from coldstart_bench.analyse.expectations import POLICIES as EVALUATED
+    from coldstart_bench.options import POLICIES as ACCEPTED
+
+    assert ACCEPTED == EVALUATED
+
+
+def test_gate_rule_naming_an_unknown_scenario_is_a_usage_error(
+    pytester: pytest.Pytester, plugin: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_m=SCENARIO_TEST)
+    result = pytester.runpytest_subprocess(
+        *plugin, "-p", "no:cacheprovider", "-o", "bench_gate=sockt.connect_us.median <= 1"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bench_gate line 1*unknown scenario 'sockt'*"])
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_gate_rule_about_a_deselected_scenario_says_so(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    pytester.makepyfile(test_m=SCENARIO_TEST)
+    result = pytester.runpytest_subprocess(
+        *plugin, "-p", "no:cacheprovider", "-o", "bench_gate=direct.connect_us.median <= 1", "-k", "socket"
+    )
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*gate rules about direct not applied: the scenario was deselected*"])
+
+
+def test_a_conftest_extends_the_catalogue_and_its_scenario_is_collected(
+    pytester: pytest.Pytester, plugin: tuple[str, ...]
+) -> None:
+    pytester.makeconftest(
+        "from coldstart_bench.catalogue import Reference, Scenario\n"
+        "def pytest_coldstart_bench_catalogue(config, catalogue):\n"
+        "    catalogue.register(Scenario('socket-mine', 'socket', family='user', references=(Reference('direct'),)))\n"
+    )
+    pytester.makepyfile(test_c="def test_c(catalogue_scenario_id):\n    pass\n")
+    result = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*test_c[[]direct-aa[]]*", "*test_c[[]socket-mine[]]*"])

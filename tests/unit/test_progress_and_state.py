@@ -92,3 +92,26 @@ def test_full_disk_keeps_samples_and_rescues_them(tmp_path: Path) -> None:
     rescued = state.rescue_samples()
     assert rescued is not None and rescued.parent != run_dir
     assert read_samples_csv(rescued)[0].connect_us == 900.0
+
+
+def test_a_report_root_lost_during_the_run_keeps_samples_and_says_where(tmp_path: Path) -> None:
+    root = tmp_path / "reports"
+    root.write_text("someone replaced the directory with a file\n")
+    told: list[str] = []
+    state = RunState(report_root=root, run_id="lost", notify=told.append)
+    state.add(Sample("socket", 0, "socket", "c0", True, connect_us=900.0))  # no exception
+    state.add(Sample("socket", 1, "socket", "c1", True, connect_us=901.0))
+    assert state.rescue_path is not None and state.rescue_path.parent.parent != tmp_path
+    assert [s.connect_us for s in read_samples_csv(state.rescue_path)] == [900.0, 901.0]  # on disk already
+    assert any(str(state.rescue_path) in line for line in told) and any(str(root) in line for line in told)
+    assert state.rescue_samples() == state.rescue_path
+
+
+def test_check_report_root_creates_nothing(tmp_path: Path) -> None:
+    from coldstart_bench.run_state import check_report_root
+
+    check_report_root(tmp_path / "new" / "reports")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ReportWriteError, match="not a directory"):
+        check_report_root(tmp_path / "f" / "reports")

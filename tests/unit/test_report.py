@@ -7,13 +7,13 @@ import pytest
 from matplotlib import image as mpimg
 from synthetic_samples import scenario_samples, thesis_run
 
-from coldstart_bench import report as report_pkg
-from coldstart_bench.analysis import AnalysisConfig, RunAnalysis, analyse, terminal_lines, write_report
-from coldstart_bench.expectations import parse_expectation
-from coldstart_bench.gate import parse_gate_rules
-from coldstart_bench.report import html, markdown
-from coldstart_bench.report.content import Bullets, Document, Heading, Image, Para, Table
-from coldstart_bench.report.files import ReportWriteError
+from coldstart_bench.analyse import report as report_pkg
+from coldstart_bench.analyse.expectations import parse_expectation
+from coldstart_bench.analyse.gate import parse_gate_rules
+from coldstart_bench.analyse.report import html, markdown
+from coldstart_bench.analyse.report.content import Bullets, Document, Heading, Image, Para, Table
+from coldstart_bench.analyse.report.files import ReportWriteError
+from coldstart_bench.analyse.run import AnalysisConfig, RunAnalysis, analyse, terminal_lines, write_report
 from coldstart_bench.samples import Sample, write_samples_csv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -159,7 +159,7 @@ def test_full_disk_keeps_what_was_written(
 def test_atomic_write_failure_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from coldstart_bench.report.files import write_text_atomic
+    from coldstart_bench.analyse.report.files import write_text_atomic
 
     target = tmp_path / "summary.json"
     target.write_text("old")

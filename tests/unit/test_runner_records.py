@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from coldstart_bench.runner import ColdStartResult, parse_function_record, to_sample
+from coldstart_bench.measure.runner import ColdStartResult, parse_function_record, to_sample
 
 
 def _record(**kw: object) -> dict[str, object]:

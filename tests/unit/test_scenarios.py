@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from coldstart_bench.scenarios import all_scenarios, by_id, parse_burst_sizes
+from coldstart_bench.catalogue import all_scenarios, by_id, parse_burst_sizes
 
 
 def test_thesis_ids_are_exact() -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 from synthetic_samples import DESCRIBE_FIELDS, scenario_samples
 
-from coldstart_bench.stats import (
+from coldstart_bench.analyse.stats import (
     STAT_NAMES,
     bootstrap_ci,
     count_outside,

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from coldstart_bench.testbed import LABEL_PID, _owner_alive
+from coldstart_bench.measure.testbed import LABEL_PID, _owner_alive
 
 
 def test_live_owner_is_alive() -> None:

@@ -1,4 +1,5 @@
-"""Two-sample comparisons between scenarios, multiple-testing correction and the delay fit."""
+"""Pure statistics on two samples: comparisons, multiple-testing correction, the delay fit and paired
+blocks. Which scenarios are compared is the catalogue's business (catalogue.py)."""
 
 from __future__ import annotations
 
@@ -239,40 +240,6 @@ def adjust(comparisons: Sequence[Comparison]) -> None:
     ):
         for c, p in zip(comparisons, holm([getattr(c, raw) for c in comparisons]), strict=True):
             setattr(c, adj, p)
-
-
-def reference_for(scenario: str, present: Sequence[str]) -> list[tuple[str, bool]]:
-    """Which scenarios `scenario` is compared with, and whether the pair is a headline one.
-
-    Every scenario is compared with its family's direct baseline (`direct`, or `pg-direct` for pg-*);
-    the thesis's pairs and the beyond-thesis questions get their own references."""
-    refs: list[tuple[str, bool]] = []
-    if scenario.startswith("burst-"):
-        # A burst of N is compared with the same mode started alone (burst-1) if present.
-        parts = scenario.split("-", 2)
-        if len(parts) == 3 and parts[1] != "1":
-            refs.append((f"burst-1-{parts[2]}", False))
-        if scenario.endswith("-socket-nonet"):
-            refs.append((scenario.replace("-socket-nonet", "-direct"), True))
-    elif scenario.startswith("pg-"):
-        if scenario != "pg-direct":
-            refs.append(("pg-direct", scenario == "pg-socket"))
-        if scenario == "pg-socket-nonet":
-            refs.append(("pg-socket", False))
-    else:
-        if scenario != "direct":
-            refs.append(("direct", scenario == "socket"))
-        if scenario == "socket-100ms":
-            refs.append(("direct-100ms", True))
-        if scenario in ("socket-nonet", "socket-return"):
-            refs.append(("socket", scenario == "socket-nonet"))
-    seen: set[str] = set()
-    out = []
-    for ref, emph in refs:
-        if ref in present and ref != scenario and ref not in seen:
-            seen.add(ref)
-            out.append((ref, emph))
-    return out
 
 
 @dataclass

@@ -6,12 +6,12 @@ from a saved summary without the samples."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..textfmt import pvalue
+from .declared import burst_points, diff_reference, is_burst, primary_reference, thesis_pair
 from .plots import PHASES
 
 
@@ -50,9 +50,6 @@ class Document:
     blocks: list[Heading | Para | Bullets | Table | Image] = field(default_factory=list)
 
 
-_BURST = re.compile(r"^burst-(\d+)-")
-
-
 def num(x: Any, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -69,25 +66,22 @@ def ci(c: Any, digits: int = 2, unit: str = "") -> str:
     return f"[{c[0]:,.{digits}f}, {c[1]:,.{digits}f}]{unit}"
 
 
-def _reference(name: str, scenarios: Mapping[str, Any]) -> str | None:
-    ref = "pg-socket" if name.startswith("pg-") else "socket"
-    return ref if ref in scenarios else None
-
-
 def table2(scenarios: Mapping[str, Any]) -> Table:
     """The thesis's Table 2, widened: a column per scenario, the lifecycle mean and its difference
-    from the injected reference (socket, or pg-socket for PostgreSQL), then connect percentiles."""
-    names = [n for n in scenarios if not n.startswith("burst-")]
+    from the injected reference each scenario declares (socket, or pg-socket for PostgreSQL), then
+    connect percentiles."""
+    names = [n for n in scenarios if not is_burst(scenarios[n])]
+    primary = primary_reference(scenarios)
     rows: list[list[str]] = [
         ["n (ok / failed)"] + [f"{scenarios[n]['ok']} / {scenarios[n]['failed']}" for n in names],
         ["Average ms (lifecycle)"] + [num(scenarios[n]["lifecycle_ms"]["mean"]) for n in names],
     ]
-    diff = ["Diff ms vs socket"]
+    diff = [f"Diff ms vs {primary}"]
     for n in names:
-        ref = _reference(n, scenarios)
+        ref = diff_reference(n, scenarios)
         mean, ref_mean = scenarios[n]["lifecycle_ms"]["mean"], scenarios[ref]["lifecycle_ms"]["mean"] if ref else None
         diff.append(
-            num(mean - ref_mean) + (" (vs pg-socket)" if ref == "pg-socket" and n != ref else "")
+            num(mean - ref_mean) + (f" (vs {ref})" if ref != primary and n != ref else "")
             if mean is not None and ref_mean is not None
             else "–"
         )
@@ -120,11 +114,12 @@ THESIS_LEVENE_P = 0.0055
 
 def thesis_table(scenarios: Mapping[str, Any], comparisons: Sequence[Mapping[str, Any]]) -> Table | None:
     """The thesis's socket-vs-direct claims next to this run's values (same statistics: means where it
-    used means)."""
-    if "socket" not in scenarios or "direct" not in scenarios:
+    used means), for the scenarios the catalogue declares as the thesis's pair."""
+    names = thesis_pair(scenarios)
+    if names is None:
         return None
-    sock, direct = scenarios["socket"], scenarios["direct"]
-    lev = next((c for c in comparisons if (c["a"], c["b"], c["metric"]) == ("socket", "direct", "lifecycle_ms")), None)
+    sock, direct = scenarios[names[0]], scenarios[names[1]]
+    lev = next((c for c in comparisons if (c["a"], c["b"], c["metric"]) == (*names, "lifecycle_ms")), None)
 
     def pair(metric: str, stat: str, digits: int) -> str:
         return f"{num(sock[metric][stat], digits)} / {num(direct[metric][stat], digits)}"
@@ -239,9 +234,8 @@ def comparisons_table(comparisons: Sequence[Mapping[str, Any]]) -> Table:
 
 def delay_table(fits: Mapping[str, Any]) -> list[Heading | Para | Bullets | Table | Image]:
     blocks: list[Heading | Para | Bullets | Table | Image] = []
-    for family in ("direct", "pg-direct"):
-        fam = fits.get(family)
-        if not fam:
+    for family, fam in fits.items():
+        if not isinstance(fam, Mapping) or fam.get("family") != family:
             continue
         life, conn = fam.get("lifecycle_ms"), fam.get("connect_us")
         if life:
@@ -304,13 +298,13 @@ def phases_table(scenarios: Mapping[str, Any]) -> Table:
 
 def burst_table(scenarios: Mapping[str, Any]) -> Table | None:
     rows = []
-    for name, entry in scenarios.items():
-        m = _BURST.match(name)
-        if m:
+    for points in burst_points(scenarios).values():
+        for n_at_once, name in points:
+            entry = scenarios[name]
             life = entry["lifecycle_ms"]
             rows.append(
                 [
-                    m.group(1),
+                    str(n_at_once),
                     name,
                     str(life["n"]),
                     num(life["median"]),
@@ -346,6 +340,27 @@ def paired_blocks_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         "Interleaved run: per randomised block, the difference of the two scenarios' medians in that block; "
         "drift of the machine cancels within a block. Wilcoxon signed-rank over blocks (needs at least 5).",
     )
+
+
+def plan_blocks(plan: Mapping[str, Any] | None) -> list[Heading | Para | Bullets | Table | Image]:
+    """How the run was planned: order, seed, blocks, cold starts, and what was skipped and why."""
+    if not plan:
+        return []
+    how = (
+        f"interleaved in randomised blocks of up to {plan.get('block_size')} rounds, seed {plan.get('seed')}"
+        if plan.get("interleave")
+        else "one scenario after another"
+    )
+    out: list[Heading | Para | Bullets | Table | Image] = [
+        Para(
+            f"Planned {plan.get('cold_starts', 0)} cold starts (warm-ups included) in {len(plan.get('order', []))} "
+            f"blocks, {how}; {plan.get('iterations')} measured per scenario, {plan.get('warmup')} warm-up(s) first."
+        )
+    ]
+    skips = plan.get("skips") or []
+    if skips:
+        out.append(Bullets([f"{s['scenario']} skipped: {s['reason']}" for s in skips]))
+    return out
 
 
 def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
@@ -415,6 +430,10 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     if bt:
         b.append(Heading("Bursts"))
         b.append(bt)
+    campaign = plan_blocks(summary.get("plan"))
+    if campaign:
+        b.append(Heading("Campaign"))
+        b.extend(campaign)
     b.append(Heading("Statistics per scenario"))
     b.append(Heading("connect_us (µs)", 3))
     b.append(stats_table(scenarios, "connect_us", 1))

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..samples import PRIMARY_METRICS, Sample, group_by_scenario
 from .compare import mann_whitney
-from .samples import PRIMARY_METRICS, Sample, group_by_scenario
 from .stats import MIN_N_FOR_PERCENTILE, as_array, count_outside
 
 CV_LIMIT: dict[str, float] = {"lifecycle_ms": 0.10, "connect_us": 0.50}
@@ -112,6 +112,21 @@ def percentile_warnings(counts: Mapping[str, int]) -> list[str]:
             out.append(
                 f"too few samples for {stat} (rule: {stat} needs >= {need} successful samples): "
                 f"{', '.join(short)}; treat those {stat} values as rough"
+            )
+    return out
+
+
+def control_warnings(comparisons: Sequence[Any], alpha: float) -> list[str]:
+    """A/A controls (a scenario declared identical to its reference): a significant difference
+    between the two is a false positive, so the run's other significant results deserve doubt."""
+    out = []
+    for c in comparisons:
+        p = c.mannwhitney_p_holm
+        if isinstance(p, float) and math.isfinite(p) and p < alpha:
+            out.append(
+                f"false-positive check failed: {c.a} and {c.b} are the same experiment, yet their {c.metric} "
+                f"differs (Mann–Whitney p={p:.2g} Holm-corrected < {alpha:g}); drift or contention makes "
+                "differences look real in this run"
             )
     return out
 

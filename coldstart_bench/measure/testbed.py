@@ -22,14 +22,14 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
+from ..catalogue import Scenario
 from .runner import FunctionSpec
-from .scenarios import Scenario
 
 if TYPE_CHECKING:
+    from ..options import ExternalPg
+    from .database import ExternalPostgres, PostgresBackend
     from .delay import SynAckDelay
     from .images import ImageSet
-    from .options import ExternalPg
-    from .pg import ExternalPostgres, PostgresBackend
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
@@ -214,7 +214,7 @@ class Testbed:
         authenticated-session pool."""
         if self.pg is not None:
             return self.pg
-        from .pg import ExternalPostgres, PostgresBackend, manager_config
+        from .database import ExternalPostgres, PostgresBackend, manager_config
 
         backend: PostgresBackend | ExternalPostgres
         ext = self.config.pg_external
@@ -249,7 +249,7 @@ class Testbed:
             from .delay import SynAckDelay
 
             if target == "pg":
-                from .pg import PostgresBackend
+                from .database import PostgresBackend
 
                 if not isinstance(self.pg, PostgresBackend):
                     raise TestbedError("a SYN-ACK delay needs the database container, not an external server")
@@ -339,7 +339,7 @@ class Testbed:
             self.delay = None
 
     def _close_pg(self) -> None:
-        from .pg import PostgresBackend
+        from .database import PostgresBackend
 
         if isinstance(self.pg, PostgresBackend):
             self.pg.stop()

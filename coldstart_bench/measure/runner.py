@@ -13,8 +13,8 @@ import docker
 import docker.errors
 from docker.utils.socket import STDOUT, frames_iter
 
+from ..samples import Sample
 from .events import EventTimeout, LifecycleEvents
-from .samples import Sample
 
 
 @dataclass(frozen=True)

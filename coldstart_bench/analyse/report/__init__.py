@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..samples import Sample
+from ...samples import Sample
 from .files import ReportWriteError, ensure_dir, write_bytes_atomic, write_text_atomic
 
 __all__ = ["ReportWriteError", "write_all"]

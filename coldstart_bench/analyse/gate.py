@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .samples import ALL_METRICS, PRIMARY_METRICS
+from ..samples import ALL_METRICS, PRIMARY_METRICS
 from .stats import STAT_NAMES, Values, as_array, json_safe, statistic
 from .textfmt import percent_change, pvalue, value
 
-if TYPE_CHECKING:
-    from .baseline import Baseline
+
+class BaselineValues(Protocol):
+    """What the relative gate needs of a baseline: its samples' values by scenario and metric."""
+
+    def values(self) -> Mapping[str, Mapping[str, Values]]: ...
+
 
 RULE_SYNTAX = "<scenario>.<metric>.<stat> <= <value>  (or '<'; stat one of " + ", ".join(STAT_NAMES) + ")"
 
@@ -147,7 +151,9 @@ class GateResult:
         return d
 
 
-def evaluate_rules(rules: Sequence[GateRule], values: Mapping[str, Mapping[str, Values]]) -> list[GateResult]:
+def evaluate_rules(
+    rules: Sequence[GateRule], values: Mapping[str, Mapping[str, Values]], deselected: Collection[str] = ()
+) -> list[GateResult]:
     """Absolute rules on this run. A rule for a scenario not in the run passes with a note (users
     select scenarios with -k); a rule for a scenario that ran but has no value fails."""
     out = []
@@ -156,7 +162,8 @@ def evaluate_rules(rules: Sequence[GateRule], values: Mapping[str, Mapping[str, 
         arr = as_array(values[r.scenario].get(r.metric, [])) if present else as_array([])
         observed = statistic(arr, r.stat)
         if not present:
-            passed, note = True, "scenario not in this run, rule not applied"
+            why = "scenario deselected (-k/-m)" if r.scenario in deselected else "scenario not in this run"
+            passed, note = True, f"{why}, rule not applied"
         elif math.isnan(observed):
             passed, note = False, "no successful samples with this metric"
         else:
@@ -235,12 +242,13 @@ def compare_with_baseline(
 def evaluate_gate(
     rules: Sequence[GateRule],
     values: Mapping[str, Mapping[str, Values]],
-    baseline: Baseline | None = None,
+    baseline: BaselineValues | None = None,
     *,
     max_regression: float = 0.10,
     alpha: float = 0.05,
+    deselected: Collection[str] = (),
 ) -> list[GateResult]:
-    results = evaluate_rules(rules, values)
+    results = evaluate_rules(rules, values, deselected)
     if baseline is not None:
         results += compare_with_baseline(values, baseline.values(), max_regression=max_regression, alpha=alpha)
     return results

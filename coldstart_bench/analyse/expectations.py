@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .samples import ALL_METRICS
+from ..samples import ALL_METRICS
 from .stats import (
     MIN_N_FOR_PERCENTILE,
     STAT_NAMES,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .samples import ALL_METRICS, Sample, group_by_scenario
+from ..samples import ALL_METRICS, Sample, group_by_scenario
 
 # The statistics a rule or expectation may name; p50 is an alias of median.
 STAT_NAMES: tuple[str, ...] = ("mean", "median", "p50", "p95", "p99", "variance", "stdev")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import docker
 
+from ..results import EnvironmentRecord
+
 
 def loadavg() -> list[float]:
     try:
@@ -49,7 +51,7 @@ def _cgroup_version() -> str:
     return "2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "1"
 
 
-def capture(client: docker.DockerClient | None) -> dict[str, Any]:
+def capture(client: docker.DockerClient | None) -> EnvironmentRecord:
     env: dict[str, Any] = {
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "hostname": socket.gethostname(),
@@ -87,13 +89,13 @@ def capture(client: docker.DockerClient | None) -> dict[str, Any]:
                     env["runc"] = component.get("Version")
         except docker.errors.DockerException as exc:
             env["docker_error"] = str(exc)
-    return env
+    return EnvironmentRecord.from_dict(env)
 
 
-def finish(env: dict[str, Any], steal_start: tuple[int, int]) -> None:
+def finish(env: EnvironmentRecord, steal_start: tuple[int, int]) -> None:
     """Add end-of-run readings (load, CPU steal over the run)."""
-    env["loadavg_end"] = loadavg()
+    env.loadavg_end = loadavg()
     steal_end = cpu_steal_ticks()
     total = steal_end[1] - steal_start[1]
-    env["steal_pct"] = round(100.0 * (steal_end[0] - steal_start[0]) / total, 2) if total > 0 else 0.0
-    env["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
+    env.steal_pct = round(100.0 * (steal_end[0] - steal_start[0]) / total, 2) if total > 0 else 0.0
+    env.finished_utc = datetime.now(UTC).isoformat(timespec="seconds")

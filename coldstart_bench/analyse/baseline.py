@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..samples import SAMPLE_FIELDS, Sample, read_samples_csv, write_samples_csv
 from .report.files import ReportWriteError, ensure_dir, write_text_atomic
-from .samples import SAMPLE_FIELDS, Sample, read_samples_csv, write_samples_csv
 from .stats import values_by_scenario
 
 if TYPE_CHECKING:
-    from .analysis import RunAnalysis
+    from ..results import RunAnalysis
 
 SAMPLES_FILE = "samples.csv"
 SUMMARY_FILE = "summary.json"

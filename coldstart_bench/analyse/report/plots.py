@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -13,10 +12,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..samples import Sample, group_by_scenario
+from ...samples import Sample, group_by_scenario
+from .declared import burst_points, delay_plot_members, plot_members
 
 DPI = 110
-_BURST = re.compile(r"^burst-(\d+)-(.+)$")
 
 # Stacked phases, in lifecycle order: (summary key, label).
 PHASES: tuple[tuple[str, str], ...] = (
@@ -64,9 +63,11 @@ def _ok_series(samples: Sequence[Sample], metric: str) -> tuple[np.ndarray, np.n
     return xs[keep], ys[keep]
 
 
-def per_iteration(samples: Sequence[Sample], metric: str, title: str, ylabel: str) -> bytes:
-    """Thesis Figs. 5 and 6: each cold start's value in run order, one line per scenario."""
-    groups = {k: g for k, g in group_by_scenario(samples).items() if not k.startswith("burst-")}
+def per_iteration(
+    samples: Sequence[Sample], metric: str, title: str, ylabel: str, names: Sequence[str] | None = None
+) -> bytes:
+    """Thesis Figs. 5 and 6: each cold start's value in run order, one line per scenario (of `names`)."""
+    groups = {k: g for k, g in group_by_scenario(samples).items() if names is None or k in names}
     fig = Figure(figsize=(9, 4.8))
     ax = fig.add_subplot()
     colors = _colors(list(groups))
@@ -88,9 +89,10 @@ def per_iteration(samples: Sequence[Sample], metric: str, title: str, ylabel: st
     return _png(fig)
 
 
-def ecdf(samples: Sequence[Sample], metric: str, xlabel: str) -> bytes:
-    # Bursts have their own plot; fifteen curves here would hide the thesis's comparison.
-    groups = {k: g for k, g in group_by_scenario(samples).items() if not k.startswith("burst-")}
+def ecdf(samples: Sequence[Sample], metric: str, xlabel: str, names: Sequence[str] | None = None) -> bytes:
+    # Bursts have their own plot (the caller leaves them out); fifteen curves here would hide the
+    # thesis's comparison.
+    groups = {k: g for k, g in group_by_scenario(samples).items() if names is None or k in names}
     fig = Figure(figsize=(9, 4.8))
     ax = fig.add_subplot()
     colors = _colors(list(groups))
@@ -145,14 +147,13 @@ def lifecycle_vs_delay(samples: Sequence[Sample], summary: Mapping[str, Any]) ->
     ax = fig.add_subplot()
     fit = summary.get("delay_fit", {}).get("lifecycle_ms")
     groups = group_by_scenario(samples)
-    members = set(fit["scenarios"]) if fit else {k for k in groups if re.match(r"^direct(-\d+ms)?$", k)}
+    direct_members, contrast = delay_plot_members(summary)
+    members = set(direct_members)
     rng = np.random.default_rng(0)  # jitter only spreads overlapping dots
     plotted = False
     for name, group in groups.items():
-        if name.startswith(("burst-", "pg-")):
-            continue
         direct = name in members
-        if not direct and not name.startswith("socket"):
+        if not direct and name not in contrast:
             continue
         ys = np.asarray(group.values("lifecycle_ms"), dtype=float)
         if not ys.size:
@@ -223,13 +224,14 @@ def phases(summary: Mapping[str, Any]) -> bytes:
 def burst(summary: Mapping[str, Any]) -> bytes | None:
     """Per-start lifecycle against the number of cold starts started at once, per mode."""
     series: dict[str, list[tuple[int, float, float, float]]] = {}
-    for name, entry in summary.get("scenarios", {}).items():
-        m = _BURST.match(name)
-        life = entry.get("lifecycle_ms", {})
-        if not m or life.get("median") is None:
-            continue
-        ci = life.get("ci_median") or [life["median"], life["median"]]
-        series.setdefault(m.group(2), []).append((int(m.group(1)), life["median"], ci[0], ci[1]))
+    scenarios = summary.get("scenarios", {})
+    for label, curve in burst_points(scenarios).items():
+        for n_at_once, name in curve:
+            life = scenarios[name].get("lifecycle_ms", {})
+            if life.get("median") is None:
+                continue
+            ci = life.get("ci_median") or [life["median"], life["median"]]
+            series.setdefault(label, []).append((n_at_once, life["median"], ci[0], ci[1]))
     if not series:
         return None
     fig = Figure(figsize=(8, 5))
@@ -258,15 +260,28 @@ def _finite(x: Any) -> bool:
 def iter_plots(samples: Sequence[Sample], summary: Mapping[str, Any]) -> Iterator[tuple[str, bytes]]:
     """(file name, PNG bytes) for every plot this run has data for, rendered one at a time so a
     caller can write each before drawing the next (burst.png only when bursts ran)."""
+    members = plot_members(summary)
     yield (
         "connect_per_iteration.png",
-        per_iteration(samples, "connect_us", "Connection time per cold start (thesis Fig. 5)", "connect (µs)"),
+        per_iteration(
+            samples,
+            "connect_us",
+            "Connection time per cold start (thesis Fig. 5)",
+            "connect (µs)",
+            members["connect_per_iteration.png"],
+        ),
     )
     yield (
         "lifecycle_per_iteration.png",
-        per_iteration(samples, "lifecycle_ms", "Container lifecycle per cold start (thesis Fig. 6)", "lifecycle (ms)"),
+        per_iteration(
+            samples,
+            "lifecycle_ms",
+            "Container lifecycle per cold start (thesis Fig. 6)",
+            "lifecycle (ms)",
+            members["lifecycle_per_iteration.png"],
+        ),
     )
-    yield "ecdf_connect.png", ecdf(samples, "connect_us", "connect (µs)")
+    yield "ecdf_connect.png", ecdf(samples, "connect_us", "connect (µs)", members["ecdf_connect.png"])
     yield "box_lifecycle.png", box(samples, "lifecycle_ms", "lifecycle (ms)")
     yield "lifecycle_vs_delay.png", lifecycle_vs_delay(samples, summary)
     yield "phases.png", phases(summary)

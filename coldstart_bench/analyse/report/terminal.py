@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..analysis import RunAnalysis
+    from ...results import RunAnalysis
 
 
 def _n(x: Any, digits: int) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 import docker
 import docker.errors
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "images"
 COMPONENTS_DIR = REPO_ROOT / "components"
 

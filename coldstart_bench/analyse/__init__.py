@@ -1,0 +1,1 @@
+"""The analysing wing: statistics, comparisons, expectations, gate, baseline, noise, findings, reports."""

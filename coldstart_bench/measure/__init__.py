@@ -1,0 +1,2 @@
+"""The measuring wing: engine, images, testbed, runner, lifecycle events, delay, database, environment,
+executor."""

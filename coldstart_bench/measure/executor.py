@@ -1,0 +1,210 @@
+"""Runs a campaign plan against a testbed and a runner and streams the samples. Knows nothing of
+pytest: the plugin's harness adapts what happens here (skip, fail, pytest-benchmark)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from ..catalogue import Scenario
+from ..plan import Block, Plan
+from ..samples import Sample
+from .runner import ColdStartResult, FunctionSpec, to_sample
+
+# Three failed cold starts in a scenario: something is broken, stop burning time on it.
+MAX_FAILURES = 3
+
+
+class Testbed(Protocol):
+    """What the executor needs of a testbed (measure.testbed.Testbed is the real one)."""
+
+    pg_cold_starts_ok: int
+
+    def prepare(self, scenario: Scenario) -> None: ...
+
+    def function_spec(self, scenario: Scenario) -> FunctionSpec: ...
+
+
+class Runner(Protocol):
+    """What the executor needs of a cold-start runner (measure.runner.ColdStartRunner)."""
+
+    def run(self, spec: FunctionSpec) -> ColdStartResult: ...
+
+    def run_burst(self, spec: FunctionSpec, n: int) -> list[ColdStartResult]: ...
+
+
+class PrepareError(RuntimeError):
+    """The testbed could not be brought into the state a scenario needs."""
+
+    def __init__(self, scenario: Scenario, cause: BaseException) -> None:
+        super().__init__(f"{scenario.id}: could not prepare the testbed: {cause}")
+        self.scenario = scenario
+        self.cause = cause
+
+
+class StopPolicy(Protocol):
+    """Decides after each round of blocks whether to stop, and at the end of the plan whether to add
+    rounds (e.g. until a precision is reached or a time budget ends). `measured` holds every sample
+    so far by scenario."""
+
+    def stop_after_round(self, round_index: int, measured: Mapping[str, Sequence[Sample]]) -> bool: ...
+
+    def more_rounds(self, plan: Plan, measured: Mapping[str, Sequence[Sample]]) -> list[Block]: ...
+
+
+class RunThePlan:
+    """The fixed design: every planned block, nothing more."""
+
+    def stop_after_round(self, round_index: int, measured: Mapping[str, Sequence[Sample]]) -> bool:
+        return False
+
+    def more_rounds(self, plan: Plan, measured: Mapping[str, Sequence[Sample]]) -> list[Block]:
+        return []
+
+
+def _ignore(*_args: Any) -> None:
+    return None
+
+
+def cold_start_samples(
+    testbed: Testbed,
+    runner: Runner,
+    scenario: Scenario,
+    iteration: int,
+    block: int = 0,
+) -> list[Sample]:
+    """One round of a scenario: one cold start, or `burst` of them started at once."""
+    spec = testbed.function_spec(scenario)
+    results: list[ColdStartResult]
+    results = runner.run_burst(spec, scenario.burst) if scenario.burst > 1 else [runner.run(spec)]
+    if scenario.backend == "pg":
+        # Each successful OLTP cold start, warm-ups included, commits one transfer: counted here,
+        # where every cold start passes, for the database check after the scenario.
+        testbed.pg_cold_starts_ok += sum(r.ok for r in results)
+    return [
+        to_sample(
+            r,
+            scenario=scenario.id,
+            iteration=iteration * scenario.burst + k,
+            delay_ms=scenario.delay_ms,
+            network=scenario.network,
+            block=block,
+            burst=scenario.burst,
+        )
+        for k, r in enumerate(results)
+    ]
+
+
+def validate(scenario: Scenario, samples: Sequence[Sample], pool_status: str = "") -> list[str]:
+    """Checks that make a run fail loudly instead of reporting numbers that mean nothing."""
+    problems: list[str] = []
+    failed = [s for s in samples if not s.ok]
+    for s in failed[:5]:
+        problems.append(f"cold start {s.iteration} ({s.container_id[:12]}) failed: {s.error}")
+    if len(failed) > 5:
+        problems.append(f"... and {len(failed) - 5} more failed cold starts")
+    ids = [s.container_id for s in samples]
+    if len(set(ids)) != len(ids):
+        problems.append("the same container was measured twice: cold starts are not distinct")
+    wrong_path = [s for s in samples if s.ok and s.path != scenario.path]
+    if wrong_path:
+        detail = f" (pool manager: {pool_status})" if pool_status and pool_status != "running" else ""
+        problems.append(
+            f"{len(wrong_path)} cold starts took path {wrong_path[0].path!r}, expected {scenario.path!r}{detail}"
+        )
+    if scenario.network == "none":
+        leaky = [s for s in samples if s.ok and set(filter(None, s.interfaces.split(";"))) - {"lo"}]
+        if leaky:
+            problems.append(f"function saw network interfaces {leaky[0].interfaces!r} with network_mode=none")
+    ok_connect = [s.connect_us for s in samples if s.ok and s.connect_us == s.connect_us]
+    if scenario.delay_ms > 0 and scenario.mode == "direct" and ok_connect:
+        median = statistics.median(ok_connect)
+        if median < scenario.delay_ms * 1000:
+            problems.append(
+                f"delay not in effect: median connect_us {median:.0f} < configured {scenario.delay_ms:.0f} ms"
+            )
+    return problems
+
+
+class Executor:
+    """Runs blocks of a plan. Callbacks: `on_sample` for every measured sample (at once, so a crash
+    loses nothing), `on_progress(label, n)` for every cold start run (warm-ups included),
+    `on_prepared(scenario)` after the testbed took a scenario's state, `on_planned(n)` when the stop
+    policy adds cold starts to the plan."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        testbed: Testbed,
+        runner: Runner,
+        *,
+        on_sample: Callable[[Sample], None] = _ignore,
+        on_progress: Callable[[str, int], None] = _ignore,
+        on_prepared: Callable[[Scenario], None] = _ignore,
+        on_planned: Callable[[int], None] = _ignore,
+        stop_policy: StopPolicy | None = None,
+    ) -> None:
+        self.plan = plan
+        self.testbed = testbed
+        self.runner = runner
+        self.on_sample = on_sample
+        self.on_progress = on_progress
+        self.on_prepared = on_prepared
+        self.on_planned = on_planned
+        self.stop_policy: StopPolicy = stop_policy or RunThePlan()
+        self.measured: dict[str, list[Sample]] = {}
+        self.cold_starts = 0  # run so far, warm-ups included
+
+    def _scenario(self, scenario_id: str) -> Scenario:
+        return self.plan.scenario(scenario_id)
+
+    def run_block(self, block: Block) -> list[Sample]:
+        scenario = self._scenario(block.scenario)
+        try:
+            self.testbed.prepare(scenario)
+        except Exception as exc:
+            raise PrepareError(scenario, exc) from exc
+        self.on_prepared(scenario)
+        for _ in range(block.warmup):
+            cold_start_samples(self.testbed, self.runner, scenario, iteration=-1)
+            self.cold_starts += scenario.burst
+            self.on_progress(f"{scenario.id} (warm-up)", scenario.burst)
+        done = self.measured.setdefault(scenario.id, [])
+        first = len(done) // max(scenario.burst, 1)
+        measured: list[Sample] = []
+        sample_block = block.index if self.plan.interleave else 0
+        for r in range(block.count):
+            batch = cold_start_samples(self.testbed, self.runner, scenario, iteration=first + r, block=sample_block)
+            for sample in batch:
+                self.on_sample(sample)
+            measured.extend(batch)
+            done.extend(batch)
+            self.cold_starts += len(batch)
+            self.on_progress(scenario.id, len(batch))
+            if any(not s.ok for s in batch) and sum(not s.ok for s in measured) >= MAX_FAILURES:
+                break  # something is broken: stop burning time, report what we have
+        return measured
+
+    def run_blocks(self, blocks: Iterable[Block]) -> dict[str, list[Sample]]:
+        out: dict[str, list[Sample]] = {}
+        for block in blocks:
+            out.setdefault(block.scenario, []).extend(self.run_block(block))
+        return out
+
+    def run(self) -> dict[str, list[Sample]]:
+        """Every round of the plan, asking the stop policy after each; then any rounds it adds."""
+        out: dict[str, list[Sample]] = {sid: [] for sid in self.plan.ids}
+        pending: Iterable[list[Block]] = self.plan.rounds()
+        while True:
+            for blocks in pending:
+                for sid, samples in self.run_blocks(blocks).items():
+                    out.setdefault(sid, []).extend(samples)
+                if self.stop_policy.stop_after_round(blocks[0].index, self.measured):
+                    return out
+            extra = self.stop_policy.more_rounds(self.plan, self.measured)
+            if not extra:
+                return out
+            self.plan.blocks.extend(extra)
+            self.on_planned(sum(b.cold_starts for b in extra))
+            pending = Plan(self.plan.scenarios, list(extra), interleave=self.plan.interleave).rounds()

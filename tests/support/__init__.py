@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks only (local processes, a throwaway PostgreSQL cluster); not shipped."""
