@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench.pg import PostgresBackend
-from coldstart_bench.pgbouncer import CONTAINER_SOCKET_DIR, PGBOUNCER_PORT, PgBouncerContainer
-from coldstart_bench.testbed import run_labels, sweep
+from coldstart_bench.measure.database import PostgresBackend
+from coldstart_bench.measure.pgbouncer import CONTAINER_SOCKET_DIR, PGBOUNCER_PORT, PgBouncerContainer
+from coldstart_bench.measure.testbed import run_labels, sweep
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def network(docker_client: Any, run_id: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def pool_dir(docker_client: Any, network: str, run_id: str) -> Iterator[Path]:
     """An echo server (alias ``echo``) and a pool manager whose socket directory is returned."""
-    from coldstart_bench.images import ensure_images
+    from coldstart_bench.measure.images import ensure_images
 
     images = ensure_images(docker_client, ["echo", "pool"], log=lambda _msg: None)
     base = Path(tempfile.mkdtemp(prefix="csb-lang-", dir="/tmp"))
@@ -90,7 +90,7 @@ def run_function(client: Any, image: str, argv: list[str], run_id: str, **kwargs
 def test_function_image_adopts_fd3_from_the_entrypoint(
     docker_client: Any, network: str, pool_dir: Path, run_id: str, image: str, argv: list[str], networked: bool
 ) -> None:
-    from coldstart_bench.images import ensure_images
+    from coldstart_bench.measure.images import ensure_images
 
     tag = ensure_images(docker_client, [image], log=lambda _msg: None).extra[image]
     where: dict[str, Any] = {"network": network} if networked else {"network_mode": "none"}
@@ -110,7 +110,7 @@ def test_function_image_adopts_fd3_from_the_entrypoint(
 
 
 def test_pgbouncer_in_front_of_postgres(docker_client: Any, network: str, run_id: str) -> None:
-    from coldstart_bench.images import ensure_images
+    from coldstart_bench.measure.images import ensure_images
 
     images = ensure_images(docker_client, ["postgres", "pgfunction", "pgbouncer"], log=lambda _msg: None).extra
     secrets = Path(tempfile.mkdtemp(prefix="csb-lang-pw-", dir="/tmp"))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench import runtimes as rt
+from coldstart_bench.measure import runtimes as rt
 from components.relay import CLOSED, RelayHub, RelayResult
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench import runtimes as rt
+from coldstart_bench.measure import runtimes as rt
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from coldstart_bench import familywise
-from coldstart_bench.compare import DelayFit, holm
-from coldstart_bench.familywise import (
+from coldstart_bench.analyse import familywise
+from coldstart_bench.analyse.compare import DelayFit, holm
+from coldstart_bench.analyse.familywise import (
     FamilyComparison,
     FitRefused,
     aa_control_warning,
@@ -273,7 +273,7 @@ def test_aa_control_warns_only_when_significant() -> None:
             FamilyComparison("direct-aa − direct (drifted)", a=rng.normal(3, 1, 50), b=rng.normal(0, 1, 50)),
         ]
     )
-    assert aa_control_warning(same) is None
-    warning = aa_control_warning(shifted)
+    assert aa_control_warning(same, scenario="direct-aa") is None
+    warning = aa_control_warning(shifted, scenario="direct-aa")
     assert warning is not None and warning["rule"] == "aa_significant" and warning["scenario"] == "direct-aa"
     assert "not stable enough" in warning["text"]

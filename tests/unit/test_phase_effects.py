@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coldstart_bench.compare import holm, mann_whitney
-from coldstart_bench.familywise import family_findings
-from coldstart_bench.phase_effects import (
+from coldstart_bench.analyse.compare import holm, mann_whitney
+from coldstart_bench.analyse.familywise import family_findings
+from coldstart_bench.analyse.phase_effects import (
     ENGINE_PHASES,
     block_differences,
     comparison_name,

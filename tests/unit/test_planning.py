@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from coldstart_bench.familywise import paired_intervals_batch, shift_intervals_batch
-from coldstart_bench.planning import (
+from coldstart_bench.analyse.familywise import paired_intervals_batch, shift_intervals_batch
+from coldstart_bench.analyse.planning import (
     blocks_for_precision,
     blocks_needed,
     cold_starts_per_arm,
@@ -15,7 +15,7 @@ from coldstart_bench.planning import (
     plan_paired,
     plan_two_sample,
 )
-from coldstart_bench.sequential import boundary, confidence_sequence_path, rho2_for
+from coldstart_bench.analyse.sequential import boundary, confidence_sequence_path, rho2_for
 
 
 def test_textbook_sample_size() -> None:

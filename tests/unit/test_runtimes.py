@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from coldstart_bench import runtimes as rt
+from coldstart_bench.measure import runtimes as rt
 
 
 def test_parse_keeps_order_drops_duplicates_and_defaults_to_runc() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from coldstart_bench.sequential import (
+from coldstart_bench.analyse.sequential import (
     MAX_COLD_STARTS,
     MAX_TIME,
     PRECISION_REACHED,

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tls_helpers import SUITE_NAMES, OpenSSLPeer, TlsEcho, echo_until_eof, server_context, session_pair
 
-from coldstart_bench.tls_certs import RunCertificates, make_run_certificates, openssl_path
+from coldstart_bench.measure.tls_certs import RunCertificates, make_run_certificates, openssl_path
 from components import tls13, tls_pool
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_pool_manager_support import REPO, Echo, Manager, env, short_tmpdir, wait_for
 from tls_helpers import TlsEcho, echo_until_eof, server_context
 
-from coldstart_bench.tls_certs import RunCertificates, make_run_certificates, openssl_path
+from coldstart_bench.measure.tls_certs import RunCertificates, make_run_certificates, openssl_path
 from components import protocol, tls13, tls_pool
 
 SECRET_HEX = re.compile(r"[0-9a-f]{64,}")

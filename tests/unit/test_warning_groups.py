@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from coldstart_bench.warning_groups import RunWarning, group_warnings, grouped_lines
+from coldstart_bench.analyse.warning_groups import RunWarning, group_warnings, grouped_lines
 
 DRIFT = "drift: first and second half of the scenario differ (Mann–Whitney p < 0.01)"
 

@@ -9,9 +9,9 @@ engine's error. ``probe_runtime`` finds all this out with one tiny container per
 Self-contained: depends only on the docker SDK (imported lazily) and the standard library.
 Command line (used by .ci/run, no docker SDK needed for the first two)::
 
-    python3 -m coldstart_bench.runtimes daemon-json --merge /etc/docker/daemon.json runsc crun
-    python3 -m coldstart_bench.runtimes packages runsc crun
-    python3 -m coldstart_bench.runtimes probe runc,runsc,crun
+    python3 -m coldstart_bench.measure.runtimes daemon-json --merge /etc/docker/daemon.json runsc crun
+    python3 -m coldstart_bench.measure.runtimes packages runsc crun
+    python3 -m coldstart_bench.measure.runtimes probe runc,runsc,crun
 """
 
 from __future__ import annotations
@@ -421,8 +421,8 @@ def probe_runtimes(
 
 
 def default_probe_image(client: Any) -> str:
-    """The project's base image (built or found by coldstart_bench.images); it has python3."""
-    from coldstart_bench.images import ensure_images
+    """The project's base image (built or found by coldstart_bench.measure.images); it has python3."""
+    from coldstart_bench.measure.images import ensure_images
 
     return ensure_images(client, [], log=lambda _m: None).base
 
@@ -458,7 +458,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m coldstart_bench.runtimes", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python3 -m coldstart_bench.measure.runtimes", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("daemon-json", help="print daemon.json with the runtimes registered")
     p.add_argument("--merge", metavar="PATH", help="existing daemon.json to merge into (kept otherwise)")

@@ -375,7 +375,7 @@ def checked_delay_fit(
     return fit
 
 
-def aa_control_warning(result: FamilyResult, *, scenario: str = "direct-aa") -> dict[str, str] | None:
+def aa_control_warning(result: FamilyResult, *, scenario: str) -> dict[str, str] | None:
     """The run's false-positive check: two identical scenarios must not come out distinguishable.
     A warning {rule, scenario, text} (see warning_groups) when they do, else None."""
     if not result.significant:

@@ -149,15 +149,13 @@ class _Counters:
 
 
 class LocalPgBouncer(_Counters):
-    """The host's ``pgbouncer`` in front of a local cluster (``coldstart_bench.pg.LocalCluster``)."""
+    """The host's ``pgbouncer`` in front of a local cluster (``tests.support.pg_cluster.LocalCluster``)."""
 
     def __init__(self, db: Any, pool_size: int = DEFAULT_POOL_SIZE, port: int | None = None) -> None:
-        from coldstart_bench.pg import free_port
-
         self.db = db
         self.database = db.database
         self.pool_size = pool_size
-        self.port = port or free_port()
+        self.port = port or _free_port()
         self.base: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._admin_password = secrets.token_urlsafe(18)
@@ -380,3 +378,11 @@ class PgBouncerContainer(_Counters):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
