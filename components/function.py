@@ -25,7 +25,7 @@ from typing import Any
 
 USAGE = """usage: python -m components.function --mode {direct,socket} [--target HOST:PORT]
        [--socket PATH] [--pool NAME] [--payload-size N] [--fallback | --no-fallback]
-       [--release] [--timeout S]
+       [--release] [--timeout S] [--no-prefetch]
 
   --mode          direct (resolve + TCP connect) or socket (fd from the pool manager)
   --target        backend HOST:PORT (direct mode and fallback)       default echo:7000
@@ -35,6 +35,7 @@ USAGE = """usage: python -m components.function --mode {direct,socket} [--target
   --fallback      connect directly if socket mode fails (default); --no-fallback disables
   --release       hand the connection back to the pool (op release) instead of closing it
   --timeout       seconds for each network step                     default 2.0
+  --no-prefetch   skip paging in the interpreter's code before the run (components/prefetch.py)
 """
 
 
@@ -48,6 +49,7 @@ def _parse(argv: list[str]) -> dict[str, Any]:
         "fallback": True,
         "release": False,
         "timeout": 2.0,
+        "prefetch": True,
     }
     valued = {"--mode", "--target", "--socket", "--pool", "--payload-size", "--timeout"}
     i = 0
@@ -76,6 +78,8 @@ def _parse(argv: list[str]) -> dict[str, Any]:
             opts["fallback"] = False
         elif arg == "--release":
             opts["release"] = True
+        elif arg == "--no-prefetch":
+            opts["prefetch"] = False
         else:
             raise ValueError(f"unknown argument {arg!r}")
         i += 1
@@ -129,8 +133,9 @@ def check_fd(sock: socket.socket, expected_peer: str | None) -> dict[str, Any]:
     kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     try:
         peer: str | None = _peer(sock.getpeername())
+        local: str | None = _peer(sock.getsockname())
     except OSError:
-        peer = None
+        peer = local = None
     blocking = not fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
     is_tcp = family in (socket.AF_INET, socket.AF_INET6) and kind == socket.SOCK_STREAM
     matches = expected_peer is None or peer == expected_peer
@@ -139,6 +144,7 @@ def check_fd(sock: socket.socket, expected_peer: str | None) -> dict[str, Any]:
         "type": "SOCK_STREAM" if kind == socket.SOCK_STREAM else kind,
         "connected": peer is not None,
         "peer": peer,
+        "local": local,
         "expected_peer": expected_peer,
         "peer_matches": matches,
         "blocking": blocking,
@@ -192,18 +198,31 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
     sock: socket.socket | None = None
     attempt_ns = 0
     manager_error: str | None = None
+    dropped: Any = None  # the reply of a grant whose fd never arrived, reported after the timed part
     try:
         if opts["mode"] == "socket":
+            t_import = time.perf_counter_ns()
             from components import protocol
 
+            rec["protocol_import_us"] = (time.perf_counter_ns() - t_import) / 1000
+            phases: dict[str, float] = {}
             t0 = time.perf_counter_ns()
             try:
-                sock, reply = protocol.acquire(opts["socket"], opts["pool"], timeout)
+                try:
+                    sock, reply = protocol.acquire(
+                        opts["socket"], opts["pool"], timeout, phases=phases, report_dropped=False
+                    )
+                finally:
+                    rec.update(phases)
                 elapsed = time.perf_counter_ns() - t0
                 rec["t_connected_ns"] = time.time_ns()
                 rec["fd_recv_us"] = rec["connect_us"] = elapsed / 1000
                 rec["pool_id"] = reply.get("id")
+                # The validity check runs on the very socket object returned above, after the
+                # clock (as in direct mode); its "local" address ties it to the echo that follows.
+                t_check = time.perf_counter_ns()
                 rec["fd_check"] = check_fd(sock, reply.get("peer"))
+                rec["fd_check_us"] = (time.perf_counter_ns() - t_check) / 1000
                 if not rec["fd_check"]["ok"]:
                     raise protocol.PoolError("bad_fd", json.dumps(rec["fd_check"]))
             except protocol.PoolError as exc:
@@ -211,11 +230,13 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
                 if sock is not None:
                     sock.close()
                     sock = None
+                if isinstance(exc, protocol.FdDroppedError):
+                    dropped = exc.reply
                 rec["fd_recv_us"] = rec["connect_us"] = rec["t_connected_ns"] = None
                 if not opts["fallback"]:
                     raise
                 rec["path"] = "fallback"
-                rec["fallback_reason"] = f"{exc.code}: {exc.detail}"
+                rec["fallback_reason"] = f"{exc.code}: {exc.detail}" if exc.detail else exc.code
                 rec["socket_attempt_us"] = attempt_ns / 1000
                 manager_error = exc.code
         if sock is None:
@@ -241,6 +262,10 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
         if sock is not None:
             sock.close()
     rec["t_end_ns"] = time.time_ns()
+    if dropped is not None:
+        from components import protocol
+
+        rec["fd_drop_reported"] = protocol.report_fd_dropped(opts["socket"], opts["pool"], dropped, timeout=0.2)
     if manager_error is not None and manager_error not in ("manager_unavailable", "timeout"):
         # The manager answered but could not serve us: tell it, so its stats count fallbacks.
         from components import protocol
@@ -268,7 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"{exc}\n{USAGE}")
         return 2
+    prefetched: dict[str, Any] = {"prefetch_us": None, "prefetch_bytes": None}
+    if opts["prefetch"]:
+        # Same for every mode and before any connection clock: see components/prefetch.py.
+        t0 = time.perf_counter_ns()
+        from components.prefetch import prefetch
+
+        _files, covered = prefetch()
+        prefetched = {"prefetch_us": (time.perf_counter_ns() - t0) / 1000, "prefetch_bytes": covered}
     rec = run(opts, t_main_ns)
+    rec.update(prefetched)
     sys.stdout.write(json.dumps(rec) + "\n")
     sys.stdout.flush()
     return 0 if rec["ok"] else 1
