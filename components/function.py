@@ -5,9 +5,17 @@ Modes:
   socket  acquire a pooled connection from the pool manager over its Unix socket
           (fd_recv_us = connect_us), then check the fd is a connected TCP socket whose
           peer is the address the manager announced.
-If socket mode fails (manager unreachable, refusing, exhausted, bad fd) and fallback is on,
-the function connects directly and reports path "fallback"; then connect_us also counts the
-failed attempt (socket_attempt_us), because that is what the caller waited.
+          The acquire's steps are recorded as phases of connect_us (protocol.ACQUIRE_PHASES:
+          uds_connect_us, request_write_us, reply_recv_us, reply_parse_us, sock_wrap_us);
+          protocol_import_us and fd_check_us are outside it, like direct mode's own check.
+Both clocks start right before the first step towards a connection and stop when the function
+holds the connected socket object; the fd check follows on that same object in both modes.
+If socket mode fails (manager unreachable, refusing, exhausted, bad fd, fd dropped on the way)
+and fallback is on, the function connects directly and reports path "fallback"; then connect_us
+also counts the failed attempt (socket_attempt_us), because that is what the caller waited. A
+dropped fd is reported to the manager after the measured work (fd_drop_reported).
+Before any of this, the function pages in its own executable mappings (prefetch_us; see
+components/prefetch.py), the same for every mode; --no-prefetch turns that off.
 
 Prints exactly one JSON line on stdout; exit status 0 iff ok. Imports are kept minimal
 (no argparse) because every run is a cold process and start-up time is part of what is measured.
