@@ -8,6 +8,11 @@ and the neighbours' load hit every arm alike. Arms:
   direct / direct-noprefetch     the direct path, to show it is not made slower
   socket-baseline                $COLDSTART_BASELINE_FUNCTION_IMAGE (an image of an older function,
                                  e.g. the one before this change), if set; it reports connect_us only
+  warm-reference                 one acquire per round from this (warm) test process against the
+                                 same manager: what the manager and the machine's load cost, with no
+                                 cold-process work at all
+Derived columns: acquire_other_us = connect_us - the five acquire phases (call overhead, closing
+the Unix socket); main_to_end_us = t_end_ns - t_main_ns (the function's own run, prefetch included).
 Prints a table of medians (µs) and stores the figures in benchmark.extra_info.
 
 Opt-in (it takes minutes): COLDSTART_CONNECT_BREAKDOWN=1 pytest bench/test_connect_breakdown.py -p no:xdist -s
@@ -40,6 +45,7 @@ pytestmark = [
 ]
 
 N = int(os.environ.get("COLDSTART_CONNECT_BREAKDOWN_N", "20"))
+ACQUIRE_PHASES = ("uds_connect_us", "request_write_us", "reply_recv_us", "reply_parse_us", "sock_wrap_us")
 LABEL = "coldstart-bench.connect-breakdown"
 SOCKET_MOUNT = "/run/cpm"
 PHASES = (
@@ -55,6 +61,8 @@ PHASES = (
     "resolve_us",
     "handshake_us",
     "request_rtt_us",
+    "acquire_other_us",
+    "main_to_end_us",
 )
 
 
@@ -155,6 +163,26 @@ def _cold_start(bed: Bed, arm: Arm) -> dict[str, Any]:
     return record
 
 
+def _derive(record: dict[str, Any]) -> None:
+    phases = [record.get(k) for k in ACQUIRE_PHASES]
+    if isinstance(record.get("connect_us"), (int, float)) and all(isinstance(p, (int, float)) for p in phases):
+        record["acquire_other_us"] = record["connect_us"] - sum(phases)  # type: ignore[arg-type]
+    if isinstance(record.get("t_end_ns"), int) and isinstance(record.get("t_main_ns"), int):
+        record["main_to_end_us"] = (record["t_end_ns"] - record["t_main_ns"]) / 1000
+
+
+def _warm_acquire(bed: Bed) -> dict[str, Any]:
+    from components import protocol
+
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter_ns()
+    sock, _reply = protocol.acquire(str(bed.socket_dir / "pool.sock"), "echo", 2.0, phases=phases)
+    record: dict[str, Any] = {"connect_us": (time.perf_counter_ns() - t0) / 1000, **phases}
+    sock.close()
+    _derive(record)
+    return record
+
+
 def _median(records: list[dict[str, Any]], key: str) -> float | None:
     values = [float(r[key]) for r in records if isinstance(r.get(key), (int, float))]
     return statistics.median(values) if values else None
@@ -174,12 +202,16 @@ def test_connect_breakdown(bed: Bed, benchmark: Any) -> None:
         arms.append(Arm("socket-baseline", "socket", "bridge", image=baseline))
         arms.append(Arm("direct-baseline", "direct", "bridge", image=baseline))
 
+    warm = Arm("warm-reference", "socket", "host")
+
     def run_all() -> None:
+        _warm_acquire(bed)  # this process's own first acquire is not warm
         for arm in arms:  # one discarded start per arm: the first of a kind pays image/network set-up
             with contextlib.suppress(Exception):
                 _cold_start(bed, arm)
         deadline = time.monotonic() + 60 + N * len(arms) * 5.0
         for _ in range(N):
+            warm.records.append(_warm_acquire(bed))
             for arm in arms:
                 if time.monotonic() > deadline:
                     return
@@ -189,11 +221,13 @@ def test_connect_breakdown(bed: Bed, benchmark: Any) -> None:
                     arm.failures.append(f"{type(exc).__name__}: {exc}"[:300])
                     continue
                 if record.get("ok") and record.get("path") == arm.mode:
+                    _derive(record)
                     arm.records.append(record)
                 else:
                     arm.failures.append(str(record.get("error") or record.get("fallback_reason")))
 
     benchmark.pedantic(run_all, rounds=1, iterations=1)
+    arms.append(warm)
     table: dict[str, dict[str, float | None]] = {
         arm.name: {"n": len(arm.records), **{k: _median(arm.records, k) for k in PHASES}} for arm in arms
     }
