@@ -80,8 +80,8 @@ class Harness:
         try:
             self.client = connect()
         except EngineUnavailable as exc:
-            self._broken = f"coldstart-bench: {exc}"
-            pytest.fail(self._broken, pytrace=False)
+            # Every test would fail the same way: stop the session once.
+            pytest.exit(f"coldstart-bench: {exc}", returncode=int(pytest.ExitCode.USAGE_ERROR))
         # Docker-side modules load on first use, so unit tests and option errors never need them.
         from .images import ImageBuildError, ensure_images
         from .testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
@@ -89,8 +89,8 @@ class Harness:
         try:
             images = ensure_images(self.client, log=lambda m: self.write(f"[coldstart-bench] {m}"))
         except ImageBuildError as exc:
-            self._broken = f"coldstart-bench: cannot build the images: {exc}"
-            pytest.fail(self._broken, pytrace=False)
+            msg = f"coldstart-bench: cannot build the images: {exc}"
+            pytest.exit(msg, returncode=int(pytest.ExitCode.USAGE_ERROR))
         sweep(self.client)  # leftovers of runs whose process died (kill -9, power loss)
         self.state.environment.update(environment.capture(self.client))
         self.state.environment["base_image"] = images.base
