@@ -41,7 +41,7 @@ SUBCOMMANDS: list[Subcommand] = [
 
 def build_parser(subcommands: Sequence[Subcommand] = SUBCOMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coldstart-bench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True)
     for command in subcommands:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(p)

@@ -28,9 +28,10 @@ class Prerequisite:
     paths: tuple[str, ...] = ()  # or when any of these globs matches a file
     unless_env: str = ""  # not needed when this environment variable is set
 
-    def present(self, which: Which = shutil.which, globber: Glob = glob.glob) -> bool:
+    def present(self, which: Which | None = None, globber: Glob | None = None) -> bool:
         if self.unless_env and os.environ.get(self.unless_env):
             return True
+        which, globber = which or shutil.which, globber or glob.glob
         return any(which(e) for e in self.executables) or any(globber(p) for p in self.paths)
 
 
@@ -88,8 +89,8 @@ def needed(purpose: str, table: Iterable[Prerequisite] = PREREQUISITES) -> list[
 
 def missing(
     purpose: str,
-    which: Which = shutil.which,
-    globber: Glob = glob.glob,
+    which: Which | None = None,
+    globber: Glob | None = None,
     table: Iterable[Prerequisite] = PREREQUISITES,
 ) -> list[Prerequisite]:
     """The prerequisites of purpose that are not on this machine."""
@@ -121,13 +122,14 @@ class InstallPlan:
 
 def plan_install(
     purpose: str,
-    which: Which = shutil.which,
-    globber: Glob = glob.glob,
+    which: Which | None = None,
+    globber: Glob | None = None,
     uid: int | None = None,
     table: Iterable[Prerequisite] = PREREQUISITES,
 ) -> InstallPlan:
     """Install missing prerequisites with apt when root and apt-get exist; otherwise one message
     naming all of them and the exact command."""
+    which = which or shutil.which
     absent = tuple(missing(purpose, which, globber, table))
     if not absent:
         return InstallPlan(())
