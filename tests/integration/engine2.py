@@ -20,6 +20,10 @@ from pathlib import Path
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+ADDRESS_POOL = "10.214.0.0/16"  # the second engine's networks
+# Its networks and default bridge (10.215.x): the shared engine's FORWARD policy is DROP and
+# bridged traffic passes iptables (br_netfilter), so traffic inside them must be let through.
+FORWARD_RANGE = "10.214.0.0/15"
 
 
 class EngineStartError(RuntimeError):
@@ -30,8 +34,9 @@ class EngineStartError(RuntimeError):
 class SecondEngine:
     root: Path
     bridge: str
-    subnet: str  # the bridge's address, e.g. 10.213.254.1/24
+    subnet: str  # the bridge's address, inside FORWARD_RANGE, e.g. 10.215.254.1/24
     process: subprocess.Popen[bytes] | None = None
+    forward_rule: list[str] | None = None
 
     @property
     def socket(self) -> Path:
@@ -56,7 +61,7 @@ class SecondEngine:
             "--bridge", self.bridge,
             "--iptables=false",
             "--ip-masq=false",
-            "--default-address-pool", "base=10.214.0.0/16,size=24",
+            "--default-address-pool", f"base={ADDRESS_POOL},size=24",
         ]  # fmt: skip
 
     def _log_tail(self) -> str:
@@ -84,6 +89,7 @@ class SecondEngine:
             if proc.returncode != 0:
                 self.stop()
                 raise EngineStartError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+        self._allow_forwarding()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -101,7 +107,23 @@ class SecondEngine:
         self.stop()
         raise EngineStartError(f"the second dockerd did not answer within {START_TIMEOUT_S:.0f} s:\n{tail}")
 
+    def _allow_forwarding(self) -> None:
+        if shutil.which("iptables") is None:
+            return
+        chain = "DOCKER-USER"
+        if subprocess.run(["iptables", "-w", "5", "-S", chain], capture_output=True).returncode != 0:
+            chain = "FORWARD"
+        rule = [chain, "-s", FORWARD_RANGE, "-d", FORWARD_RANGE, "-j", "ACCEPT"]
+        proc = subprocess.run(["iptables", "-w", "5", "-I", *rule], capture_output=True, text=True)
+        if proc.returncode != 0:
+            self.stop()
+            raise EngineStartError(f"cannot let the second engine's traffic pass iptables: {proc.stderr.strip()}")
+        self.forward_rule = rule
+
     def stop(self) -> None:
+        if self.forward_rule is not None:
+            subprocess.run(["iptables", "-w", "5", "-D", *self.forward_rule], capture_output=True)
+            self.forward_rule = None
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def second_engine(docker_client: docker.DockerClient) -> Iterator[SecondEngine]:
     root = Path(tempfile.mkdtemp(prefix="csb-engine2-", dir="/tmp"))
-    engine = SecondEngine(root=root, bridge=f"csb2br{os.getpid() % 10000}", subnet="10.213.254.1/24")
+    engine = SecondEngine(root=root, bridge=f"csb2br{os.getpid() % 10000}", subnet="10.215.254.1/24")
     try:
         engine.start()
     except EngineStartError as exc:
@@ -53,19 +53,38 @@ def _labelled(client: docker.DockerClient, pid: int | None = None) -> list[str]:
     return found
 
 
-def test_benchmark_on_a_second_engine_passes_and_leaves_nothing(
-    second_engine: SecondEngine, docker_client: docker.DockerClient, tmp_path: Path
-) -> None:
-    if not (REPO / ".cache" / "wheels").is_dir() and not os.environ.get("COLDSTART_WHEEL_CACHE"):
-        pytest.skip("the delay image's wheels are not cached on this machine (.cache/wheels)")
+def _bench_env(engine: SecondEngine) -> dict[str, str]:
     env = {
         **os.environ,
-        "DOCKER_HOST": second_engine.docker_host,
+        "DOCKER_HOST": engine.docker_host,
         # No registry on a fresh engine: the base is built offline, as on a machine without one.
         "COLDSTART_SKIP_REGISTRY": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     env.pop("COLDSTART_BASE_IMAGE", None)
+    return env
+
+
+def test_missing_mmdebstrap_stops_the_run_once_before_any_test(second_engine: SecondEngine, tmp_path: Path) -> None:
+    # Runs first, while the second engine's image store is still empty: no base image, no
+    # registry, and a PATH without mmdebstrap.
+    env = {**_bench_env(second_engine), "PATH": str(Path(sys.executable).parent)}
+    argv = [sys.executable, "-m", "pytest", "bench/", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
+            "--bench-report-dir", str(tmp_path / "reports")]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == int(pytest.ExitCode.USAGE_ERROR), output[-3000:]
+    assert output.count("mmdebstrap is not installed") == 1, output[-3000:]
+    assert "apt-get install mmdebstrap" in output
+    assert " passed" not in output and " failed" not in output, "no benchmark test may have run"
+
+
+def test_benchmark_on_a_second_engine_passes_and_leaves_nothing(
+    second_engine: SecondEngine, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    if not (REPO / ".cache" / "wheels").is_dir() and not os.environ.get("COLDSTART_WHEEL_CACHE"):
+        pytest.skip("the delay image's wheels are not cached on this machine (.cache/wheels)")
+    env = _bench_env(second_engine)
     argv = [
         sys.executable, "-m", "pytest", "bench/", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
         "--bench-iterations", "2", "--bench-warmup", "0", "--bench-report-dir", str(tmp_path / "reports"),
