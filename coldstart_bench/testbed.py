@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
 LABEL_PID = "coldstart-bench.pid"
+# The pid is only meaningful on the machine that created the resource: a remote engine may be
+# shared by harnesses on several hosts, and one must not sweep another's live run.
+LABEL_HOST = "coldstart-bench.host"
 SOCKET_MOUNT = "/run/cpm"
 SOCKET_NAME = "pool.sock"
 # Credentials and the manager's config live apart from the socket: functions that get an
@@ -57,7 +61,7 @@ class TestbedConfig:
 
 
 def run_labels(run_id: str) -> dict[str, str]:
-    return {LABEL: "1", LABEL_RUN: run_id, LABEL_PID: str(os.getpid())}
+    return {LABEL: "1", LABEL_RUN: run_id, LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()}
 
 
 def _tail(container: Any, lines: int = 15) -> str:
@@ -401,8 +405,11 @@ def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
 
 
 def _owner_alive(labels: dict[str, str]) -> bool:
-    """Whether the process that created a resource still runs; without a pid label we cannot
-    tell, so the resource is left alone."""
+    """Whether the process that created a resource still runs; without a pid label, or when
+    another host created it, we cannot tell, so the resource is left alone."""
+    host = labels.get(LABEL_HOST)
+    if host is not None and host != socket.gethostname():
+        return True
     try:
         pid = int(labels.get(LABEL_PID, ""))
     except ValueError:
