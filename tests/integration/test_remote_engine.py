@@ -88,7 +88,8 @@ def test_benchmark_on_a_second_engine_passes_and_leaves_nothing(
     argv = [
         sys.executable, "-m", "pytest", "bench/", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
         "--bench-iterations", "2", "--bench-warmup", "0", "--bench-report-dir", str(tmp_path / "reports"),
-        "-k", SELECTION,
+        # The absolute gate's limits are for an idle machine; this test is about where things run.
+        "-o", "bench_gate=", "-k", SELECTION,
     ]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -100,6 +101,8 @@ def test_benchmark_on_a_second_engine_passes_and_leaves_nothing(
         pytest.fail(f"the run did not finish within {RUN_TIMEOUT_S} s:\n{output[-3000:]}")
     elapsed = time.monotonic() - started
     print(f"run against the second engine took {elapsed:.0f} s")
+    for samples in (tmp_path / "reports").glob("*/samples.csv"):
+        print(samples.read_text())
     assert proc.returncode == 0, output[-4000:]
     assert "2 passed" in output, output[-2000:]
 
