@@ -148,4 +148,4 @@ def plan_install(
         how = f"Run as root:\n    sudo sh -c '{apt_command(absent)}'"
     else:
         how = f"Install the equivalent of the Debian packages {' '.join(packages)} with your system's package manager."
-    return InstallPlan(absent, message=f"coldstart-bench needs {names}.\n{how}\nthen run the command again.")
+    return InstallPlan(absent, message=f"missing {names}.\n{how}\nthen run the command again.")
