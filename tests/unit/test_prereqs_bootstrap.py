@@ -95,4 +95,4 @@ def test_missing_host_program_stops_before_pytest(
     assert bootstrap.main(["bench"]) == 2
     err = capsys.readouterr().err
     assert err.count("coldstart-bench: missing mmdebstrap") == 1, err
-    assert err.count("apt-get install") == 1
+    assert err.count("Debian packages mmdebstrap") == 1
