@@ -31,9 +31,10 @@ from . import prereqs
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_DIR = REPO_ROOT / ".venv"
 EXTRAS = ("dev", "pg")
-COMMANDS: dict[str, tuple[str, ...]] = {
-    "bench": ("-m", "pytest", "bench/"),
-    "test": ("-m", "pytest", "tests/", "-n", "2"),
+# command -> (pytest arguments, default paths: replaced when the user names paths of their own)
+COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "bench": ((), ("bench/",)),
+    "test": (("-n", "2"), ("tests/",)),
 }
 MIN_PYTHON = (3, 11)
 
@@ -138,6 +139,14 @@ def ensure_host_programs(purpose: str, log: Any = print) -> None:
         raise BootstrapError(f"still missing after apt-get install: {', '.join(p.name for p in still)}")
 
 
+def pytest_arguments(command: str, rest: Sequence[str]) -> list[str]:
+    """The command's pytest arguments plus the user's; a path of the user's (an existing file or
+    directory, or a node id) replaces the default paths."""
+    options, defaults = COMMANDS[command]
+    names_path = any(not a.startswith("-") and (REPO_ROOT / a.split("::")[0]).exists() for a in rest)
+    return [*(() if names_path else defaults), *options, *rest]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] not in COMMANDS:
@@ -157,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BootstrapError as exc:
         print(f"coldstart-bench: {exc}", file=sys.stderr)
         return 2
-    full = [python, *COMMANDS[command], *rest]
+    full = [python, "-m", "pytest", *pytest_arguments(command, rest)]
     print(f"coldstart-bench: {' '.join(full)}", flush=True)
     os.chdir(REPO_ROOT)
     os.execv(python, full)

@@ -96,3 +96,10 @@ def test_missing_host_program_stops_before_pytest(
     err = capsys.readouterr().err
     assert err.count("coldstart-bench: missing mmdebstrap") == 1, err
     assert err.count("Debian packages mmdebstrap") == 1
+
+
+def test_pytest_arguments_default_paths_and_user_paths() -> None:
+    assert bootstrap.pytest_arguments("test", []) == ["tests/", "-n", "2"]
+    assert bootstrap.pytest_arguments("bench", ["--bench-iterations", "20"]) == ["bench/", "--bench-iterations", "20"]
+    narrowed = bootstrap.pytest_arguments("test", ["tests/unit/test_doctor.py::test_engine_locality", "-q"])
+    assert narrowed == ["-n", "2", "tests/unit/test_doctor.py::test_engine_locality", "-q"]
