@@ -8,6 +8,7 @@ behind on either engine.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def test_missing_mmdebstrap_stops_the_run_once_before_any_test(second_engine: Se
     assert proc.returncode == int(pytest.ExitCode.USAGE_ERROR), output[-3000:]
     assert output.count("mmdebstrap is not installed") == 1, output[-3000:]
     assert "apt-get install mmdebstrap" in output
-    assert " passed" not in output and " failed" not in output, "no benchmark test may have run"
+    assert not re.search(r"\b\d+ (passed|failed|error)", output), "no benchmark test may have run"
 
 
 def test_benchmark_on_a_second_engine_passes_and_leaves_nothing(
@@ -102,7 +103,8 @@ def test_benchmark_on_a_second_engine_passes_and_leaves_nothing(
     elapsed = time.monotonic() - started
     print(f"run against the second engine took {elapsed:.0f} s")
     for samples in (tmp_path / "reports").glob("*/samples.csv"):
-        print(samples.read_text())
+        if not samples.parent.is_symlink():  # reports/latest points at the run directory
+            print(samples.read_text())
     assert proc.returncode == 0, output[-4000:]
     assert "2 passed" in output, output[-2000:]
 
