@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -95,14 +96,27 @@ def choose_interpreter(log: Any = print) -> str:
     if not unmet(requirements()):
         return sys.executable
     log(f"coldstart-bench: creating {VENV_DIR} for the Python packages (pyproject.toml [{','.join(EXTRAS)}])")
-    proc = subprocess.run([sys.executable, "-m", "venv", str(VENV_DIR)], capture_output=True, text=True)
+    proc = _make_venv()
+    if proc.returncode != 0 and os.geteuid() == 0 and shutil.which("apt-get"):
+        # Debian's python3 ships venv (ensurepip) separately.
+        shutil.rmtree(VENV_DIR, ignore_errors=True)
+        log("coldstart-bench: installing python3-venv with apt")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "python3-venv"], env=env)
+        proc = _make_venv()
     if proc.returncode != 0:
+        shutil.rmtree(VENV_DIR, ignore_errors=True)
         raise BootstrapError(
             f"could not create {VENV_DIR}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}\n"
             "On Debian/Ubuntu: apt-get install python3-venv, then run the command again."
         )
     _pip_install(str(venv_python()), log)
     return str(venv_python())
+
+
+def _make_venv() -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "venv", str(VENV_DIR)], capture_output=True, text=True)
 
 
 def _ensure_venv_requirements(log: Any) -> None:
