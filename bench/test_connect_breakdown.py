@@ -90,7 +90,7 @@ class Bed:
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Bed]:
     docker = pytest.importorskip("docker")
-    from coldstart_bench.images import ensure_images
+    from coldstart_bench.measure.images import ensure_images
 
     try:
         client = docker.from_env()

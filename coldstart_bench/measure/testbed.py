@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
+import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -24,6 +22,7 @@ from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
 from ..catalogue import Scenario
 from .runner import FunctionSpec
+from .volumes import VolumeFile, create_volume, put_files, remove_volume
 
 if TYPE_CHECKING:
     from ..options import ExternalPg
@@ -34,6 +33,9 @@ if TYPE_CHECKING:
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
 LABEL_PID = "coldstart-bench.pid"
+# The pid is only meaningful on the machine that created the resource: a remote engine may be
+# shared by harnesses on several hosts, and one must not sweep another's live run.
+LABEL_HOST = "coldstart-bench.host"
 SOCKET_MOUNT = "/run/cpm"
 SOCKET_NAME = "pool.sock"
 # Credentials and the manager's config live apart from the socket: functions that get an
@@ -59,7 +61,7 @@ class TestbedConfig:
 
 
 def run_labels(run_id: str) -> dict[str, str]:
-    return {LABEL: "1", LABEL_RUN: run_id, LABEL_PID: str(os.getpid())}
+    return {LABEL: "1", LABEL_RUN: run_id, LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()}
 
 
 def _tail(container: Any, lines: int = 15) -> str:
@@ -83,9 +85,10 @@ class Testbed:
         self.run_id = run_id
         self.config = config or TestbedConfig()
         self.labels = run_labels(run_id)
-        self.socket_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-", dir="/tmp"))
-        self.socket_dir.chmod(0o755)
-        self.secret_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-secret-", dir="/tmp"))
+        # Named volumes, not host directories: they live on the engine's host, local or remote
+        # (DOCKER_HOST), and are created on start, removed on close (and by sweep).
+        self.socket_volume = f"csb-sock-{run_id}"
+        self.secret_volume = f"csb-secret-{run_id}"
         self.pg: PostgresBackend | ExternalPostgres | None = None
         self.pg_cold_starts_ok = 0  # successful pg function runs, warm-ups included: each commits one transfer
         self.pg_transfers_before = 0  # transfers already in the database when the run started
@@ -116,6 +119,8 @@ class Testbed:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> Testbed:
+        create_volume(self.client, self.socket_volume, self.labels)
+        create_volume(self.client, self.secret_volume, self.labels)
         net = Network(docker_network_kw={"driver": "bridge", "labels": self.labels})
         net.name = self.network_name
         self.network = net.create()
@@ -140,7 +145,7 @@ class Testbed:
         image: str,
         name: str,
         command: list[str],
-        volumes: tuple[tuple[Path, str, str], ...] = (),
+        volumes: tuple[tuple[str, str, str], ...] = (),
     ) -> DockerContainer:
         """Start a long-lived component on the run's network and wait for its readiness line; on
         failure remove it and raise with its last log lines."""
@@ -151,8 +156,8 @@ class Testbed:
             .with_kwargs(labels=self.labels, network=self.network_name)
             .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
         )
-        for host, bind, mode in volumes:
-            container = container.with_volume_mapping(str(host), bind, mode)
+        for source, bind, mode in volumes:
+            container = container.with_volume_mapping(source, bind, mode)
         try:
             return container.start()
         except Exception as exc:
@@ -187,7 +192,7 @@ class Testbed:
             image,
             self.pool_name,
             self.pool_command(),
-            volumes=((self.socket_dir, SOCKET_MOUNT, "rw"), (self.secret_dir, SECRET_MOUNT, "ro")),
+            volumes=((self.socket_volume, SOCKET_MOUNT, "rw"), (self.secret_volume, SECRET_MOUNT, "ro")),
         )
 
     def stop_pool(self) -> None:
@@ -226,13 +231,16 @@ class Testbed:
                                       self.labels, publish=False).start()  # fmt: skip
         self.pg = backend
         self.pg_transfers_before = backend.check_balances()[0]
-        backend.write_password_file(self.secret_dir)
         pools = {
             self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
             **backend.pool_config(backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)),
         }
-        (self.secret_dir / "pool.json").write_text(manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools))
-        self.secret_dir.chmod(0o755)
+        # Mode 0644: containers may run as another uid; only the manager and direct functions mount it.
+        files = {
+            "pgpassword": VolumeFile((backend.password + "\n").encode()),
+            "pool.json": VolumeFile(manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools).encode()),
+        }
+        put_files(self.client, self.secret_volume, files, self.images.pool, self.labels)
         self.stop_pool()
         self.start_pool()
         return backend
@@ -294,7 +302,7 @@ class Testbed:
             image=self.images.function,
             command=command,
             network="none" if scenario.network == "none" else self.network_name,
-            binds={str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
+            binds={self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}},
             labels={**self.labels, "coldstart-bench.role": "function"},
         )
 
@@ -307,11 +315,11 @@ class Testbed:
             "--database", self.pg.database, "--user", self.pg.user,
             "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--pool", "pg",
         ]  # fmt: skip
-        binds = {str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}}
+        binds = {self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}}
         if scenario.mode == "direct":
             # Only a function that authenticates itself gets the credential.
             command += ["--password-file", f"{SECRET_MOUNT}/pgpassword"]
-            binds[str(self.secret_dir)] = {"bind": SECRET_MOUNT, "mode": "ro"}
+            binds[self.secret_volume] = {"bind": SECRET_MOUNT, "mode": "ro"}
         return FunctionSpec(
             image=self.images.extra["pgfunction"],
             command=command,
@@ -328,8 +336,6 @@ class Testbed:
             except Exception as exc:
                 errors.append(f"{step.__name__}: {exc}")
         sweep(self.client, self.run_id)
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
-        shutil.rmtree(self.secret_dir, ignore_errors=True)
         if errors:
             raise TestbedError("cleanup incomplete: " + "; ".join(errors))
 
@@ -367,7 +373,7 @@ class Testbed:
 
 
 def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
-    """Remove containers and networks of one run (or of every run whose process is gone)."""
+    """Remove containers, networks and volumes of one run (or of every run whose process is gone)."""
     removed: list[str] = []
     label = f"{LABEL_RUN}={run_id}" if run_id else LABEL
     for container in client.containers.list(all=True, filters={"label": label}):
@@ -386,12 +392,24 @@ def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
             removed.append(network.name)
         except docker.errors.NotFound:
             pass
+    # Volumes last: the engine refuses to remove one a container still uses.
+    for volume in client.volumes.list(filters={"label": label}):
+        if run_id is None and _owner_alive(volume.attrs.get("Labels") or {}):
+            continue
+        try:
+            remove_volume(client, volume.name)
+        except docker.errors.APIError:
+            continue  # still in use by a container being removed; the next sweep takes it
+        removed.append(volume.name)
     return removed
 
 
 def _owner_alive(labels: dict[str, str]) -> bool:
-    """Whether the process that created a resource still runs; without a pid label we cannot
-    tell, so the resource is left alone."""
+    """Whether the process that created a resource still runs; without a pid label, or when
+    another host created it, we cannot tell, so the resource is left alone."""
+    host = labels.get(LABEL_HOST)
+    if host is not None and host != socket.gethostname():
+        return True
     try:
         pid = int(labels.get(LABEL_PID, ""))
     except ValueError:
