@@ -35,9 +35,9 @@ from components.cpm.model import (
     socket_cookie,
 )
 from components.pool_config import ManagerConfig
-from components.relay import RelayHub
 from components.pool_connector import start_connector
 from components.protocol import PROTOCOL_VERSION
+from components.relay import RelayHub
 
 
 class ManagerCore:

@@ -330,7 +330,8 @@ class ServerRoom(ManagerCore):
             if "handoff" in req:
                 client.handoff = self.handoff_for(pool, req["handoff"])
                 if client.handoff is None:
-                    self.reply_error(client, "bad_request", f"handoff must be 'inject' or 'relay', got {req['handoff']!r}")
+                    detail = f"handoff must be 'inject' or 'relay', got {req['handoff']!r}"
+                    self.reply_error(client, "bad_request", detail)
                     return
             if (client.handoff or pool.handoff).name == "relay" and not self.relay_available():
                 pool.stats["relay_refused"] += 1
