@@ -177,9 +177,16 @@ def _acquire_line(pool: str) -> bytes:
     return encode_request("acquire", pool=pool)
 
 
-def acquire(socket_path: str, pool: str = "echo", timeout: float = 2.0) -> tuple[socket.socket, dict[str, Any]]:
-    """Borrow one backend connection. Returns the connected socket (blocking) and the reply."""
-    reply, fd = _exchange(socket_path, _acquire_line(pool), timeout)
+def acquire(
+    socket_path: str, pool: str = "echo", timeout: float = 2.0, handoff: str | None = None
+) -> tuple[socket.socket, dict[str, Any]]:
+    """Borrow one backend connection. Returns the connected socket (blocking) and the reply.
+
+    ``handoff="relay"`` asks for one end of an AF_UNIX socketpair the manager relays to the
+    connection (reply ``meta.handoff == "relay"``) instead of the connection's own fd.
+    """
+    line = _acquire_line(pool) if handoff is None else encode_request("acquire", pool=pool, handoff=handoff)
+    reply, fd = _exchange(socket_path, line, timeout)
     if fd is None:
         raise PoolError("internal", "acquire reply carried no file descriptor")
     try:
