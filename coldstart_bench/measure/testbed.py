@@ -56,6 +56,8 @@ class TestbedConfig:
     payload_size: int = 64
     start_timeout: float = 60.0
     pg_external: ExternalPg | None = None  # your own PostgreSQL instead of the database container
+    runtimes: tuple[str, ...] = ("runc",)  # probed at start (measure/runtime_axis.py)
+    requests: int = 1  # echo round trips per cold start
 
 
 def run_labels(run_id: str) -> dict[str, str]:
@@ -96,6 +98,10 @@ class Testbed:
         self.delay: SynAckDelay | None = None
         self.delay_ms: float = 0.0
         self.delay_backends: set[str] = set()
+        from .runtime_axis import RelayTotals, RuntimeSupport
+
+        self.runtime_support: RuntimeSupport | None = None
+        self.relay_totals = RelayTotals()
 
     # --- names -----------------------------------------------------------------------------
     @property
@@ -133,7 +139,14 @@ class Testbed:
             ],
         )
         self.start_pool()
+        self.probe_runtimes()
         return self
+
+    def probe_runtimes(self) -> None:
+        """Once per run: what each selected runtime does with handed fds (verdicts per scenario)."""
+        from .runtime_axis import probe_selected
+
+        self.runtime_support = probe_selected(self.client, self.config.runtimes, self.images.base, self.labels)
 
     def _start_container(
         self,
@@ -192,6 +205,11 @@ class Testbed:
 
     def stop_pool(self) -> None:
         if self.pool is not None:
+            from .runtime_axis import read_relay_stats
+
+            relay = read_relay_stats(str(self.socket_dir / SOCKET_NAME))  # its counters end with it
+            if relay is not None:
+                self.relay_totals.add(relay)
             self.pool.stop()
             self.pool = None
 
@@ -290,12 +308,17 @@ class Testbed:
         ]  # fmt: skip
         if scenario.release:
             command.append("--release")
+        if scenario.handoff == "relay":
+            command += ["--handoff", "relay"]
+        if self.config.requests != 1:
+            command += ["--requests", str(self.config.requests)]
         return FunctionSpec(
             image=self.images.function,
             command=command,
             network="none" if scenario.network == "none" else self.network_name,
             binds={str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
             labels={**self.labels, "coldstart-bench.role": "function"},
+            runtime=scenario.runtime,
         )
 
     def _pg_function_spec(self, scenario: Scenario) -> FunctionSpec:
@@ -318,6 +341,7 @@ class Testbed:
             network="none" if scenario.network == "none" else self.network_name,
             binds=binds,
             labels={**self.labels, "coldstart-bench.role": "function"},
+            runtime=scenario.runtime,
         )
 
     def close(self) -> None:
