@@ -430,6 +430,9 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     if bt:
         b.append(Heading("Bursts"))
         b.append(bt)
+    from .runtimes import runtime_blocks  # its own module; it builds on the blocks defined here
+
+    b.extend(runtime_blocks(summary))
     campaign = plan_blocks(summary.get("plan"))
     if campaign:
         b.append(Heading("Campaign"))
