@@ -25,8 +25,8 @@ def test_runsc_injection_unsupported_relay_measured(docker_client: Any, tmp_path
     if "runsc" not in offered:
         pytest.skip(missing_runtime_message("runsc", offered))
     code, out, pid = run_bench(
-        tmp_path, "--bench-iterations", "2", "--bench-warmup", "0", "--bench-runtimes", "runc,runsc", "-rs", "-k", SELECT,
-        timeout=300,
+        tmp_path, "--bench-iterations", "2", "--bench-warmup", "0", "--bench-runtimes", "runc,runsc",
+        "-rs", "-k", SELECT, timeout=300,
     )  # fmt: skip
     assert code == 0, out[-3000:]
     summary = json.loads((tmp_path / "latest" / "summary.json").read_text())
