@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .content import Bullets, Heading, Para, Table, num
+from .blocks import Bullets, Heading, Para, Table, num
 
 Block = Heading | Para | Bullets | Table
 
