@@ -285,6 +285,70 @@ PG_SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
+# --- Runtimes and the relay hand-off (issue 12) -----------------------------------------------------
+# The relay: the function gets one end of an AF_UNIX socketpair and the manager relays bytes to the
+# pooled connection. What the extra hop costs per request (request_rtt_us) is read against injection;
+# on runtimes that drop injected TCP fds (gVisor) it is the only way to a pooled connection.
+RELAY = "relay"
+RUNTIME_FAMILY = "runtime"
+RELAY_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "socket-relay",
+        "socket",
+        handoff=RELAY,
+        family=RUNTIME_FAMILY,
+        references=(
+            _ref("direct"),
+            _ref("socket", _saving("relay", "Relaying instead of injecting the connection"), headline=True),
+        ),
+        diff_reference="socket",
+    ),
+    Scenario(
+        "socket-relay-nonet",
+        "socket",
+        network="none",
+        handoff=RELAY,
+        family=RUNTIME_FAMILY,
+        references=(
+            _ref("direct"),
+            _ref("socket-nonet", _saving("relay", "Without networking, relaying instead of injecting"), headline=True),
+        ),
+        diff_reference="socket-nonet",
+    ),
+)
+
+
+def runtime_twins(scenarios: Iterable[Scenario], runtimes: Iterable[str]) -> tuple[Scenario, ...]:
+    """Every scenario again on each runtime other than runc, with the id `<name>@<runtime>`.
+
+    A twin is compared with its runc original and with the twins of its own references; the
+    thesis's expectations, delay and burst series stay with the originals."""
+    base = [s for s in scenarios if s.runtime == DEFAULT_RUNTIME and s.family != BURST_FAMILY]
+    names = {s.name for s in base}
+    out: list[Scenario] = []
+    for runtime in runtimes:
+        if runtime == DEFAULT_RUNTIME:
+            continue
+
+        def on(name: str, runtime: str = runtime) -> str:
+            return f"{name}@{runtime}" if name in names else name
+
+        for s in base:
+            refs = (_ref(s.name), *(_ref(on(r.scenario), headline=r.headline) for r in s.references))
+            out.append(
+                dataclasses.replace(
+                    s,
+                    runtime=runtime,
+                    references=refs,
+                    diff_reference=on(s.diff_reference) if s.diff_reference else "",
+                    delay_series="",
+                    thesis_role="",
+                    expectations=(),
+                )
+            )
+    return tuple(out)
+
+
 DELAY_SERIES: tuple[DelaySeries, ...] = (
     DelaySeries("direct", reference="socket", primary=True),
     DelaySeries("pg-direct", reference="pg-socket"),
@@ -428,10 +492,11 @@ class Catalogue:
         return s.declared() if s is not None else None
 
 
-def default_catalogue(burst_sizes: Iterable[int] = DEFAULT_BURST_SIZES) -> Catalogue:
-    return Catalogue(
-        THESIS_SCENARIOS + EXTENDED_SCENARIOS + CONTROL_SCENARIOS + PG_SCENARIOS + burst_scenarios(burst_sizes)
-    )
+def default_catalogue(
+    burst_sizes: Iterable[int] = DEFAULT_BURST_SIZES, runtimes: Iterable[str] = (DEFAULT_RUNTIME,)
+) -> Catalogue:
+    singles = THESIS_SCENARIOS + EXTENDED_SCENARIOS + CONTROL_SCENARIOS + PG_SCENARIOS + RELAY_SCENARIOS
+    return Catalogue(singles + burst_scenarios(burst_sizes) + runtime_twins(singles, runtimes))
 
 
 # The cold-start test's parameters (bursts have their own test, sized by --bench-bursts).

@@ -53,6 +53,7 @@ def finish_run(
         max_regression=inputs.max_regression,
         plan=plan.to_dict() if plan is not None else None,
         deselected=set(inputs.deselected),
+        unsupported=[{"scenario": sid, "reason": why} for sid, why in state.unsupported.items()],
     )
     if catalogue is not None:
         config.catalogue = catalogue

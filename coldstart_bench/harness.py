@@ -22,7 +22,7 @@ from .measure.executor import Executor, PrepareError, Runner, StopPolicy, valida
 from .measure.executor import Testbed as TestbedLike
 from .measure.runner import ColdStartRunner
 from .options import BenchOptions
-from .plan import Plan, PlanSettings, plan_settings, single_scenario_plan, skip_reason
+from .plan import Plan, PlanSettings, Skip, plan_settings, single_scenario_plan, skip_reason
 from .progress import Progress
 from .run_state import RunState
 from .samples import Sample
@@ -65,7 +65,7 @@ class Harness:
         self.options = options
         self.state = state
         self.plan = plan
-        self.catalogue = catalogue or default_catalogue(options.bursts)
+        self.catalogue = catalogue or default_catalogue(options.bursts, options.runtimes)
         self.write = write
         self.progress = Progress(plan.cold_starts, write)
         self.client: Any = None
@@ -89,8 +89,40 @@ class Harness:
             pytest.fail(self._broken, pytrace=False)
         if self.testbed is None or self.runner is None:
             self.testbed, self.runner = self._bring_up()
+            self._apply_runtime_verdicts(self.testbed)
             self.progress.restart_clock()
         return self.testbed, self.runner
+
+    # --- the runtime axis ------------------------------------------------------------------------
+    def _runtime_verdict(self, scenario: Scenario) -> tuple[str, str] | None:
+        support = getattr(self.testbed, "runtime_support", None)
+        return support.verdict(scenario) if support is not None else None
+
+    def _apply_runtime_verdicts(self, testbed: TestbedLike) -> None:
+        """After the probes: scenarios on a missing runtime are skipped, those a runtime cannot serve are
+        unsupported (recorded with the reason, never measured); both leave the plan."""
+        from .measure.runtime_axis import MISSING
+
+        support = getattr(testbed, "runtime_support", None)
+        if support is None:
+            return
+        self.state.environment.update({"runtime_probes": support.as_dict()})
+        dropped: set[str] = set()
+        for scenario in self.plan.scenarios:
+            verdict = support.verdict(scenario)
+            if verdict is None:
+                continue
+            kind, reason = verdict
+            dropped.add(scenario.id)
+            if kind == MISSING:
+                self.plan.skips.append(Skip(scenario.id, reason))
+            else:
+                self.state.unsupported[scenario.id] = reason
+        if dropped:
+            removed = sum(b.cold_starts for b in self.plan.blocks if b.scenario in dropped)
+            self.plan.scenarios[:] = [s for s in self.plan.scenarios if s.id not in dropped]
+            self.plan.blocks[:] = [b for b in self.plan.blocks if b.scenario not in dropped]
+            self.progress.add_planned(-removed)
 
     def _fail_broken(self, message: str) -> None:
         self._broken = message
@@ -121,6 +153,7 @@ class Harness:
         env.iterations = self.options.iterations
         env.warmup = self.options.warmup
         env.pool_size = self.options.pool_size
+        env.update({"bench_runtimes": list(self.options.runtimes), "requests_per_cold_start": self.options.requests})
         self._install_sigterm()
         self.events = LifecycleEvents(self.client, f"{LABEL_RUN}={self.state.run_id}").start()
         runner = ColdStartRunner(self.client, self.events)
@@ -128,7 +161,12 @@ class Harness:
             self.client,
             images,
             self.state.run_id,
-            TestbedConfig(pool_size=self.options.pool_size, pg_external=self.options.pg_external),
+            TestbedConfig(
+                pool_size=self.options.pool_size,
+                pg_external=self.options.pg_external,
+                runtimes=self.options.runtimes,
+                requests=self.options.requests,
+            ),
         )
         try:
             testbed.start()
@@ -158,6 +196,9 @@ class Harness:
                 self.state.environment.delay_backend = ",".join(backends) if backends else "none used"
             if testbed is not None and hasattr(testbed, "close"):
                 testbed.close()
+            totals = getattr(testbed, "relay_totals", None)
+            if totals is not None and totals.totals["started"]:
+                self.state.environment.update({"relay_stats": totals.as_dict()})
         finally:
             self.testbed = None
             if self.events is not None:
@@ -209,6 +250,16 @@ class Harness:
         reason = self.plan.skip_reason(scenario_id) or skip_reason(scenario, self.settings)
         if reason:
             pytest.skip(f"{scenario_id}: {reason}")
+        self._ensure_up()
+        verdict = self._runtime_verdict(scenario)
+        if verdict is not None:
+            from .measure.runtime_axis import UNSUPPORTED
+
+            kind, why = verdict
+            if kind == UNSUPPORTED:
+                self.state.unsupported[scenario_id] = why
+                pytest.skip(f"{scenario_id}: unsupported on runtime {scenario.runtime}: {why}")
+            pytest.skip(f"{scenario_id}: {why}")
         if scenario_id in self.plan.ids:
             if self.plan.interleave:
                 samples = self._interleave_all().get(scenario_id, [])

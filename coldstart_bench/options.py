@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, parse_burst_sizes
+from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, DEFAULT_RUNTIME, parse_burst_sizes
 
 # The expectation policies of analyse/expectations.py (kept here so parsing options loads no numpy).
 POLICIES: tuple[str, ...] = ("report", "fail", "strict")
@@ -132,6 +132,20 @@ def addoption(parser: pytest.Parser) -> None:
         help="whether a failed expectation only reports (default), fails the run (fail), or also fails it "
         "when an expectation lacks evidence (strict)",
     )
+    group.addoption(
+        "--bench-runtimes",
+        default=None,
+        metavar="LIST",
+        help="OCI runtimes to run the scenarios on, comma-separated (default runc); a scenario on another "
+        "runtime gets the id <scenario>@<runtime>, e.g. runc,runsc,crun",
+    )
+    group.addoption(
+        "--bench-requests",
+        type=int,
+        default=5,
+        metavar="N",
+        help="echo round trips per cold start on the connection; request_rtt_us is their median (default 5)",
+    )
     parser.addini(
         "bench_gate",
         type="string",
@@ -165,6 +179,8 @@ class BenchOptions:
     expectation_policy: str
     alpha: float
     pg_external: ExternalPg | None = None
+    runtimes: tuple[str, ...] = (DEFAULT_RUNTIME,)
+    requests: int = 5
 
 
 @dataclass(frozen=True)
@@ -243,4 +259,15 @@ def from_config(config: pytest.Config) -> BenchOptions:
         expectation_policy=policy,
         alpha=alpha,
         pg_external=_external_pg(config),
+        runtimes=_runtimes(opt("bench_runtimes")),
+        requests=_positive("--bench-requests", opt("bench_requests"), 1),
     )
+
+
+def _runtimes(value: str | None) -> tuple[str, ...]:
+    from .measure.runtimes import RuntimeConfigError, parse_runtimes
+
+    try:
+        return parse_runtimes(value)
+    except RuntimeConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None

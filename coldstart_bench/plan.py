@@ -29,6 +29,7 @@ class PlanSettings:
     block_warmup: int = 1
     seed: int | None = None
     pg_external: object | None = None  # set: the pg-* scenarios run against the user's own server
+    runtimes: tuple[str, ...] = ("runc",)  # --bench-runtimes: a scenario on another runtime is skipped
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def plan_settings(options: Any) -> PlanSettings:
         block_warmup=options.block_warmup,
         seed=options.seed,
         pg_external=options.pg_external,
+        runtimes=tuple(getattr(options, "runtimes", ("runc",))),
     )
 
 
@@ -138,6 +140,8 @@ def rounds_for(scenario: Scenario, iterations: int) -> int:
 def skip_reason(scenario: Scenario, settings: PlanSettings) -> str:
     if scenario.backend == "pg" and scenario.delay_ms > 0 and settings.pg_external is not None:
         return "the SYN-ACK delay needs the database container, not --bench-pg-target"
+    if scenario.runtime not in settings.runtimes:
+        return f"runtime {scenario.runtime} is not selected (--bench-runtimes {','.join(settings.runtimes)})"
     return ""
 
 
@@ -212,6 +216,7 @@ def single_scenario_plan(scenario: Scenario, settings: PlanSettings, index: int 
             block_size=settings.block_size,
             block_warmup=settings.block_warmup,
             pg_external=settings.pg_external,
+            runtimes=settings.runtimes,
         ),
         [scenario],
     )

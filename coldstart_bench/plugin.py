@@ -67,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--bench-baseline: {exc}") from None
     config.stash[INPUTS_KEY] = AnalysisInputs(gate_rules, max_regression, baseline)
     config.stash[OPTIONS_KEY] = opts
-    catalogue = default_catalogue(opts.bursts)
+    catalogue = default_catalogue(opts.bursts, opts.runtimes)
     config.stash[CATALOGUE_KEY] = catalogue
     config.hook.pytest_coldstart_bench_catalogue(config=config, catalogue=catalogue)
     config.stash[STATE_KEY] = RunState(report_root=opts.report_dir, run_id=new_run_id())

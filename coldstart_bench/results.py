@@ -173,6 +173,8 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] | None = None
+    # Scenarios a runtime cannot run (e.g. an injected TCP fd on gVisor): [{scenario, reason}], never measured.
+    unsupported: list[dict[str, Any]] = field(default_factory=list)
     version: int = SUMMARY_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +193,8 @@ class RunResult:
         }
         if self.plan is not None:
             out["plan"] = self.plan
+        if self.unsupported:
+            out["unsupported"] = self.unsupported
         return out
 
     def to_json(self) -> str:
@@ -223,6 +227,7 @@ class RunResult:
                 warnings=list(d.get("warnings") or []),
                 findings=list(d.get("findings") or []),
                 plan=d.get("plan"),
+                unsupported=list(d.get("unsupported") or []),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

@@ -67,6 +67,7 @@ class RunState:
     samples: list[Sample] = field(default_factory=list)
     environment: EnvironmentRecord = field(default_factory=EnvironmentRecord)
     notes: list[str] = field(default_factory=list)
+    unsupported: dict[str, str] = field(default_factory=dict)  # scenario id -> why its runtime cannot run it
     write_errors: list[str] = field(default_factory=list)
     notify: Callable[[str], None] | None = None  # told at once where samples go when a write fails
     rescue_path: Path | None = None  # where samples go once the run directory failed

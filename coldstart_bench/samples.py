@@ -59,6 +59,11 @@ class Sample:
     burst: int = 1  # cold starts started at once
     t_create_ns: int = 0  # docker "create" event time, for ordering / drift plots
     error: str = ""
+    # Runtimes and relay (issue 12): how the connection arrived ("fd" injected, "relay" an AF_UNIX
+    # end the manager relays; "" direct), and every echo round trip of the cold start, ";"-separated
+    # (request_rtt_us is their median).
+    handoff: str = ""
+    request_rtts_us: str = ""
 
     def value(self, metric: str) -> float:
         return float(getattr(self, metric))

@@ -37,7 +37,7 @@ from typing import Any
 USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--target HOST:PORT]
        [--socket PATH] [--pool NAME] [--payload-size N] [--fallback | --no-fallback]
        [--release] [--timeout S] [--no-prefetch] [--transport {tcp,tls} [--tls-ca FILE]
-       [--tls-server-name NAME] [--tls-cert FILE --tls-key FILE]]
+       [--tls-server-name NAME] [--tls-cert FILE --tls-key FILE]] [--handoff {inject,relay}] [--requests N]
 
   --mode          direct (resolve + TCP connect), socket (fd from the pool manager)
                   or fd3 (fd inherited from the fd-3 entrypoint)
@@ -53,6 +53,8 @@ USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--ta
   --tls-server-name  name to verify (direct tls)                    default: the target host
   --tls-cert, --tls-key  client certificate for mutual TLS (direct tls)
   --no-prefetch   skip paging in the interpreter's code before the run (components/prefetch.py)
+  --handoff       socket mode: ask for the fd itself (inject, default) or a relayed AF_UNIX end (relay)
+  --requests      echo round trips on the connection; request_rtt_us is their median   default 1
 """
 
 
@@ -72,9 +74,11 @@ def _parse(argv: list[str]) -> dict[str, Any]:
         "tls_cert": None,
         "tls_key": None,
         "prefetch": True,
+        "handoff": "inject",
+        "requests": 1,
     }
     valued = {"--mode", "--target", "--socket", "--pool", "--payload-size", "--timeout", "--transport"}
-    valued |= {"--tls-ca", "--tls-server-name", "--tls-cert", "--tls-key"}
+    valued |= {"--tls-ca", "--tls-server-name", "--tls-cert", "--tls-key", "--handoff", "--requests"}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -89,7 +93,7 @@ def _parse(argv: list[str]) -> dict[str, Any]:
                     raise ValueError(f"{key} needs a value")
                 value = argv[i]
             name = key[2:].replace("-", "_")
-            if name == "payload_size":
+            if name in ("payload_size", "requests"):
                 opts[name] = int(value)
             elif name == "timeout":
                 opts[name] = float(value)
@@ -110,6 +114,10 @@ def _parse(argv: list[str]) -> dict[str, Any]:
         raise ValueError("--mode must be direct, socket or fd3")
     if opts["payload_size"] < 24:
         raise ValueError("--payload-size must be >= 24")
+    if opts["handoff"] not in ("inject", "relay"):
+        raise ValueError("--handoff must be inject or relay")
+    if not 1 <= opts["requests"] <= 1000:
+        raise ValueError("--requests must be between 1 and 1000")
     if opts["transport"] not in ("tcp", "tls"):
         raise ValueError("--transport must be tcp or tls")
     if opts["transport"] == "tls" and opts["release"]:
@@ -152,19 +160,35 @@ def connect_direct(target: str, timeout: float) -> tuple[socket.socket, int, int
     raise last or OSError(f"no address for {target}")
 
 
-def check_fd(sock: socket.socket, expected_peer: str | None) -> dict[str, Any]:
-    """What the received descriptor really is; ok only for a connected, blocking TCP socket."""
+def check_fd(sock: socket.socket, expected_peer: str | None, relay: bool = False) -> dict[str, Any]:
+    """What the received descriptor really is; ok only for a connected, blocking TCP socket, or
+    with ``relay`` for a connected, blocking AF_UNIX stream (a socketpair end: it has no peer
+    address, so the announced peer is the backend behind the relay and is not compared)."""
     import fcntl
 
     family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
     kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    is_tcp = family in (socket.AF_INET, socket.AF_INET6) and kind == socket.SOCK_STREAM
     try:
-        peer: str | None = _peer(sock.getpeername())
-        local: str | None = _peer(sock.getsockname())
+        name = sock.getpeername()  # an AF_UNIX socketpair end has no address, but it is connected
+        peer: str | None = _peer(name) if is_tcp else "unix"
+        local: str | None = _peer(sock.getsockname()) if is_tcp else "unix"
     except OSError:
         peer = local = None
     blocking = not fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
-    is_tcp = family in (socket.AF_INET, socket.AF_INET6) and kind == socket.SOCK_STREAM
+    if relay:
+        ok = family == socket.AF_UNIX and kind == socket.SOCK_STREAM and peer is not None and blocking
+        return {
+            "family": "AF_UNIX" if family == socket.AF_UNIX else family,
+            "type": "SOCK_STREAM" if kind == socket.SOCK_STREAM else kind,
+            "connected": peer is not None,
+            "peer": peer,
+            "expected_peer": expected_peer,
+            "peer_matches": True,
+            "blocking": blocking,
+            "relay": True,
+            "ok": ok,
+        }
     matches = expected_peer is None or peer == expected_peer
     return {
         "family": socket.AddressFamily(family).name if is_tcp else family,
@@ -177,6 +201,12 @@ def check_fd(sock: socket.socket, expected_peer: str | None) -> dict[str, Any]:
         "blocking": blocking,
         "ok": bool(is_tcp and peer is not None and matches and blocking),
     }
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def echo(sock: socket.socket, size: int, timeout: float) -> int:
@@ -247,6 +277,8 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
         "released": False,
         "fallback_reason": None,
         "pool_id": None,
+        "handoff": None,
+        "request_rtts_us": [],
     }
     timeout = opts["timeout"]
     sock: socket.socket | None = None
@@ -262,9 +294,10 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
             phases: dict[str, float] = {}
             t0 = time.perf_counter_ns()
             try:
+                asked = "relay" if opts["handoff"] == "relay" else None
                 try:
                     sock, reply = protocol.acquire(
-                        opts["socket"], opts["pool"], timeout, phases=phases, report_dropped=False
+                        opts["socket"], opts["pool"], timeout, phases=phases, report_dropped=False, handoff=asked
                     )
                 finally:
                     rec.update(phases)
@@ -272,11 +305,15 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
                 rec["t_connected_ns"] = time.time_ns()
                 rec["fd_recv_us"] = rec["connect_us"] = elapsed / 1000
                 rec["pool_id"] = reply.get("id")
+                relayed = (reply.get("meta") or {}).get("handoff") == "relay"
+                rec["handoff"] = "relay" if relayed else "fd"
                 # The validity check runs on the very socket object returned above, after the
                 # clock (as in direct mode); its "local" address ties it to the echo that follows.
                 t_check = time.perf_counter_ns()
-                rec["fd_check"] = check_fd(sock, reply.get("peer"))
+                rec["fd_check"] = check_fd(sock, reply.get("peer"), relay=relayed)
                 rec["fd_check_us"] = (time.perf_counter_ns() - t_check) / 1000
+                if relayed:
+                    rec["peer"] = reply.get("peer")  # the backend the relay carries the bytes to
                 if not rec["fd_check"]["ok"]:
                     raise protocol.PoolError("bad_fd", json.dumps(rec["fd_check"]))
                 if opts["transport"] == "tls":
@@ -315,10 +352,13 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
                 rec.update(tls_info)
                 rec["connect_us"] += tls_info["ssl_import_us"] + tls_info["tls_context_us"]
                 rec["connect_us"] += tls_info["tls_handshake_us"]
-        rec["peer"] = _peer(sock.getpeername())
-        rec["request_rtt_us"] = echo(sock, opts["payload_size"], timeout) / 1000
+        if rec["handoff"] != "relay":
+            rec["peer"] = _peer(sock.getpeername())
+        rtts = [echo(sock, opts["payload_size"], timeout) / 1000 for _ in range(opts["requests"])]
+        rec["request_rtts_us"] = rtts
+        rec["request_rtt_us"] = _median(rtts)
         rec["ok"] = True
-        if opts["release"] and rec["path"] == "socket":
+        if opts["release"] and rec["path"] == "socket" and rec["handoff"] != "relay":
             from components import protocol
 
             reply = protocol.release(opts["socket"], sock, opts["pool"], timeout)

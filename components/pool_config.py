@@ -27,6 +27,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 EXHAUSTION_POLICIES = ("wait", "connect", "refuse")
+# How a pooled connection reaches its caller: the fd itself (SCM_RIGHTS), or one end of an AF_UNIX
+# socketpair whose other end the manager relays to the connection (for runtimes such as gVisor that
+# import only AF_UNIX fds). An acquire may ask for either with its own "handoff" field.
+HANDOFFS = ("inject", "relay")
+# Descriptors one live relay holds in the manager: its socketpair end, the pooled connection, two pipes.
+FDS_PER_RELAY = 6
 # Plug-in pool kinds: kind -> module providing open_session()/check_session().
 KIND_MODULES = {"postgres": "components.pg_pool", "tls": "components.tls_pool"}
 # Callers whose credentials are refused, kept until their error line is sent; more are answered at
@@ -65,6 +71,7 @@ class PoolConfig:
     # A fresh connection waits this long before its first health check and hand-out, so a backend
     # that closes (or greets) right after accepting is seen before a caller gets the connection.
     settle_ms: float = 20.0
+    handoff: str = "inject"  # one of HANDOFFS: what a plain acquire of this pool gets
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -88,6 +95,8 @@ class PoolConfig:
             raise ConfigError(f"pool {self.name!r}: exhaustion must be one of {', '.join(EXHAUSTION_POLICIES)}")
         if self.max_connecting < 1:
             raise ConfigError(f"pool {self.name!r}: max_connecting must be >= 1")
+        if self.handoff not in HANDOFFS:
+            raise ConfigError(f"pool {self.name!r}: handoff must be one of {', '.join(HANDOFFS)}, got {self.handoff!r}")
         for attr in (
             "ttl",
             "max_idle",
@@ -180,6 +189,9 @@ class ManagerConfig:
     log_grants: str = "each"  # each | none (denials are always logged)
     connector_process: bool = False  # open TCP connections in a forked helper (components.pool_connector)
     default_pool: str = "echo"
+    max_relays: int = 64  # relayed connections live at once; an acquire beyond gets pool_exhausted
+    relay_idle_timeout: float = 300.0  # seconds without a byte either way before a relay is ended
+    relay_buffer_bytes: int = 64 * 1024  # bytes in flight per relay direction (pipe or buffer size)
 
     def validate(self) -> None:
         if not self.socket:
@@ -196,7 +208,11 @@ class ManagerConfig:
             raise ConfigError("log_grants must be 'each' or 'none'")
         if not isinstance(self.max_clients, int) or isinstance(self.max_clients, bool) or self.max_clients < 1:
             raise ConfigError(f"max_clients must be an integer >= 1, got {self.max_clients!r}")
-        for key in ("request_timeout", "health_interval"):
+        for key, minimum in (("max_relays", 0), ("relay_buffer_bytes", 4096)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+        for key in ("request_timeout", "health_interval", "relay_idle_timeout"):
             value = getattr(self, key)
             if not _type_ok(value, float) or value <= 0:
                 raise ConfigError(f"{key} must be a number of seconds > 0, got {value!r}")
@@ -206,9 +222,12 @@ class ManagerConfig:
                 raise ConfigError(f"{key} must be an octal permission mode 0000-0777 such as 0660, got {oct(mode)}")
 
     def fd_budget(self) -> int:
-        """Descriptors the configuration can hold at once (pools, connects, clients, margin)."""
+        """Descriptors the configuration can hold at once (pools, connects, clients, relays, margin)."""
         pools = sum(2 * p.size + p.max_connecting for p in self.pools.values())
-        return pools + self.max_clients + DENIED_SLOTS + 64
+        # A relay keeps its pooled connection (counted here, not in the pool) plus 5 more; the hub
+        # itself holds an epoll fd and a wake-up pipe.
+        relays = FDS_PER_RELAY * self.max_relays + 3 if self.max_relays else 0
+        return pools + self.max_clients + DENIED_SLOTS + relays + 64
 
 
 def _octal(key: str, value: Any) -> int:
@@ -265,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
     p.add_argument(
+        "--handoff", choices=HANDOFFS, help="what a plain acquire of pool --pool gets: the fd (inject) or a relay"
+    )
+    p.add_argument("--max-relays", type=int, help="relayed connections live at once (default 64, 0 = no relays)")
+    p.add_argument("--relay-idle-timeout", type=float, help="seconds without traffic before a relay ends (300)")
+    p.add_argument(
         "--connector-process",
         action="store_true",
         help="open TCP connections in a forked helper process and receive them in batches "
@@ -302,6 +326,7 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
         "ttl_jitter": args.ttl_jitter,
         "max_idle": args.max_idle,
         "settle_ms": args.settle_ms,
+        "handoff": args.handoff,
         "accept_release": False if args.no_release else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -339,6 +364,11 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
         log_grants=_given(args.log_grants, data, "log_grants", "each"),
         connector_process=bool(args.connector_process or connector),
         default_pool=pool_name,
+        max_relays=_given(args.max_relays, data, "max_relays", 64),
+        relay_idle_timeout=_number(
+            "relay_idle_timeout", _given(args.relay_idle_timeout, data, "relay_idle_timeout", 300.0)
+        ),
+        relay_buffer_bytes=data.get("relay_buffer_bytes", 64 * 1024),
     )
     cfg.validate()
     return cfg

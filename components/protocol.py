@@ -293,15 +293,19 @@ def acquire(
     *,
     phases: dict[str, float] | None = None,
     report_dropped: bool = True,
+    handoff: str | None = None,
 ) -> tuple[socket.socket, dict[str, Any]]:
     """Borrow one backend connection. Returns the connected socket (blocking) and the reply.
 
     ``phases``, if given, receives the duration of each step (ACQUIRE_PHASES, µs). An ok reply
     without its fd raises FdDroppedError; unless ``report_dropped`` is false (the caller then
     reports it itself with ``report_fd_dropped``, e.g. after its timed section), the manager is
-    told first, so a lost grant is never silent.
+    told first, so a lost grant is never silent. ``handoff="relay"`` asks for one end of an
+    AF_UNIX socketpair the manager relays to the connection (reply ``meta.handoff == "relay"``)
+    instead of the connection's own fd.
     """
-    reply, fd = _acquire_exchange(socket_path, _acquire_line(pool), timeout, phases)
+    line = _acquire_line(pool) if handoff is None else encode_request("acquire", pool=pool, handoff=handoff)
+    reply, fd = _acquire_exchange(socket_path, line, timeout, phases)
     if reply.get("ok") is not True:
         _close_fd(fd)
         raise PoolError(str(reply.get("error", "internal")), str(reply.get("detail", "")))

@@ -54,6 +54,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {on, 0 s}: close sends 
 CLOSED = "closed"  # both directions ended with EOF
 RESET = "reset"  # a side reset or failed; both closed at once
 STOPPED = "stopped"  # the hub was closed while the relay ran
+EXPIRED = "expired"  # no byte moved for longer than the idle limit (``expire_idle``); both closed at once
 
 
 def splice_available() -> bool:
@@ -201,6 +202,7 @@ class Relay:
         self.b = b
         self.on_close = on_close
         self.started = time.monotonic()
+        self.last_active = self.started  # last time a byte moved in either direction
         self.result: RelayResult | None = None
         self.masks = [0, 0]
         self.a_to_b = _Flow(a, b, buffer_bytes, zero_copy)
@@ -213,6 +215,11 @@ class Relay:
     @property
     def done(self) -> bool:
         return self.a_to_b.shut and self.b_to_a.shut
+
+    def progress(self) -> int:
+        """Bytes read or written so far, both directions: grows whenever the relay does anything."""
+        f, g = self.a_to_b, self.b_to_a
+        return f.moved + f.pending + g.moved + g.pending + f.eof + g.eof
 
     def wanted_masks(self) -> tuple[int, int]:
         r, w = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -233,6 +240,7 @@ class HubStats:
     closed: int = 0
     reset: int = 0
     stopped: int = 0
+    expired: int = 0
     bytes_a_to_b: int = 0
     bytes_b_to_a: int = 0
     cpu_s: float = 0.0
@@ -257,6 +265,7 @@ class HubStats:
             "closed": self.closed,
             "reset": self.reset,
             "stopped": self.stopped,
+            "expired": self.expired,
             "bytes_a_to_b": self.bytes_a_to_b,
             "bytes_b_to_a": self.bytes_b_to_a,
             "cpu_s": round(self.cpu_s, 6),
@@ -336,6 +345,17 @@ class RelayHub:
         self.stats.cpu_s += time.thread_time() - cpu0
         return handled
 
+    def expire_idle(self, idle_s: float, now: float | None = None) -> int:
+        """End relays (outcome ``expired``) in which no byte moved for more than ``idle_s`` seconds.
+
+        Call from the thread running ``poll``. Returns how many were ended.
+        """
+        now = time.monotonic() if now is None else now
+        stale = [r for r in list(self._relays.values()) if r.result is None and now - r.last_active > idle_s]
+        for relay in stale:
+            self._finish(relay, EXPIRED, f"no bytes for {idle_s:g} s")
+        return len(stale)
+
     @property
     def active(self) -> int:
         with self._lock:
@@ -412,6 +432,7 @@ class RelayHub:
             self._serve(relay, selectors.EVENT_READ | selectors.EVENT_WRITE)
 
     def _serve(self, relay: Relay, _mask: int) -> None:
+        before = relay.progress()
         try:
             relay.a_to_b.pump()
             relay.b_to_a.pump()
@@ -421,6 +442,8 @@ class RelayHub:
         if relay.done:
             self._finish(relay, CLOSED)
             return
+        if relay.progress() != before:
+            relay.last_active = time.monotonic()
         self._update_interest(relay)
 
     def _update_interest(self, relay: Relay) -> None:
@@ -471,6 +494,8 @@ class RelayHub:
             self.stats.closed += 1
         elif outcome == RESET:
             self.stats.reset += 1
+        elif outcome == EXPIRED:
+            self.stats.expired += 1
         else:
             self.stats.stopped += 1
         if relay.on_close is not None:

@@ -40,6 +40,7 @@ class AnalysisConfig:
     catalogue: Catalogue = field(default_factory=default_catalogue)
     plan: dict[str, Any] | None = None  # the campaign plan, recorded in summary.json
     deselected: set[str] = field(default_factory=set)  # scenarios -k/-m left out (gate notes say so)
+    unsupported: list[dict[str, str]] = field(default_factory=list)  # [{scenario, reason}]: never measured
 
 
 def _scenario_delay(samples: Sequence[Sample]) -> float:
@@ -241,6 +242,8 @@ def analyse(
     }
     if config.plan is not None:
         summary["plan"] = config.plan
+    if config.unsupported:
+        summary["unsupported"] = list(config.unsupported)
     return RunAnalysis(
         result=RunResult.from_dict(json_safe(summary)),
         gate_results=gate_results,

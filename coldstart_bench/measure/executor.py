@@ -113,6 +113,12 @@ def validate(scenario: Scenario, samples: Sequence[Sample], pool_status: str = "
         problems.append(
             f"{len(wrong_path)} cold starts took path {wrong_path[0].path!r}, expected {scenario.path!r}{detail}"
         )
+    if scenario.mode == "socket" and scenario.pool_up:
+        # A relay scenario must have been relayed, an injected one injected: the paths differ in cost.
+        want = "relay" if scenario.handoff == "relay" else "fd"
+        wrong = [s for s in samples if s.ok and s.path == "socket" and s.handoff and s.handoff != want]
+        if wrong:
+            problems.append(f"{len(wrong)} cold starts got hand-off {wrong[0].handoff!r}, expected {want!r}")
     if scenario.network == "none":
         leaky = [s for s in samples if s.ok and set(filter(None, s.interfaces.split(";"))) - {"lo"}]
         if leaky:

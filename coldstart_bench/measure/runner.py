@@ -26,6 +26,7 @@ class FunctionSpec:
     network: str  # a docker network name, or "none"
     binds: dict[str, dict[str, str]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    runtime: str = ""  # OCI runtime registered with the engine; "" = the engine's default
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ColdStartRunner:
 
     def _create(self, spec: FunctionSpec) -> str:
         host_config = self._api.create_host_config(
-            binds=spec.binds or None, network_mode=spec.network, auto_remove=True
+            binds=spec.binds or None, network_mode=spec.network, auto_remove=True, runtime=spec.runtime or None
         )
         created = self._api.create_container(
             spec.image, command=spec.command, labels=spec.labels, host_config=host_config
@@ -229,4 +230,6 @@ def to_sample(
         burst=burst,
         t_create_ns=ev.get("create", 0),
         error=result.error,
+        handoff=str(record.get("handoff") or ""),
+        request_rtts_us=";".join(f"{float(v):.1f}" for v in record.get("request_rtts_us") or []),
     )

@@ -58,6 +58,8 @@ class TestbedConfig:
     payload_size: int = 64
     start_timeout: float = 60.0
     pg_external: ExternalPg | None = None  # your own PostgreSQL instead of the database container
+    runtimes: tuple[str, ...] = ("runc",)  # probed at start (measure/runtime_axis.py)
+    requests: int = 1  # echo round trips per cold start
 
 
 def run_labels(run_id: str) -> dict[str, str]:
@@ -99,6 +101,10 @@ class Testbed:
         self.delay: SynAckDelay | None = None
         self.delay_ms: float = 0.0
         self.delay_backends: set[str] = set()
+        from .runtime_axis import RelayTotals, RuntimeSupport
+
+        self.runtime_support: RuntimeSupport | None = None
+        self.relay_totals = RelayTotals()
 
     # --- names -----------------------------------------------------------------------------
     @property
@@ -138,7 +144,14 @@ class Testbed:
             ],
         )
         self.start_pool()
+        self.probe_runtimes()
         return self
+
+    def probe_runtimes(self) -> None:
+        """Once per run: what each selected runtime does with handed fds (verdicts per scenario)."""
+        from .runtime_axis import probe_selected
+
+        self.runtime_support = probe_selected(self.client, self.config.runtimes, self.images.base, self.labels)
 
     def _start_container(
         self,
@@ -197,6 +210,11 @@ class Testbed:
 
     def stop_pool(self) -> None:
         if self.pool is not None:
+            from .runtime_axis import read_relay_stats
+
+            relay = read_relay_stats(str(self.socket_dir / SOCKET_NAME))  # its counters end with it
+            if relay is not None:
+                self.relay_totals.add(relay)
             self.pool.stop()
             self.pool = None
 
@@ -298,12 +316,17 @@ class Testbed:
         ]  # fmt: skip
         if scenario.release:
             command.append("--release")
+        if scenario.handoff == "relay":
+            command += ["--handoff", "relay"]
+        if self.config.requests != 1:
+            command += ["--requests", str(self.config.requests)]
         return FunctionSpec(
             image=self.images.function,
             command=command,
             network="none" if scenario.network == "none" else self.network_name,
             binds={self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}},
             labels={**self.labels, "coldstart-bench.role": "function"},
+            runtime=scenario.runtime,
         )
 
     def _pg_function_spec(self, scenario: Scenario) -> FunctionSpec:
@@ -326,6 +349,7 @@ class Testbed:
             network="none" if scenario.network == "none" else self.network_name,
             binds=binds,
             labels={**self.labels, "coldstart-bench.role": "function"},
+            runtime=scenario.runtime,
         )
 
     def close(self) -> None:
@@ -376,7 +400,8 @@ def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
     """Remove containers, networks and volumes of one run (or of every run whose process is gone)."""
     removed: list[str] = []
     label = f"{LABEL_RUN}={run_id}" if run_id else LABEL
-    for container in client.containers.list(all=True, filters={"label": label}):
+    # ignore_removed: other runs' function containers remove themselves between the list and its inspects.
+    for container in client.containers.list(all=True, filters={"label": label}, ignore_removed=True):
         if run_id is None and _owner_alive(container.labels):
             continue
         try:

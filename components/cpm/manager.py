@@ -13,13 +13,18 @@ from types import FrameType
 
 from components.cpm.policy import PolicyRoom
 from components.cpm.refill import RefillRoom
+from components.cpm.relaying import RelayRoom
 from components.cpm.server import ServerRoom
 from components.cpm.stats import StatsRoom
-from components.pool_config import ConfigError, ManagerConfig, load_config
+from components.pool_config import FDS_PER_RELAY, ConfigError, ManagerConfig, load_config
 
 
-class Manager(ServerRoom, PolicyRoom, RefillRoom, StatsRoom):
+class Manager(ServerRoom, PolicyRoom, RefillRoom, StatsRoom, RelayRoom):
     """One thread, one epoll set: every room works on the state in ``ManagerCore``."""
+
+    def __init__(self, cfg: ManagerConfig) -> None:
+        super().__init__(cfg)
+        self.init_relays()
 
 
 def raise_fd_limit(cfg: ManagerConfig) -> tuple[int, int]:
@@ -33,6 +38,7 @@ def raise_fd_limit(cfg: ManagerConfig) -> tuple[int, int]:
     if need > soft:
         raise ConfigError(
             f"pools need up to {need} file descriptors (2 x size + max_connecting per pool, "
+            f"{FDS_PER_RELAY} x max_relays {cfg.max_relays}, "
             f"+ max_clients {cfg.max_clients} + 64) but RLIMIT_NOFILE allows {soft} (hard limit {hard}); "
             f"lower --size/--max-clients or raise the limit (ulimit -n, docker --ulimit nofile=N:N)"
         )

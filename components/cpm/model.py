@@ -99,7 +99,21 @@ class Conn:
 class Client:
     """A caller connected to the Unix socket (one request per connection)."""
 
-    __slots__ = ("allowed", "buf", "deadline", "fd", "fds", "gid", "pid", "pool", "registered", "sock", "t0", "uid")
+    __slots__ = (
+        "allowed",
+        "buf",
+        "deadline",
+        "fd",
+        "fds",
+        "gid",
+        "handoff",
+        "pid",
+        "pool",
+        "registered",
+        "sock",
+        "t0",
+        "uid",
+    )
 
     def __init__(self, sock: _socket.socket, now: float, deadline: float) -> None:
         self.sock = sock
@@ -111,6 +125,7 @@ class Client:
         self.registered = False
         self.allowed = False
         self.pool: Pool | None = None  # set while waiting for a connection
+        self.handoff: Any = None  # the hand-off strategy the request asked for; None: the pool's
         try:
             self.pid, self.uid, self.gid = PEERCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
@@ -163,6 +178,8 @@ class Pool:
                 "exhausted",
                 "unavailable",
                 "send_failures",
+                "relayed",
+                "relay_refused",
             ),
             0,
         )

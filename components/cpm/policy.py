@@ -121,7 +121,7 @@ class PolicyRoom(ManagerCore):
         self.lat_counts[bisect.bisect_left(LAT_BOUNDS_US, (now - client.t0) * 1e6)] += 1
         reply = b'%s%s","id":%d%s' % (pool.reply_head, conn.peer.encode(), hid, conn.reply_tail)
         # Every hand-out goes through the pool's hand-off strategy (fd passing unless replaced).
-        if not pool.handoff.deliver(client, conn, reply):
+        if not (client.handoff or pool.handoff).deliver(client, conn, reply):
             # Not transferred: the connection is still only ours and still unused.
             pool.stats["send_failures"] += 1
             pool.idle.appendleft(conn)

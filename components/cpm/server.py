@@ -122,6 +122,8 @@ class ServerRoom(ManagerCore):
                     self.connect_done(fd, ev)
                 elif fd == evfd:
                     self.drain_results()
+                elif fd == self.relay_hub_fd:
+                    self.relay_poll()
             now = time.monotonic()
             if now >= self.next_settle:
                 self.promote_settled(now)
@@ -325,6 +327,16 @@ class ServerRoom(ManagerCore):
             pool = found or self.pools[self.cfg.default_pool]
         if op == "acquire":
             close_fds(fds)
+            if "handoff" in req:
+                client.handoff = self.handoff_for(pool, req["handoff"])
+                if client.handoff is None:
+                    detail = f"handoff must be 'inject' or 'relay', got {req['handoff']!r}"
+                    self.reply_error(client, "bad_request", detail)
+                    return
+            if (client.handoff or pool.handoff).name == "relay" and not self.relay_available():
+                pool.stats["relay_refused"] += 1
+                self.reply_error(client, "pool_exhausted", f"relay limit of {self.cfg.max_relays} reached")
+                return
             self.acquire(client, pool)
         elif op == "release":
             self.release(client, pool, fds)
@@ -369,6 +381,7 @@ class ServerRoom(ManagerCore):
             if pool.plugin is None and pool.waiters:
                 self.serve_waiters(pool, now)
             self.refill(pool, now)
+        self.relay_tick(now)
 
     def close(self) -> None:
         if self.connector_chan is not None:
@@ -387,6 +400,7 @@ class ServerRoom(ManagerCore):
             for conn in pool.settling:
                 conn.sock.close()
             pool.settling.clear()
+        self.relay_shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.listener is not None:
             self.listener.close()

@@ -47,6 +47,7 @@ class StatsRoom(ManagerCore):
             "release_identity": self.release_identity,
             "errors": dict(self.errors),
             "open_fds": open_fd_count(),
+            "relay": self.relay_stats(),
             "acquire_latency_us": {
                 "bounds": list(LAT_BOUNDS_US),
                 "counts": list(self.lat_counts),

@@ -150,7 +150,7 @@ def test_each_function_asks_a_pool_that_fits_its_runtime(tmp_path: Path) -> None
     for pod in _by_kind("Pod"):
         args = pod["spec"]["containers"][0]["command"]
         pool = cfg.pools[args[args.index("--pool") + 1]]
-        handoff = pool.options.get("handoff", "inject")
+        handoff = pool.handoff  # a validated PoolConfig field
         assert pod["metadata"]["labels"]["coldstart-bench/handoff"] == ("relay" if handoff == "relay" else "injected")
         runtime_class = pod["spec"].get("runtimeClassName")
         if runtime_class is not None:

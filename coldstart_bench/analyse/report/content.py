@@ -5,55 +5,13 @@ from a saved summary without the samples."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..textfmt import pvalue
+from .blocks import Bullets, Document, Heading, Image, Para, Table, num
 from .declared import burst_points, diff_reference, is_burst, primary_reference, thesis_pair
 from .plots import PHASES
-
-
-@dataclass
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass
-class Para:
-    text: str
-
-
-@dataclass
-class Bullets:
-    items: list[str]
-
-
-@dataclass
-class Table:
-    headers: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-
-
-@dataclass
-class Image:
-    file: str
-    alt: str
-
-
-@dataclass
-class Document:
-    title: str
-    blocks: list[Heading | Para | Bullets | Table | Image] = field(default_factory=list)
-
-
-def num(x: Any, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:,.{digits}f}"
 
 
 def pval(p: Any) -> str:
@@ -430,6 +388,9 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     if bt:
         b.append(Heading("Bursts"))
         b.append(bt)
+    from .runtimes import runtime_blocks  # its own module; it builds on the blocks defined here
+
+    b.extend(runtime_blocks(summary))
     campaign = plan_blocks(summary.get("plan"))
     if campaign:
         b.append(Heading("Campaign"))
