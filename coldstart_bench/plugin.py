@@ -149,7 +149,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             check_report_root(opts.report_dir)
         except ReportWriteError as exc:
             raise pytest.UsageError(f"--bench-report-dir: {exc}") from None
-    run_plan = plan(plan_settings(opts), [catalogue.by_id(sid) for sid in selected])
+    run_plan = plan(plan_settings(opts), [catalogue.by_id(sid) for sid in selected], catalogue.pulled_in(selected))
     if run_plan.interleave:  # recorded with the environment, so summary.json says how the run was ordered
         config.stash[STATE_KEY].environment.interleave = run_plan.interleave_record()
     config.stash[SELECTED_KEY] = selected

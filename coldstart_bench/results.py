@@ -71,6 +71,9 @@ class EnvironmentRecord:
     delay_backend: str | None = None
     delay_backends_by_scenario: dict[str, str] = field(default_factory=dict)
     pg_transfers_checked: int | None = None
+    # Server sessions PostgreSQL opened while each arm ran (pg_stat_database.sessions across its
+    # blocks, pool refills settled): {scenario: {"sessions", "cold_starts", "blocks"}}.
+    pg_sessions_by_scenario: dict[str, dict[str, int]] = field(default_factory=dict)
     interleave: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,7 +91,7 @@ class EnvironmentRecord:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if value is None or (f.name == "delay_backends_by_scenario" and not value):
+            if value is None or (f.name in ("delay_backends_by_scenario", "pg_sessions_by_scenario") and not value):
                 continue
             out[f.name] = value
         out.update(self.extra)
@@ -174,6 +177,8 @@ class RunResult:
     findings: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] | None = None
     version: int = SUMMARY_VERSION
+    languages: list[dict[str, Any]] = field(default_factory=list)  # the language table (analyse/wire_tables.py)
+    pg_proxy: list[dict[str, Any]] = field(default_factory=list)  # direct vs PgBouncer vs injected session
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -191,6 +196,10 @@ class RunResult:
         }
         if self.plan is not None:
             out["plan"] = self.plan
+        if self.languages:
+            out["languages"] = self.languages
+        if self.pg_proxy:
+            out["pg_proxy"] = self.pg_proxy
         return out
 
     def to_json(self) -> str:
@@ -223,6 +232,8 @@ class RunResult:
                 warnings=list(d.get("warnings") or []),
                 findings=list(d.get("findings") or []),
                 plan=d.get("plan"),
+                languages=list(d.get("languages") or []),
+                pg_proxy=list(d.get("pg_proxy") or []),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

@@ -229,4 +229,9 @@ def to_sample(
         burst=burst,
         t_create_ns=ev.get("create", 0),
         error=result.error,
+        runtime=str(record.get("runtime") or ""),
+        runtime_startup_us=_us(record, "runtime_startup_us"),
+        runtime_init_us=_us(record, "runtime_init_us"),
+        query_first_us=_us(record, "query_first_us"),
+        query_p50_us=_us(record, "query_p50_us"),
     )

@@ -23,13 +23,16 @@ from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
 from ..catalogue import Scenario
-from .runner import FunctionSpec
+from . import function_specs
+from .accounting import HandoutLedger, SessionLedger, wait_settled
+from .runner import ColdStartResult, FunctionSpec
 
 if TYPE_CHECKING:
     from ..options import ExternalPg
     from .database import ExternalPostgres, PostgresBackend
     from .delay import SynAckDelay
     from .images import ImageSet
+    from .pgbouncer import PgBouncerContainer
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
@@ -96,6 +99,9 @@ class Testbed:
         self.delay: SynAckDelay | None = None
         self.delay_ms: float = 0.0
         self.delay_backends: set[str] = set()
+        self.pgbouncer: PgBouncerContainer | None = None
+        self.handouts = HandoutLedger()
+        self.sessions: SessionLedger | None = None  # with the database container: server sessions per arm
 
     # --- names -----------------------------------------------------------------------------
     @property
@@ -192,6 +198,7 @@ class Testbed:
 
     def stop_pool(self) -> None:
         if self.pool is not None:
+            self.handouts.retire(self.manager_stats())
             self.pool.stop()
             self.pool = None
 
@@ -226,6 +233,10 @@ class Testbed:
                                       self.labels, publish=False).start()  # fmt: skip
         self.pg = backend
         self.pg_transfers_before = backend.check_balances()[0]
+        if isinstance(backend, PostgresBackend):  # an external server has other clients: not counted
+            from .pgbouncer import sessions_opened
+
+            self.sessions = SessionLedger(lambda: sessions_opened(backend), self._settle_pools)
         backend.write_password_file(self.secret_dir)
         pools = {
             self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
@@ -269,29 +280,82 @@ class Testbed:
 
     def prepare(self, scenario: Scenario) -> None:
         """Bring the testbed into the state a scenario needs."""
+        self.close_session_window()
         if scenario.backend == "pg":
             self.ensure_pg()
+        if scenario.proxy:
+            self.ensure_pgbouncer()
         self.set_delay(scenario.delay_ms, scenario.backend)
         if scenario.pool_up:
             self.start_pool()
         else:
             self.stop_pool()
+        if scenario.backend == "pg" and self.sessions is not None:
+            self.sessions.open(scenario.id)
+
+    # --- PgBouncer and the run's balances (measure/accounting.py) -----------------------------
+    @property
+    def pgbouncer_name(self) -> str:
+        return f"csb-pgb-{self.run_id}"
+
+    def ensure_pgbouncer(self) -> PgBouncerContainer:
+        """PgBouncer in front of the database container, started once when a scenario needs it."""
+        if self.pgbouncer is not None:
+            return self.pgbouncer
+        from .database import PostgresBackend
+        from .pgbouncer import PgBouncerContainer
+
+        if not isinstance(self.pg, PostgresBackend):
+            raise TestbedError("PgBouncer runs next to the database container, not an external server")
+        self.pgbouncer = PgBouncerContainer(
+            self.client, self.images.extra["pgbouncer"], self.pg, self.pgbouncer_name, self.labels
+        ).start()
+        return self.pgbouncer
+
+    def manager_stats(self) -> dict[str, Any] | None:
+        """The running pool manager's stats reply, or None (not running, not answering)."""
+        if self.pool is None:
+            return None
+        from components.protocol import PoolError, request
+
+        try:
+            return request(str(self.socket_dir / SOCKET_NAME), "stats", timeout=2.0)
+        except (OSError, PoolError, ValueError):
+            return None
+
+    def _settle_pools(self) -> None:
+        if self.pool is not None:
+            wait_settled(self.manager_stats)
+
+    def observe_cold_starts(self, scenario: Scenario, results: list[ColdStartResult]) -> None:
+        self.handouts.count(r.record for r in results)
+        if self.sessions is not None:
+            self.sessions.count(scenario.id, len(results))
+
+    def check_handouts(self) -> list[str]:
+        return self.handouts.problems(self.manager_stats(), running=self.pool is not None)
+
+    def close_session_window(self) -> None:
+        if self.sessions is not None:
+            self.sessions.close()
+
+    @property
+    def pg_sessions_by_scenario(self) -> dict[str, dict[str, int]]:
+        return dict(self.sessions.tallies) if self.sessions is not None else {}
 
     def function_spec(self, scenario: Scenario) -> FunctionSpec:
         if scenario.backend == "pg":
             return self._pg_function_spec(scenario)
-        command = [
-            "python3", "-m", "components.function",
-            "--mode", scenario.mode,
-            "--target", self.target,
-            "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}",
-            "--pool", self.config.pool_name,
-            "--payload-size", str(self.config.payload_size),
-        ]  # fmt: skip
-        if scenario.release:
-            command.append("--release")
+        command = function_specs.echo_command(
+            scenario,
+            target=self.target,
+            socket=f"{SOCKET_MOUNT}/{SOCKET_NAME}",
+            pool=self.config.pool_name,
+            payload_size=self.config.payload_size,
+        )
+        image = function_specs.image_key(scenario)
         return FunctionSpec(
-            image=self.images.function,
+            image=getattr(self.images, image, "") or self.images.extra[image],
             command=command,
             network="none" if scenario.network == "none" else self.network_name,
             binds={str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
@@ -300,14 +364,15 @@ class Testbed:
 
     def _pg_function_spec(self, scenario: Scenario) -> FunctionSpec:
         assert self.pg is not None
+        route = function_specs.pg_route(scenario, self.pg, self.pgbouncer)
         command = [
             "python3", "-m", "components.pg_function",
             "--mode", scenario.mode,
-            "--host", self.pg.host, "--port", str(self.pg.port),
+            "--host", route.host, "--port", str(route.port),
             "--database", self.pg.database, "--user", self.pg.user,
             "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--pool", "pg",
         ]  # fmt: skip
-        binds = {str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}}
+        binds = {str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}, **route.binds}
         if scenario.mode == "direct":
             # Only a function that authenticates itself gets the credential.
             command += ["--password-file", f"{SECRET_MOUNT}/pgpassword"]
@@ -322,7 +387,16 @@ class Testbed:
 
     def close(self) -> None:
         errors: list[str] = []
-        for step in (self._close_delay, self.stop_pool, self._close_pg, self._close_echo, self._close_network):
+        steps = (
+            self.close_session_window,
+            self._close_delay,
+            self.stop_pool,
+            self._close_pgbouncer,
+            self._close_pg,
+            self._close_echo,
+            self._close_network,
+        )
+        for step in steps:
             try:
                 step()
             except Exception as exc:
@@ -337,6 +411,11 @@ class Testbed:
         if self.delay is not None:
             self.delay.stop()
             self.delay = None
+
+    def _close_pgbouncer(self) -> None:
+        if self.pgbouncer is not None:
+            self.pgbouncer.stop()
+            self.pgbouncer = None
 
     def _close_pg(self) -> None:
         from .database import PostgresBackend

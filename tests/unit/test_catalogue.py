@@ -58,8 +58,10 @@ def test_families_and_axes() -> None:
     assert [s.id for s in cat.family("thesis")] == ["socket", "direct", "direct-10ms", "direct-50ms", "direct-100ms"]
     assert {s.id for s in cat.family("extended")} == {"socket-nonet", "socket-100ms", "fallback", "socket-return"}
     assert [s.id for s in cat.family("control")] == ["direct-aa"]
-    assert {s.family for s in cat} == {"thesis", "extended", "control", "pg", "burst"}
+    assert {s.family for s in cat} == {"thesis", "extended", "control", "pg", "burst", "lang", "pg-proxy"}
     for s in cat:
+        if s.family in ("lang", "pg-proxy"):
+            continue  # the language/entrypoint/proxy axes (tests/unit/test_lang_wiring.py)
         assert (s.runtime, s.language, s.transport, s.entrypoint, s.handoff) == (
             "runc",
             "python",
