@@ -110,12 +110,8 @@ class Scenario:
         d = dataclasses.asdict(self)
         d["id"] = self.id
         d["references"] = [
-            {
-                "scenario": r.scenario,
-                "role": r.role,
-                "findings": [dataclasses.asdict(f) for f in r.findings],
-                "pulled": r.pulled,
-            }
+            {"scenario": r.scenario, "role": r.role, "findings": [dataclasses.asdict(f) for f in r.findings]}
+            | ({"pulled": True} if r.pulled else {})
             for r in self.references
         ]
         d["expectations"] = list(self.expectations)

@@ -98,7 +98,7 @@ def test_register_refuses_duplicates_and_bad_names() -> None:
 def test_expectations_live_in_the_catalogue() -> None:
     texts = default_catalogue().expectations()
     assert "socket.connect_us.median <= direct.connect_us.median / 2" in texts
-    assert len(texts) == 7 and len(set(texts)) == 7
+    assert len(texts) == 8 and len(set(texts)) == 8
     assert default_catalogue().expectations(["pg-socket"]) == [
         "pg-socket.connect_us.median <= pg-direct.connect_us.median / 5"
     ]

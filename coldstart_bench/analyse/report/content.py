@@ -13,6 +13,7 @@ from typing import Any
 from ..textfmt import pvalue
 from .declared import burst_points, diff_reference, is_burst, primary_reference, thesis_pair
 from .plots import PHASES
+from .wire_sections import wire_sections
 
 
 @dataclass
@@ -430,6 +431,8 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     if bt:
         b.append(Heading("Bursts"))
         b.append(bt)
+    for section in wire_sections(summary):
+        b.extend([Heading(section.heading), Table(section.headers, section.rows, section.caption)])
     campaign = plan_blocks(summary.get("plan"))
     if campaign:
         b.append(Heading("Campaign"))
