@@ -392,7 +392,6 @@ LANG_SCENARIOS: tuple[Scenario, ...] = (
         references=(
             _ref(
                 "socket",
-                Finding(CONNECT_SPEEDUP, "entrypoint"),
                 _saving("entrypoint", "The fd-3 entrypoint instead of the in-process acquire"),
                 headline=True,
                 pulled=True,
