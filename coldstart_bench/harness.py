@@ -101,7 +101,8 @@ class Harness:
         try:
             self.client = connect()
         except EngineUnavailable as exc:
-            self._fail_broken(f"coldstart-bench: {exc}")
+            # Every test would fail the same way: stop the session once.
+            pytest.exit(f"coldstart-bench: {exc}", returncode=int(pytest.ExitCode.USAGE_ERROR))
         # Docker-side modules load on first use, so unit tests and option errors never need them.
         from .measure.images import ImageBuildError, ensure_images
         from .measure.testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
@@ -109,7 +110,8 @@ class Harness:
         try:
             images = ensure_images(self.client, log=lambda m: self.write(f"[coldstart-bench] {m}"))
         except ImageBuildError as exc:
-            self._fail_broken(f"coldstart-bench: cannot build the images: {exc}")
+            msg = f"coldstart-bench: cannot build the images: {exc}"
+            pytest.exit(msg, returncode=int(pytest.ExitCode.USAGE_ERROR))
         sweep(self.client)  # leftovers of runs whose process died (kill -9, power loss)
         env = self.state.environment
         env.update(environment.capture(self.client).to_dict())  # typed fields, read back by name

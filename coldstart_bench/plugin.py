@@ -156,6 +156,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.stash[SELECTED_KEY] = selected
     config.stash[PLAN_KEY] = run_plan
     inputs.expectations = parsed
+    if selected:
+        from .preflight import run_preflight
+
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        run_preflight(config, (lambda m: reporter.write_line(f"[coldstart-bench] {m}")) if reporter else print)
 
 
 def _deselect_pool_load(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -5,12 +5,20 @@ Modes:
   socket  acquire a pooled connection from the pool manager over its Unix socket
           (fd_recv_us = connect_us), then check the fd is a connected TCP socket whose
           peer is the address the manager announced.
-If socket mode fails (manager unreachable, refusing, exhausted, bad fd) and fallback is on,
-the function connects directly and reports path "fallback"; then connect_us also counts the
-failed attempt (socket_attempt_us), because that is what the caller waited.
+          The acquire's steps are recorded as phases of connect_us (protocol.ACQUIRE_PHASES:
+          uds_connect_us, request_write_us, reply_recv_us, reply_parse_us, sock_wrap_us);
+          protocol_import_us and fd_check_us are outside it, like direct mode's own check.
   fd3     adopt the connection components/c/fd3_entrypoint.c placed at fd 3 (LISTEN_FDS=1);
           fd_recv_us is the entrypoint's acquire, connect_us adds the adoption here. Without it
           (COLDSTART_FD3_FALLBACK says why) the function connects directly, path "fallback".
+Both clocks start right before the first step towards a connection and stop when the function
+holds the connected socket object; the fd check follows on that same object in both modes.
+If socket mode fails (manager unreachable, refusing, exhausted, bad fd, fd dropped on the way)
+and fallback is on, the function connects directly and reports path "fallback"; then connect_us
+also counts the failed attempt (socket_attempt_us), because that is what the caller waited. A
+dropped fd is reported to the manager after the measured work (fd_drop_reported).
+Before any of this, the function pages in its own executable mappings (prefetch_us; see
+components/prefetch.py), the same for every mode; --no-prefetch turns that off.
 
 Prints exactly one JSON line on stdout; exit status 0 iff ok. Imports are kept minimal
 (no argparse) because every run is a cold process and start-up time is part of what is measured.
@@ -28,8 +36,8 @@ from typing import Any
 
 USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--target HOST:PORT]
        [--socket PATH] [--pool NAME] [--payload-size N] [--fallback | --no-fallback]
-       [--release] [--timeout S] [--transport {tcp,tls} [--tls-ca FILE] [--tls-server-name NAME]
-       [--tls-cert FILE --tls-key FILE]]
+       [--release] [--timeout S] [--no-prefetch] [--transport {tcp,tls} [--tls-ca FILE]
+       [--tls-server-name NAME] [--tls-cert FILE --tls-key FILE]]
 
   --mode          direct (resolve + TCP connect), socket (fd from the pool manager)
                   or fd3 (fd inherited from the fd-3 entrypoint)
@@ -44,6 +52,7 @@ USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--ta
   --tls-ca        CA file verifying the server (direct tls)        default: system CAs
   --tls-server-name  name to verify (direct tls)                    default: the target host
   --tls-cert, --tls-key  client certificate for mutual TLS (direct tls)
+  --no-prefetch   skip paging in the interpreter's code before the run (components/prefetch.py)
 """
 
 
@@ -62,6 +71,7 @@ def _parse(argv: list[str]) -> dict[str, Any]:
         "tls_server_name": None,
         "tls_cert": None,
         "tls_key": None,
+        "prefetch": True,
     }
     valued = {"--mode", "--target", "--socket", "--pool", "--payload-size", "--timeout", "--transport"}
     valued |= {"--tls-ca", "--tls-server-name", "--tls-cert", "--tls-key"}
@@ -91,6 +101,8 @@ def _parse(argv: list[str]) -> dict[str, Any]:
             opts["fallback"] = False
         elif arg == "--release":
             opts["release"] = True
+        elif arg == "--no-prefetch":
+            opts["prefetch"] = False
         else:
             raise ValueError(f"unknown argument {arg!r}")
         i += 1
@@ -148,8 +160,9 @@ def check_fd(sock: socket.socket, expected_peer: str | None) -> dict[str, Any]:
     kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     try:
         peer: str | None = _peer(sock.getpeername())
+        local: str | None = _peer(sock.getsockname())
     except OSError:
-        peer = None
+        peer = local = None
     blocking = not fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
     is_tcp = family in (socket.AF_INET, socket.AF_INET6) and kind == socket.SOCK_STREAM
     matches = expected_peer is None or peer == expected_peer
@@ -158,6 +171,7 @@ def check_fd(sock: socket.socket, expected_peer: str | None) -> dict[str, Any]:
         "type": "SOCK_STREAM" if kind == socket.SOCK_STREAM else kind,
         "connected": peer is not None,
         "peer": peer,
+        "local": local,
         "expected_peer": expected_peer,
         "peer_matches": matches,
         "blocking": blocking,
@@ -238,18 +252,31 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
     sock: socket.socket | None = None
     attempt_ns = 0
     manager_error: str | None = None
+    dropped: Any = None  # the reply of a grant whose fd never arrived, reported after the timed part
     try:
         if opts["mode"] == "socket":
+            t_import = time.perf_counter_ns()
             from components import protocol
 
+            rec["protocol_import_us"] = (time.perf_counter_ns() - t_import) / 1000
+            phases: dict[str, float] = {}
             t0 = time.perf_counter_ns()
             try:
-                sock, reply = protocol.acquire(opts["socket"], opts["pool"], timeout)
+                try:
+                    sock, reply = protocol.acquire(
+                        opts["socket"], opts["pool"], timeout, phases=phases, report_dropped=False
+                    )
+                finally:
+                    rec.update(phases)
                 elapsed = time.perf_counter_ns() - t0
                 rec["t_connected_ns"] = time.time_ns()
                 rec["fd_recv_us"] = rec["connect_us"] = elapsed / 1000
                 rec["pool_id"] = reply.get("id")
+                # The validity check runs on the very socket object returned above, after the
+                # clock (as in direct mode); its "local" address ties it to the echo that follows.
+                t_check = time.perf_counter_ns()
                 rec["fd_check"] = check_fd(sock, reply.get("peer"))
+                rec["fd_check_us"] = (time.perf_counter_ns() - t_check) / 1000
                 if not rec["fd_check"]["ok"]:
                     raise protocol.PoolError("bad_fd", json.dumps(rec["fd_check"]))
                 if opts["transport"] == "tls":
@@ -263,11 +290,13 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
                 if sock is not None:
                     sock.close()
                     sock = None
+                if isinstance(exc, protocol.FdDroppedError):
+                    dropped = exc.reply
                 rec["fd_recv_us"] = rec["connect_us"] = rec["t_connected_ns"] = None
                 if not opts["fallback"]:
                     raise
                 rec["path"] = "fallback"
-                rec["fallback_reason"] = f"{exc.code}: {exc.detail}"
+                rec["fallback_reason"] = f"{exc.code}: {exc.detail}" if exc.detail else exc.code
                 rec["socket_attempt_us"] = attempt_ns / 1000
                 manager_error = exc.code
         if opts["mode"] == "fd3":
@@ -302,6 +331,10 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
         if sock is not None:
             sock.close()
     rec["t_end_ns"] = time.time_ns()
+    if dropped is not None:
+        from components import protocol
+
+        rec["fd_drop_reported"] = protocol.report_fd_dropped(opts["socket"], opts["pool"], dropped, timeout=0.2)
     if manager_error is not None and manager_error not in ("manager_unavailable", "timeout"):
         # The manager answered but could not serve us: tell it, so its stats count fallbacks.
         from components import protocol
@@ -329,7 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"{exc}\n{USAGE}")
         return 2
+    prefetched: dict[str, Any] = {"prefetch_us": None, "prefetch_bytes": None}
+    if opts["prefetch"]:
+        # Same for every mode and before any connection clock: see components/prefetch.py.
+        t0 = time.perf_counter_ns()
+        from components.prefetch import prefetch
+
+        _files, covered = prefetch()
+        prefetched = {"prefetch_us": (time.perf_counter_ns() - t0) / 1000, "prefetch_bytes": covered}
     rec = run(opts, t_main_ns)
+    rec.update(prefetched)
     sys.stdout.write(json.dumps(rec) + "\n")
     sys.stdout.flush()
     return 0 if rec["ok"] else 1

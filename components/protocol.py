@@ -14,7 +14,9 @@ from __future__ import annotations
 import array
 import json
 import os
+import select
 import socket
+import time
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -35,6 +37,11 @@ ERROR_CODES = frozenset(
 )
 # Client-side only: the manager could not be reached at all (no socket file, refused, reset).
 MANAGER_UNAVAILABLE = "manager_unavailable"
+# Client-side only: the manager granted a connection but its fd did not arrive (a sandbox such
+# as gVisor imports only AF_UNIX fds from host sockets). Reported back with a ``report`` op.
+FD_DROPPED = "fd_dropped"
+# Phases of an acquire, in the order they happen (µs); their sum is the acquire minus call overhead.
+ACQUIRE_PHASES = ("uds_connect_us", "request_write_us", "reply_recv_us", "reply_parse_us", "sock_wrap_us")
 
 _FD_SIZE = array.array("i").itemsize
 # Room for a few fds so that surplus ones are received (and closed) instead of silently truncated.
@@ -49,6 +56,14 @@ class PoolError(Exception):
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.detail = detail
+
+
+class FdDroppedError(PoolError):
+    """An ok acquire reply that arrived without its file descriptor; ``reply`` is what did arrive."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(FD_DROPPED)
+        self.reply = reply
 
 
 def encode_request(op: str, **fields: Any) -> bytes:
@@ -177,17 +192,148 @@ def _acquire_line(pool: str) -> bytes:
     return encode_request("acquire", pool=pool)
 
 
-def acquire(socket_path: str, pool: str = "echo", timeout: float = 2.0) -> tuple[socket.socket, dict[str, Any]]:
-    """Borrow one backend connection. Returns the connected socket (blocking) and the reply."""
-    reply, fd = _exchange(socket_path, _acquire_line(pool), timeout)
+def _acquire_exchange(
+    socket_path: str, line: bytes, timeout: float | None, phases: dict[str, float] | None
+) -> tuple[dict[str, Any], int | None]:
+    """The acquire round trip on a non-blocking socket, timed per phase.
+
+    Non-blocking from creation (SOCK_NONBLOCK: no ioctl) and one poll() only where we really
+    wait, for the reply: with ``settimeout`` every call would poll first (one syscall more per
+    step). A Unix connect() does not wait (it succeeds or fails at once) and a request of at most
+    MAX_REQUEST_BYTES fits an empty socket buffer, so only the reply needs the timeout.
+    """
+    clock = time.perf_counter_ns
+    t0 = clock()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    except OSError as exc:
+        raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: {exc.strerror or exc}") from None
+    fd: int | None = None
+    try:
+        try:
+            sock.connect(socket_path)
+        except BlockingIOError:
+            # A full listen backlog: a blocking connect would fail the same way (EAGAIN).
+            raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: listen backlog full") from None
+        except OSError as exc:
+            raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: {exc.strerror or exc}") from None
+        t1 = clock()
+        deadline = None if timeout is None else t1 + int(timeout * 1e9)
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        try:
+            view = memoryview(line)
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    _wait(poller, sock, select.POLLOUT, deadline, socket_path, timeout)
+            t2 = clock()
+            buf = bytearray()
+            while True:
+                # Wait first: the manager has rarely answered yet, and a recvmsg() that finds
+                # nothing would cost a syscall for an EAGAIN.
+                _wait(poller, sock, select.POLLIN, deadline, socket_path, timeout)
+                try:
+                    data, ancdata, _flags, _addr = sock.recvmsg(65536, _ANC_SPACE, _RECV_FLAGS)
+                except BlockingIOError:
+                    continue
+                for extra in _fds_from_ancillary(ancdata):
+                    if fd is None:
+                        fd = extra
+                    else:
+                        os.close(extra)
+                if not data:
+                    raise ConnectionError("peer closed before a full line")
+                buf += data
+                nl = buf.find(b"\n")
+                if nl >= 0:
+                    break
+                if len(buf) > MAX_REPLY_BYTES:
+                    raise ValueError(f"line longer than {MAX_REPLY_BYTES} bytes")
+            t3 = clock()
+            reply = decode_line(bytes(buf[: nl + 1]))
+            t4 = clock()
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: {exc}") from None
+        except ValueError as exc:
+            raise PoolError("internal", f"malformed reply: {exc}") from None
+        except OSError as exc:
+            raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: {exc.strerror or exc}") from None
+    except BaseException:
+        _close_fd(fd)
+        raise
+    finally:
+        sock.close()
+    if phases is not None:
+        phases["uds_connect_us"] = (t1 - t0) / 1000
+        phases["request_write_us"] = (t2 - t1) / 1000
+        phases["reply_recv_us"] = (t3 - t2) / 1000
+        phases["reply_parse_us"] = (t4 - t3) / 1000
+    return reply, fd
+
+
+def _wait(
+    poller: Any, sock: socket.socket, events: int, deadline: int | None, socket_path: str, timeout: float | None
+) -> None:
+    """Wait for ``events`` until the deadline (None: no limit); raises PoolError("timeout") when it passes."""
+    poller.modify(sock.fileno(), events)
+    if deadline is None:
+        poller.poll()
+        return
+    left_ms = (deadline - time.perf_counter_ns()) / 1e6
+    if left_ms <= 0 or not poller.poll(max(1, int(left_ms + 0.999))):
+        raise PoolError("timeout", f"no reply from {socket_path} within {timeout}s")
+
+
+def acquire(
+    socket_path: str,
+    pool: str = "echo",
+    timeout: float | None = 2.0,
+    *,
+    phases: dict[str, float] | None = None,
+    report_dropped: bool = True,
+) -> tuple[socket.socket, dict[str, Any]]:
+    """Borrow one backend connection. Returns the connected socket (blocking) and the reply.
+
+    ``phases``, if given, receives the duration of each step (ACQUIRE_PHASES, µs). An ok reply
+    without its fd raises FdDroppedError; unless ``report_dropped`` is false (the caller then
+    reports it itself with ``report_fd_dropped``, e.g. after its timed section), the manager is
+    told first, so a lost grant is never silent.
+    """
+    reply, fd = _acquire_exchange(socket_path, _acquire_line(pool), timeout, phases)
+    if reply.get("ok") is not True:
+        _close_fd(fd)
+        raise PoolError(str(reply.get("error", "internal")), str(reply.get("detail", "")))
     if fd is None:
-        raise PoolError("internal", "acquire reply carried no file descriptor")
+        if report_dropped:
+            report_fd_dropped(socket_path, pool, reply)
+        raise FdDroppedError(reply)
+    t0 = time.perf_counter_ns()
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
         os.close(fd)
         raise PoolError("internal", f"received fd is not a socket: {exc}") from None
+    if phases is not None:
+        phases["sock_wrap_us"] = (time.perf_counter_ns() - t0) / 1000
     return sock, reply
+
+
+def report_fd_dropped(socket_path: str, pool: str, reply: dict[str, Any], timeout: float = 0.5) -> bool:
+    """Tell the manager that a granted connection never arrived. True if it accepted the event.
+
+    A manager that does not know the event answers bad_request; that, or no answer at all, is
+    False, never an exception: the caller is already on its way to a fallback.
+    """
+    fields: dict[str, Any] = {"pool": pool, "event": FD_DROPPED}
+    if isinstance(reply.get("id"), int):
+        fields["id"] = reply["id"]
+    try:
+        request(socket_path, "report", timeout=timeout, **fields)
+    except (PoolError, OSError, ValueError):
+        return False
+    return True
 
 
 def release(socket_path: str, sock: socket.socket, pool: str = "echo", timeout: float = 2.0) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,8 +310,11 @@ class ImageBuilder:
         images_dir: Path = IMAGES_DIR,
         components_dir: Path = COMPONENTS_DIR,
         wheels: WheelCache | None = None,
+        image_dirs: Mapping[str, Path] | None = None,
     ) -> None:
         self.client = client
+        # Build contexts outside images/ (examples, a user's own function): name -> directory.
+        self.image_dirs = dict(image_dirs or {})
         self.log = log
         self.images_dir = images_dir
         self.components_dir = components_dir
@@ -410,7 +413,7 @@ class ImageBuilder:
     def _assemble(self, name: str, ctx: Path) -> dict[str, str]:
         """Lay out the build context of image name in ctx; returns its build args (the base it
         builds FROM, and the build-stage base when it has build-packages.txt)."""
-        directory = self.images_dir / name
+        directory = self.image_dirs.get(name) or self.images_dir / name
         if not (directory / "Dockerfile").is_file():
             raise ImageBuildError(f"no image {name!r}: {directory / 'Dockerfile'} does not exist")
         base_ref = self.base_with_packages(name, read_list(directory / "debian-packages.txt"))
@@ -497,14 +500,18 @@ def ensure_images(
     client: docker.DockerClient,
     names: Iterable[str] | None = None,
     log: Callable[[str], None] = print,
+    image_dirs: Mapping[str, Path] | None = None,
 ) -> ImageSet:
     """Make sure the base and the named images (all of images/ by default) exist locally.
 
-    Unchanged images are not rebuilt; safe to call concurrently from several processes.
+    ``image_dirs`` adds build contexts outside images/ (name -> directory, same layout); their
+    names are built too. Unchanged images are not rebuilt; safe to call concurrently from
+    several processes.
     """
     wanted = discover_images() if names is None else list(dict.fromkeys(names))
+    wanted += [name for name in image_dirs or {} if name not in wanted]
     with build_lock():
-        builder = ImageBuilder(client, log=log)
+        builder = ImageBuilder(client, log=log, image_dirs=image_dirs)
         base = builder.base()
         tags = {name: builder.ensure(name) for name in wanted}
     return ImageSet(

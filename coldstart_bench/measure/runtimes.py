@@ -448,7 +448,7 @@ def _cmd_packages(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from coldstart_bench.engine import connect
+    from coldstart_bench.measure.engine import connect
 
     client = connect()
     image = args.image or default_probe_image(client)

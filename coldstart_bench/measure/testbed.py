@@ -7,11 +7,10 @@ everything it created itself, labelled with the run id, even after Ctrl-C).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import shutil
-import tempfile
+import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -26,6 +25,7 @@ from ..catalogue import Scenario
 from . import function_specs
 from .accounting import HandoutLedger, SessionLedger, wait_settled
 from .runner import ColdStartResult, FunctionSpec
+from .volumes import VolumeFile, create_volume, put_files, remove_volume
 
 if TYPE_CHECKING:
     from ..options import ExternalPg
@@ -37,12 +37,18 @@ if TYPE_CHECKING:
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
 LABEL_PID = "coldstart-bench.pid"
+# The pid is only meaningful on the machine that created the resource: a remote engine may be
+# shared by harnesses on several hosts, and one must not sweep another's live run.
+LABEL_HOST = "coldstart-bench.host"
 SOCKET_MOUNT = "/run/cpm"
 SOCKET_NAME = "pool.sock"
 # Credentials and the manager's config live apart from the socket: functions that get an
 # injected session never see them (only the pool manager and direct-mode functions mount it).
 SECRET_MOUNT = "/run/cpm-secret"
 READY = r'"event":\s*"ready"'
+STATS_SNIPPET = (
+    "import json, sys; from components.protocol import request; print(json.dumps(request(sys.argv[1], 'stats')))"
+)
 
 
 class TestbedError(RuntimeError):
@@ -62,7 +68,7 @@ class TestbedConfig:
 
 
 def run_labels(run_id: str) -> dict[str, str]:
-    return {LABEL: "1", LABEL_RUN: run_id, LABEL_PID: str(os.getpid())}
+    return {LABEL: "1", LABEL_RUN: run_id, LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()}
 
 
 def _tail(container: Any, lines: int = 15) -> str:
@@ -86,9 +92,10 @@ class Testbed:
         self.run_id = run_id
         self.config = config or TestbedConfig()
         self.labels = run_labels(run_id)
-        self.socket_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-", dir="/tmp"))
-        self.socket_dir.chmod(0o755)
-        self.secret_dir = Path(tempfile.mkdtemp(prefix=f"csb-{run_id[-8:]}-secret-", dir="/tmp"))
+        # Named volumes, not host directories: they live on the engine's host, local or remote
+        # (DOCKER_HOST), and are created on start, removed on close (and by sweep).
+        self.socket_volume = f"csb-sock-{run_id}"
+        self.secret_volume = f"csb-secret-{run_id}"
         self.pg: PostgresBackend | ExternalPostgres | None = None
         self.pg_cold_starts_ok = 0  # successful pg function runs, warm-ups included: each commits one transfer
         self.pg_transfers_before = 0  # transfers already in the database when the run started
@@ -122,6 +129,8 @@ class Testbed:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> Testbed:
+        create_volume(self.client, self.socket_volume, self.labels)
+        create_volume(self.client, self.secret_volume, self.labels)
         net = Network(docker_network_kw={"driver": "bridge", "labels": self.labels})
         net.name = self.network_name
         self.network = net.create()
@@ -146,7 +155,7 @@ class Testbed:
         image: str,
         name: str,
         command: list[str],
-        volumes: tuple[tuple[Path, str, str], ...] = (),
+        volumes: tuple[tuple[str, str, str], ...] = (),
     ) -> DockerContainer:
         """Start a long-lived component on the run's network and wait for its readiness line; on
         failure remove it and raise with its last log lines."""
@@ -157,8 +166,8 @@ class Testbed:
             .with_kwargs(labels=self.labels, network=self.network_name)
             .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
         )
-        for host, bind, mode in volumes:
-            container = container.with_volume_mapping(str(host), bind, mode)
+        for source, bind, mode in volumes:
+            container = container.with_volume_mapping(source, bind, mode)
         try:
             return container.start()
         except Exception as exc:
@@ -193,7 +202,7 @@ class Testbed:
             image,
             self.pool_name,
             self.pool_command(),
-            volumes=((self.socket_dir, SOCKET_MOUNT, "rw"), (self.secret_dir, SECRET_MOUNT, "ro")),
+            volumes=((self.socket_volume, SOCKET_MOUNT, "rw"), (self.secret_volume, SECRET_MOUNT, "ro")),
         )
 
     def stop_pool(self) -> None:
@@ -237,13 +246,16 @@ class Testbed:
             from .pgbouncer import sessions_opened
 
             self.sessions = SessionLedger(lambda: sessions_opened(backend), self._settle_pools)
-        backend.write_password_file(self.secret_dir)
         pools = {
             self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
             **backend.pool_config(backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)),
         }
-        (self.secret_dir / "pool.json").write_text(manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools))
-        self.secret_dir.chmod(0o755)
+        # Mode 0644: containers may run as another uid; only the manager and direct functions mount it.
+        files = {
+            "pgpassword": VolumeFile((backend.password + "\n").encode()),
+            "pool.json": VolumeFile(manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools).encode()),
+        }
+        put_files(self.client, self.secret_volume, files, self.images.pool, self.labels)
         self.stop_pool()
         self.start_pool()
         return backend
@@ -313,15 +325,18 @@ class Testbed:
         return self.pgbouncer
 
     def manager_stats(self) -> dict[str, Any] | None:
-        """The running pool manager's stats reply, or None (not running, not answering)."""
+        """The running pool manager's stats reply, or None (not running, not answering). Asked from
+        inside its container: the socket lives in a volume on the engine's host, maybe remote."""
         if self.pool is None:
             return None
-        from components.protocol import PoolError, request
-
         try:
-            return request(str(self.socket_dir / SOCKET_NAME), "stats", timeout=2.0)
-        except (OSError, PoolError, ValueError):
+            code, out = self.pool.get_wrapped_container().exec_run(
+                ["python3", "-c", STATS_SNIPPET, f"{SOCKET_MOUNT}/{SOCKET_NAME}"], demux=False
+            )
+            reply = json.loads(out) if code == 0 else None
+        except (docker.errors.APIError, ValueError):
             return None
+        return reply if isinstance(reply, dict) else None
 
     def _settle_pools(self) -> None:
         if self.pool is not None:
@@ -358,7 +373,7 @@ class Testbed:
             image=getattr(self.images, image, "") or self.images.extra[image],
             command=command,
             network="none" if scenario.network == "none" else self.network_name,
-            binds={str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
+            binds={self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}},
             labels={**self.labels, "coldstart-bench.role": "function"},
         )
 
@@ -372,11 +387,11 @@ class Testbed:
             "--database", self.pg.database, "--user", self.pg.user,
             "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--pool", "pg",
         ]  # fmt: skip
-        binds = {str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}, **route.binds}
+        binds = {self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}, **route.binds}
         if scenario.mode == "direct":
             # Only a function that authenticates itself gets the credential.
             command += ["--password-file", f"{SECRET_MOUNT}/pgpassword"]
-            binds[str(self.secret_dir)] = {"bind": SECRET_MOUNT, "mode": "ro"}
+            binds[self.secret_volume] = {"bind": SECRET_MOUNT, "mode": "ro"}
         return FunctionSpec(
             image=self.images.extra["pgfunction"],
             command=command,
@@ -402,8 +417,6 @@ class Testbed:
             except Exception as exc:
                 errors.append(f"{step.__name__}: {exc}")
         sweep(self.client, self.run_id)
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
-        shutil.rmtree(self.secret_dir, ignore_errors=True)
         if errors:
             raise TestbedError("cleanup incomplete: " + "; ".join(errors))
 
@@ -446,7 +459,7 @@ class Testbed:
 
 
 def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
-    """Remove containers and networks of one run (or of every run whose process is gone)."""
+    """Remove containers, networks and volumes of one run (or of every run whose process is gone)."""
     removed: list[str] = []
     label = f"{LABEL_RUN}={run_id}" if run_id else LABEL
     for container in client.containers.list(all=True, filters={"label": label}):
@@ -465,12 +478,24 @@ def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
             removed.append(network.name)
         except docker.errors.NotFound:
             pass
+    # Volumes last: the engine refuses to remove one a container still uses.
+    for volume in client.volumes.list(filters={"label": label}):
+        if run_id is None and _owner_alive(volume.attrs.get("Labels") or {}):
+            continue
+        try:
+            remove_volume(client, volume.name)
+        except docker.errors.APIError:
+            continue  # still in use by a container being removed; the next sweep takes it
+        removed.append(volume.name)
     return removed
 
 
 def _owner_alive(labels: dict[str, str]) -> bool:
-    """Whether the process that created a resource still runs; without a pid label we cannot
-    tell, so the resource is left alone."""
+    """Whether the process that created a resource still runs; without a pid label, or when
+    another host created it, we cannot tell, so the resource is left alone."""
+    host = labels.get(LABEL_HOST)
+    if host is not None and host != socket.gethostname():
+        return True
     try:
         pid = int(labels.get(LABEL_PID, ""))
     except ValueError:

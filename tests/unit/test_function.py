@@ -100,6 +100,7 @@ def test_socket_mode(echo: Echo, manager: Manager) -> None:
     assert rec["resolve_us"] is None and rec["handshake_us"] is None
     assert rec["peer"] == echo.target
     check = rec["fd_check"]
+    assert check.pop("local").startswith("127.0.0.1:")
     assert check == {
         "family": "AF_INET",
         "type": "SOCK_STREAM",

@@ -179,11 +179,12 @@ def test_error_reply_with_stray_fd_does_not_leak(fake_manager: Callable[..., str
     assert open_fds() == before + 1  # the fake server's listening socket, nothing else
 
 
-def test_ok_reply_without_fd_is_an_error(fake_manager: Callable[..., str]) -> None:
+def test_ok_reply_without_fd_is_a_distinct_error(fake_manager: Callable[..., str]) -> None:
     path = fake_manager(b'{"ok":true,"pool":"echo","peer":"1.2.3.4:5","id":1,"meta":{}}\n', False)
-    with pytest.raises(protocol.PoolError) as exc:
-        protocol.acquire(path)
-    assert exc.value.code == "internal"
+    with pytest.raises(protocol.FdDroppedError) as exc:
+        protocol.acquire(path, report_dropped=False)
+    assert exc.value.code == protocol.FD_DROPPED and isinstance(exc.value, protocol.PoolError)
+    assert exc.value.reply["id"] == 1
 
 
 def test_acquire_with_fd_returns_socket(fake_manager: Callable[..., str]) -> None:

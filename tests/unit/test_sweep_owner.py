@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
-from coldstart_bench.measure.testbed import LABEL_PID, _owner_alive
+from coldstart_bench.measure.testbed import LABEL_HOST, LABEL_PID, _owner_alive
 
 
 def test_live_owner_is_alive() -> None:
@@ -20,3 +21,10 @@ def test_resources_without_an_owner_are_left_alone() -> None:
     assert _owner_alive({})
     assert _owner_alive({LABEL_PID: "0"})
     assert _owner_alive({LABEL_PID: "garbage"})
+
+
+def test_a_dead_pid_of_another_host_is_not_ours_to_sweep() -> None:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = proc.stdout.strip()
+    assert not _owner_alive({LABEL_PID: dead, LABEL_HOST: socket.gethostname()})
+    assert _owner_alive({LABEL_PID: dead, LABEL_HOST: "some-other-harness-host"})

@@ -1,0 +1,244 @@
+"""Where a cold function's injected connect goes: medians of each phase of connect_us (issue 15).
+
+Real cold starts: a throwaway network, echo server and pool manager (labelled, removed at the end)
+and fresh function containers, one `docker run --rm` each, arms interleaved round-robin so drift
+and the neighbours' load hit every arm alike. Arms:
+  socket / socket-nonet          the function as shipped (prefetch on)
+  ...-noprefetch                 the same code without components/prefetch.py
+  direct / direct-noprefetch     the direct path, to show it is not made slower
+  socket-baseline                $COLDSTART_BASELINE_FUNCTION_IMAGE (an image of an older function,
+                                 e.g. the one before this change), if set; it reports connect_us only
+  warm-reference                 one acquire per round from this (warm) test process against the
+                                 same manager: what the manager and the machine's load cost, with no
+                                 cold-process work at all
+Derived columns: acquire_other_us = connect_us - the five acquire phases (call overhead, closing
+the Unix socket); main_to_end_us = t_end_ns - t_main_ns (the function's own run, prefetch included).
+Prints a table of medians (µs) and stores the figures in benchmark.extra_info.
+
+Opt-in (it takes minutes): COLDSTART_CONNECT_BREAKDOWN=1 pytest bench/test_connect_breakdown.py -p no:xdist -s
+Cold starts per arm: COLDSTART_CONNECT_BREAKDOWN_N (default 20).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        os.environ.get("COLDSTART_CONNECT_BREAKDOWN") != "1",
+        reason="opt-in benchmark (minutes of cold starts): set COLDSTART_CONNECT_BREAKDOWN=1",
+    ),
+]
+
+N = int(os.environ.get("COLDSTART_CONNECT_BREAKDOWN_N", "20"))
+ACQUIRE_PHASES = ("uds_connect_us", "request_write_us", "reply_recv_us", "reply_parse_us", "sock_wrap_us")
+LABEL = "coldstart-bench.connect-breakdown"
+SOCKET_MOUNT = "/run/cpm"
+PHASES = (
+    "connect_us",
+    "uds_connect_us",
+    "request_write_us",
+    "reply_recv_us",
+    "reply_parse_us",
+    "sock_wrap_us",
+    "fd_check_us",
+    "protocol_import_us",
+    "prefetch_us",
+    "resolve_us",
+    "handshake_us",
+    "request_rtt_us",
+    "acquire_other_us",
+    "main_to_end_us",
+)
+
+
+@dataclass
+class Arm:
+    name: str
+    mode: str
+    network: str  # "bridge" (the throwaway network) or "none"
+    image: str = ""
+    extra: tuple[str, ...] = ()
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Bed:
+    client: Any
+    run_id: str
+    network: str
+    echo_target: str
+    socket_dir: Path
+    images: Any
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Bed]:
+    docker = pytest.importorskip("docker")
+    from coldstart_bench.measure.images import ensure_images
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+    images = ensure_images(client, ["function", "pool", "echo"])
+    run_id = uuid.uuid4().hex[:10]
+    labels = {LABEL: run_id}
+    socket_dir = Path(tempfile.mkdtemp(prefix=f"csb-cb-{run_id}-", dir="/tmp"))
+    socket_dir.chmod(0o755)
+    net_name, echo_name = f"csb-cb-net-{run_id}", f"csb-cb-echo-{run_id}"
+    try:
+        client.networks.create(net_name, driver="bridge", labels=labels)
+        echo = client.containers.run(
+            images.echo,
+            ["python3", "-m", "components.echo_server", "--host", "0.0.0.0", "--port", "7000"],
+            name=echo_name, network=net_name, labels=labels, detach=True,
+        )  # fmt: skip
+        _wait_ready(echo)
+        pool = client.containers.run(
+            images.pool,
+            ["python3", "-m", "components.pool_manager", "--target", f"{echo_name}:7000", "--size", "32",
+             "--socket", f"{SOCKET_MOUNT}/pool.sock", "--pool", "echo"],
+            name=f"csb-cb-pool-{run_id}", network=net_name, labels=labels, detach=True,
+            volumes={str(socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
+        )  # fmt: skip
+        _wait_ready(pool)
+        yield Bed(client, run_id, net_name, f"{echo_name}:7000", socket_dir, images)
+    finally:
+        for c in client.containers.list(all=True, filters={"label": f"{LABEL}={run_id}"}):
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
+        for n in client.networks.list(filters={"label": f"{LABEL}={run_id}"}):
+            with contextlib.suppress(Exception):
+                n.remove()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _wait_ready(container: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if b'"ready"' in container.logs():
+            return
+        container.reload()
+        if container.status == "exited":
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"{container.name} not ready: {container.logs(tail=10)!r}")
+
+
+def _cold_start(bed: Bed, arm: Arm) -> dict[str, Any]:
+    command = [
+        "python3", "-m", "components.function", "--mode", arm.mode, "--target", bed.echo_target,
+        "--socket", f"{SOCKET_MOUNT}/pool.sock", "--pool", "echo", "--payload-size", "64", *arm.extra,
+    ]  # fmt: skip
+    net: dict[str, str] = {"network_mode": "none"} if arm.network == "none" else {"network": bed.network}
+    out = bed.client.containers.run(
+        arm.image or bed.images.function,
+        command,
+        remove=True,
+        volumes={str(bed.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
+        labels={LABEL: bed.run_id},
+        **net,
+    )
+    lines = out.decode().splitlines()
+    if len(lines) != 1:
+        raise ValueError(f"expected one JSON line, got {out[:300]!r}")
+    record: dict[str, Any] = json.loads(lines[0])
+    return record
+
+
+def _derive(record: dict[str, Any]) -> None:
+    phases = [record.get(k) for k in ACQUIRE_PHASES]
+    if isinstance(record.get("connect_us"), (int, float)) and all(isinstance(p, (int, float)) for p in phases):
+        record["acquire_other_us"] = record["connect_us"] - sum(phases)  # type: ignore[arg-type]
+    if isinstance(record.get("t_end_ns"), int) and isinstance(record.get("t_main_ns"), int):
+        record["main_to_end_us"] = (record["t_end_ns"] - record["t_main_ns"]) / 1000
+
+
+def _warm_acquire(bed: Bed) -> dict[str, Any]:
+    from components import protocol
+
+    phases: dict[str, float] = {}
+    t0 = time.perf_counter_ns()
+    sock, _reply = protocol.acquire(str(bed.socket_dir / "pool.sock"), "echo", 2.0, phases=phases)
+    record: dict[str, Any] = {"connect_us": (time.perf_counter_ns() - t0) / 1000, **phases}
+    sock.close()
+    _derive(record)
+    return record
+
+
+def _median(records: list[dict[str, Any]], key: str) -> float | None:
+    values = [float(r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return statistics.median(values) if values else None
+
+
+def test_connect_breakdown(bed: Bed, benchmark: Any) -> None:
+    arms = [
+        Arm("socket", "socket", "bridge"),
+        Arm("socket-noprefetch", "socket", "bridge", extra=("--no-prefetch",)),
+        Arm("socket-nonet", "socket", "none"),
+        Arm("socket-nonet-noprefetch", "socket", "none", extra=("--no-prefetch",)),
+        Arm("direct", "direct", "bridge"),
+        Arm("direct-noprefetch", "direct", "bridge", extra=("--no-prefetch",)),
+    ]
+    baseline = os.environ.get("COLDSTART_BASELINE_FUNCTION_IMAGE")
+    if baseline:
+        arms.append(Arm("socket-baseline", "socket", "bridge", image=baseline))
+        arms.append(Arm("direct-baseline", "direct", "bridge", image=baseline))
+
+    warm = Arm("warm-reference", "socket", "host")
+
+    def run_all() -> None:
+        _warm_acquire(bed)  # this process's own first acquire is not warm
+        for arm in arms:  # one discarded start per arm: the first of a kind pays image/network set-up
+            with contextlib.suppress(Exception):
+                _cold_start(bed, arm)
+        deadline = time.monotonic() + 60 + N * len(arms) * 5.0
+        for _ in range(N):
+            warm.records.append(_warm_acquire(bed))
+            for arm in arms:
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    record = _cold_start(bed, arm)
+                except Exception as exc:
+                    arm.failures.append(f"{type(exc).__name__}: {exc}"[:300])
+                    continue
+                if record.get("ok") and record.get("path") == arm.mode:
+                    _derive(record)
+                    arm.records.append(record)
+                else:
+                    arm.failures.append(str(record.get("error") or record.get("fallback_reason")))
+
+    benchmark.pedantic(run_all, rounds=1, iterations=1)
+    arms.append(warm)
+    table: dict[str, dict[str, float | None]] = {
+        arm.name: {"n": len(arm.records), **{k: _median(arm.records, k) for k in PHASES}} for arm in arms
+    }
+    benchmark.extra_info["connect_breakdown_median_us"] = table
+    benchmark.extra_info["failures"] = {arm.name: arm.failures[:5] for arm in arms if arm.failures}
+    cols = [k for k in PHASES if any(table[a.name][k] is not None for a in arms)]
+    print(f"\nconnect breakdown, medians in µs, {N} cold starts per arm (interleaved)")
+    print(f"{'arm':<24} {'n':>3} " + " ".join(f"{c.removesuffix('_us'):>14}" for c in cols))
+    for arm in arms:
+        row = table[arm.name]
+        cells = " ".join(f"{row[c]:>14.0f}" if row[c] is not None else f"{'-':>14}" for c in cols)
+        print(f"{arm.name:<24} {len(arm.records):>3} {cells}")
+    for arm in arms:
+        assert len(arm.records) >= max(1, N // 2), f"{arm.name}: too few good cold starts: {arm.failures[:3]}"
