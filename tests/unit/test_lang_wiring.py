@@ -229,3 +229,12 @@ def test_refill_does_not_overfill_while_idle_sessions_are_refreshed(echo: Echo) 
             sock.close()
         finally:
             m.stop()
+
+
+def test_report_campaign_names_the_pulled_in_scenarios() -> None:
+    from coldstart_bench.analyse.report.content import Para, plan_blocks
+
+    texts = [
+        b.text for b in plan_blocks({"cold_starts": 4, "order": [], "pulled": ["pg-direct"]}) if isinstance(b, Para)
+    ]
+    assert any("Pulled in" in t and "pg-direct" in t for t in texts)

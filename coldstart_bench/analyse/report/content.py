@@ -361,6 +361,10 @@ def plan_blocks(plan: Mapping[str, Any] | None) -> list[Heading | Para | Bullets
     skips = plan.get("skips") or []
     if skips:
         out.append(Bullets([f"{s['scenario']} skipped: {s['reason']}" for s in skips]))
+    pulled = plan.get("pulled") or []
+    if pulled:
+        out.append(Para(f"Pulled in by the selected scenarios they are compared with (no test of their own, "
+                        f"validated with the test that pulled them): {', '.join(pulled)}."))  # fmt: skip
     return out
 
 
