@@ -51,6 +51,9 @@ class Reference:
     headline: bool = False
     control: bool = False
     findings: tuple[Finding, ...] = ()
+    # Measured in every run that measures the scenario, selected or not (`-k pgbouncer` brings
+    # the arms it is compared with): the comparison the scenario exists for is never missing.
+    pulled: bool = False
 
     @property
     def role(self) -> str:
@@ -85,6 +88,7 @@ class Scenario:
     transport: str = "tcp"  # the connection's security (later "tls")
     entrypoint: str = "in-process"  # how the connection reaches the function (later "fd3")
     handoff: str = "fd"  # how the pool hands it over (later "relay")
+    proxy: str = ""  # a proxy between function and backend: "" | "pgbouncer" (TCP) | "pgbouncer-unix"
     references: tuple[Reference, ...] = ()
     delay_series: str = ""  # name of the DelaySeries this scenario is a member of
     diff_reference: str = ""  # the injected scenario the report's Diff row subtracts
@@ -107,14 +111,17 @@ class Scenario:
         d["id"] = self.id
         d["references"] = [
             {"scenario": r.scenario, "role": r.role, "findings": [dataclasses.asdict(f) for f in r.findings]}
+            | ({"pulled": True} if r.pulled else {})
             for r in self.references
         ]
         d["expectations"] = list(self.expectations)
         return d
 
 
-def _ref(scenario: str, *findings: Finding, headline: bool = False, control: bool = False) -> Reference:
-    return Reference(scenario, headline=headline, control=control, findings=tuple(findings))
+def _ref(
+    scenario: str, *findings: Finding, headline: bool = False, control: bool = False, pulled: bool = False
+) -> Reference:
+    return Reference(scenario, headline=headline, control=control, findings=tuple(findings), pulled=pulled)
 
 
 def _saving(topic: str, subject: str) -> Finding:
@@ -349,6 +356,166 @@ def runtime_twins(scenarios: Iterable[Scenario], runtimes: Iterable[str]) -> tup
     return tuple(out)
 
 
+# --- Languages and the proxy users pick instead (issue 13) -----------------------------------------
+# Language axis: the same echo function in Node.js and C beside the Python one. Entrypoint axis:
+# "fd3" = components/c/fd3_entrypoint.c acquires the connection before the runtime starts and execs
+# the function with it at fd 3 (LISTEN_FDS=1), path "fd3". socket-fd3 runs the Python function
+# through the entrypoint, to price it against the in-process acquire of socket.
+LANG_FAMILY = "lang"
+PG_PROXY_FAMILY = "pg-proxy"
+
+LANG_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "node-direct",
+        "direct",
+        language="node",
+        family=LANG_FAMILY,
+        diff_reference="node-socket",
+        description="Node.js connects by itself (dns.lookup, net.connect)",
+    ),
+    Scenario(
+        "node-socket",
+        "socket",
+        language="node",
+        entrypoint="fd3",
+        expect_path="fd3",
+        family=LANG_FAMILY,
+        references=(
+            _ref(
+                "node-direct",
+                Finding(CONNECT_SPEEDUP, "node"),
+                _saving("node", "In Node.js, injection through the fd-3 entrypoint"),
+                headline=True,
+                pulled=True,
+            ),
+        ),
+        diff_reference="node-socket",
+        description="Node.js adopts the inherited fd 3: new net.Socket({fd: 3})",
+        expectations=("node-socket.connect_us.median <= node-direct.connect_us.median / 3",),
+    ),
+    Scenario(
+        "node-socket-nonet",
+        "socket",
+        network="none",
+        language="node",
+        entrypoint="fd3",
+        expect_path="fd3",
+        family=LANG_FAMILY,
+        references=(
+            _ref("node-direct", _saving("node", "In Node.js without container networking, injection"), pulled=True),
+            _ref("node-socket"),
+        ),
+        diff_reference="node-socket",
+        description="Node.js adopts the inherited fd 3, no container networking",
+    ),
+    Scenario(
+        "c-direct",
+        "direct",
+        language="c",
+        family=LANG_FAMILY,
+        diff_reference="c-socket",
+        description="C connects by itself (getaddrinfo, connect)",
+    ),
+    Scenario(
+        "c-socket",
+        "socket",
+        language="c",
+        entrypoint="fd3",
+        expect_path="fd3",
+        family=LANG_FAMILY,
+        references=(
+            _ref(
+                "c-direct",
+                Finding(CONNECT_SPEEDUP, "c"),
+                _saving("c", "In C, injection through the fd-3 entrypoint"),
+                headline=True,
+                pulled=True,
+            ),
+        ),
+        diff_reference="c-socket",
+        description="C uses the inherited fd 3 as it is",
+    ),
+    Scenario(
+        "c-socket-nonet",
+        "socket",
+        network="none",
+        language="c",
+        entrypoint="fd3",
+        expect_path="fd3",
+        family=LANG_FAMILY,
+        references=(_ref("c-direct", pulled=True), _ref("c-socket")),
+        diff_reference="c-socket",
+        description="C uses the inherited fd 3, no container networking",
+    ),
+    Scenario(
+        "socket-fd3",
+        "socket",
+        entrypoint="fd3",
+        expect_path="fd3",
+        family=LANG_FAMILY,
+        references=(
+            _ref(
+                "socket",
+                _saving("entrypoint", "The fd-3 entrypoint instead of the in-process acquire"),
+                headline=True,
+                pulled=True,
+            ),
+            _ref("direct", pulled=True),
+        ),
+        diff_reference="socket",
+        description="Python adopts the inherited fd 3: socket.socket(fileno=3)",
+    ),
+)
+
+# PgBouncer in front of the same PostgreSQL (SCRAM on both sides), beside connecting directly and
+# an injected session; each pulls both into the run so `-k pgbouncer` is the three-way comparison.
+PG_PROXY_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "pg-pgbouncer",
+        "direct",
+        backend="pg",
+        proxy="pgbouncer",
+        family=PG_PROXY_FAMILY,
+        references=(
+            _ref(
+                "pg-direct",
+                Finding(CONNECT_SPEEDUP, "pgbouncer"),
+                _saving("pgbouncer", "PgBouncer in front of PostgreSQL (TCP)"),
+                headline=True,
+                pulled=True,
+            ),
+            _ref(
+                "pg-socket", _saving("pgbouncer", "Going through PgBouncer instead of an injected session"), pulled=True
+            ),
+        ),
+        diff_reference="pg-socket",
+        description="the function authenticates to PgBouncer over TCP; PgBouncer pools server sessions",
+    ),
+    Scenario(
+        "pg-pgbouncer-unix",
+        "direct",
+        network="none",
+        backend="pg",
+        proxy="pgbouncer-unix",
+        family=PG_PROXY_FAMILY,
+        references=(
+            _ref(
+                "pg-direct",
+                Finding(CONNECT_SPEEDUP, "pgbouncer"),
+                _saving("pgbouncer", "PgBouncer over a bind-mounted Unix socket"),
+                headline=True,
+                pulled=True,
+            ),
+            _ref(
+                "pg-socket", _saving("pgbouncer", "PgBouncer's Unix socket instead of an injected session"), pulled=True
+            ),
+            _ref("pg-pgbouncer"),
+        ),
+        diff_reference="pg-socket",
+        description="the function authenticates to PgBouncer over its bind-mounted Unix socket, no networking",
+    ),
+)
+
 DELAY_SERIES: tuple[DelaySeries, ...] = (
     DelaySeries("direct", reference="socket", primary=True),
     DelaySeries("pg-direct", reference="pg-socket"),
@@ -482,6 +649,21 @@ class Catalogue:
                 out.append(r)
         return out
 
+    def pulled_in(self, selected: Sequence[str]) -> list[Scenario]:
+        """Scenarios the selected ones pull into the run (references marked `pulled`, transitively)
+        that are not selected themselves, in the order first pulled."""
+        chosen = set(selected)
+        out: list[Scenario] = []
+        pending = list(selected)
+        while pending:
+            s = self.get(pending.pop(0))
+            for r in s.references if s is not None else ():
+                if r.pulled and r.scenario not in chosen and r.scenario in self:
+                    chosen.add(r.scenario)
+                    out.append(self._scenarios[r.scenario])
+                    pending.append(r.scenario)
+        return out
+
     def expectations(self, ids: Iterable[str] | None = None) -> list[str]:
         """The declared bench_expect texts, in catalogue order (of the given scenarios, or all)."""
         chosen = set(ids) if ids is not None else None
@@ -495,7 +677,15 @@ class Catalogue:
 def default_catalogue(
     burst_sizes: Iterable[int] = DEFAULT_BURST_SIZES, runtimes: Iterable[str] = (DEFAULT_RUNTIME,)
 ) -> Catalogue:
-    singles = THESIS_SCENARIOS + EXTENDED_SCENARIOS + CONTROL_SCENARIOS + PG_SCENARIOS + RELAY_SCENARIOS
+    singles = (
+        THESIS_SCENARIOS
+        + EXTENDED_SCENARIOS
+        + CONTROL_SCENARIOS
+        + PG_SCENARIOS
+        + RELAY_SCENARIOS
+        + LANG_SCENARIOS
+        + PG_PROXY_SCENARIOS
+    )
     return Catalogue(singles + burst_scenarios(burst_sizes) + runtime_twins(singles, runtimes))
 
 

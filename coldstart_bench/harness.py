@@ -78,6 +78,7 @@ class Harness:
         self._executor: Executor | None = None
         self._interleaved: dict[str, list[Sample]] | None = None
         self._broken: str | None = None
+        self._validated_pulled: set[str] = set()
 
     @property
     def settings(self) -> PlanSettings:
@@ -195,7 +196,12 @@ class Harness:
                 backends = sorted(testbed.delay_backends)
                 self.state.environment.delay_backend = ",".join(backends) if backends else "none used"
             if testbed is not None and hasattr(testbed, "close"):
-                testbed.close()
+                try:
+                    testbed.close()
+                finally:
+                    sessions = getattr(testbed, "pg_sessions_by_scenario", None)
+                    if sessions:
+                        self.state.environment.pg_sessions_by_scenario = sessions
             totals = getattr(testbed, "relay_totals", None)
             if totals is not None and totals.totals["started"]:
                 self.state.environment.update({"relay_stats": totals.as_dict()})
@@ -272,17 +278,44 @@ class Harness:
         self._record_benchmark(benchmark, scenario, samples)
         status = self.testbed.pool_status() if self.testbed is not None and hasattr(self.testbed, "pool_status") else ""
         problems = validate(scenario, samples, pool_status=status)
-        if scenario.backend == "pg":
+        for pulled, pulled_samples in self._pulled_by(scenario):
+            problems.extend(f"{pulled.id} (pulled in): {p}" for p in validate(pulled, pulled_samples, status))
+        if scenario.backend == "pg" or any(self.plan.scenario(p).backend == "pg" for p in self.plan.pulled):
             problems.extend(self._check_database())
+        problems.extend(self._check_handouts())
         if problems:
             pytest.fail(f"{scenario_id}: " + "\n  ".join(problems), pytrace=False)
         return samples
+
+    def _pulled_by(self, scenario: Scenario) -> list[tuple[Scenario, list[Sample]]]:
+        """The scenarios this one pulled into the run (no test of their own), measured if a sequential
+        plan has not yet, each handed out for validation once."""
+        out = []
+        for ref in scenario.references:
+            sid = ref.scenario
+            if not ref.pulled or sid not in self.plan.pulled or sid in self._validated_pulled:
+                continue
+            self._validated_pulled.add(sid)
+            if self.plan.interleave:
+                samples = self._interleave_all().get(sid, [])
+            else:
+                samples = self._measure(self.plan, self.plan.blocks_of(sid)).get(sid, [])
+            out.append((self.plan.scenario(sid), samples))
+        return out
+
+    def _check_handouts(self) -> list[str]:
+        """The pool managers handed out exactly one connection per injected cold start (path socket,
+        fd3, ...), warm-ups included: nothing was handed out that no function adopted."""
+        check = getattr(self.testbed, "check_handouts", None)
+        return check() if check is not None else []
 
     def _check_database(self) -> list[str]:
         """Every successful OLTP cold start committed exactly one transfer, and money is conserved."""
         testbed: Any = self.testbed
         if testbed is None or getattr(testbed, "pg", None) is None:
             return []
+        if hasattr(testbed, "close_session_window"):  # the check's own psql session is no arm's cost
+            testbed.close_session_window()
         total, balanced = testbed.pg.check_balances()
         transfers = total - testbed.pg_transfers_before
         self.state.environment.pg_transfers_checked = transfers

@@ -65,6 +65,7 @@ class Plan:
     iterations: int = 0
     warmup: int = 0
     block_warmup: int = 0
+    pulled: list[str] = field(default_factory=list)  # measured because a selected scenario pulls them in
 
     @property
     def cold_starts(self) -> int:
@@ -107,6 +108,7 @@ class Plan:
             "order": [[b.index, b.scenario, b.count] for b in self.blocks],
             "warmups": [b.warmup for b in self.blocks],
             "skips": [{"scenario": s.scenario, "reason": s.reason} for s in self.skips],
+            "pulled": list(self.pulled),
         }
 
     def interleave_record(self) -> dict[str, Any]:
@@ -142,6 +144,8 @@ def skip_reason(scenario: Scenario, settings: PlanSettings) -> str:
         return "the SYN-ACK delay needs the database container, not --bench-pg-target"
     if scenario.runtime not in settings.runtimes:
         return f"runtime {scenario.runtime} is not selected (--bench-runtimes {','.join(settings.runtimes)})"
+    if scenario.proxy and settings.pg_external is not None:
+        return "PgBouncer runs next to the database container, not in front of --bench-pg-target"
     return ""
 
 
@@ -171,8 +175,12 @@ def interleaved_order(
     return blocks
 
 
-def plan(settings: PlanSettings, scenarios: Sequence[Scenario]) -> Plan:
-    """The campaign for the selected scenarios. An interleaved plan without a seed draws one (recorded)."""
+def plan(settings: PlanSettings, scenarios: Sequence[Scenario], pulled: Sequence[Scenario] = ()) -> Plan:
+    """The campaign for the selected scenarios plus those they pull in (measured alike, after them in
+    selection order). An interleaved plan without a seed draws one (recorded)."""
+    selected_ids = {s.id for s in scenarios}
+    pulled = [s for s in pulled if s.id not in selected_ids]
+    scenarios = [*scenarios, *pulled]
     skips = [Skip(s.id, r) for s in scenarios if (r := skip_reason(s, settings))]
     skipped = {s.scenario for s in skips}
     measured = [s for s in scenarios if s.id not in skipped]
@@ -203,6 +211,7 @@ def plan(settings: PlanSettings, scenarios: Sequence[Scenario]) -> Plan:
         iterations=settings.iterations,
         warmup=settings.warmup,
         block_warmup=settings.block_warmup,
+        pulled=[s.id for s in pulled if s.id not in skipped],
     )
 
 

@@ -130,7 +130,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         except ValueError as exc:
             raise pytest.UsageError(f"bench_expect({text!r}): {exc}") from None
     inputs = config.stash[INPUTS_KEY]
-    deselected = config.stash[DESELECTED_KEY] - set(selected)
+    pulled = catalogue.pulled_in([sid for sid in selected if catalogue.knows(sid)])
+    deselected = config.stash[DESELECTED_KEY] - set(selected) - {s.id for s in pulled}  # pulled in: measured
     for rule in inputs.gate_rules:
         if rule.scenario not in selected and rule.scenario not in deselected and not catalogue.knows(rule.scenario):
             raise pytest.UsageError(
@@ -149,7 +150,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             check_report_root(opts.report_dir)
         except ReportWriteError as exc:
             raise pytest.UsageError(f"--bench-report-dir: {exc}") from None
-    run_plan = plan(plan_settings(opts), [catalogue.by_id(sid) for sid in selected])
+    run_plan = plan(plan_settings(opts), [catalogue.by_id(sid) for sid in selected], pulled)
     if run_plan.interleave:  # recorded with the environment, so summary.json says how the run was ordered
         config.stash[STATE_KEY].environment.interleave = run_plan.interleave_record()
     config.stash[SELECTED_KEY] = selected

@@ -71,6 +71,9 @@ class EnvironmentRecord:
     delay_backend: str | None = None
     delay_backends_by_scenario: dict[str, str] = field(default_factory=dict)
     pg_transfers_checked: int | None = None
+    # Server sessions PostgreSQL opened while each arm ran (pg_stat_database.sessions across its
+    # blocks, pool refills settled): {scenario: {"sessions", "cold_starts", "blocks"}}.
+    pg_sessions_by_scenario: dict[str, dict[str, int]] = field(default_factory=dict)
     interleave: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,7 +91,7 @@ class EnvironmentRecord:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if value is None or (f.name == "delay_backends_by_scenario" and not value):
+            if value is None or (f.name in ("delay_backends_by_scenario", "pg_sessions_by_scenario") and not value):
                 continue
             out[f.name] = value
         out.update(self.extra)
@@ -176,6 +179,8 @@ class RunResult:
     # Scenarios a runtime cannot run (e.g. an injected TCP fd on gVisor): [{scenario, reason}], never measured.
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     version: int = SUMMARY_VERSION
+    languages: list[dict[str, Any]] = field(default_factory=list)  # the language table (analyse/wire_tables.py)
+    pg_proxy: list[dict[str, Any]] = field(default_factory=list)  # direct vs PgBouncer vs injected session
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -195,6 +200,10 @@ class RunResult:
             out["plan"] = self.plan
         if self.unsupported:
             out["unsupported"] = self.unsupported
+        if self.languages:
+            out["languages"] = self.languages
+        if self.pg_proxy:
+            out["pg_proxy"] = self.pg_proxy
         return out
 
     def to_json(self) -> str:
@@ -228,6 +237,8 @@ class RunResult:
                 findings=list(d.get("findings") or []),
                 plan=d.get("plan"),
                 unsupported=list(d.get("unsupported") or []),
+                languages=list(d.get("languages") or []),
+                pg_proxy=list(d.get("pg_proxy") or []),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

@@ -25,7 +25,9 @@ PHASE_METRICS: tuple[str, ...] = (
     "start_to_die_ms",
     "die_to_destroy_ms",
 )
-ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS
+# Other languages and the PostgreSQL arms (issue 13): the runtime's start-up, per-query latency.
+RUNTIME_QUERY_METRICS: tuple[str, ...] = ("runtime_startup_us", "runtime_init_us", "query_first_us", "query_p50_us")
+ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + RUNTIME_QUERY_METRICS
 
 
 @dataclass
@@ -64,6 +66,12 @@ class Sample:
     # (request_rtt_us is their median).
     handoff: str = ""
     request_rtts_us: str = ""
+    # --- languages and the PostgreSQL arms (issue 13) ---
+    runtime: str = ""  # the function's runtime as it reports itself (e.g. "node v18.19.0")
+    runtime_startup_us: float = math.nan  # entrypoint's exec -> the function's main (fd3 arms only)
+    runtime_init_us: float = math.nan  # Node.js: its own bootstrap -> main
+    query_first_us: float = math.nan  # PostgreSQL: the first of the point reads after the transfer
+    query_p50_us: float = math.nan  # PostgreSQL: median of those point reads (per-query latency)
 
     def value(self, metric: str) -> float:
         return float(getattr(self, metric))

@@ -23,6 +23,7 @@ from .findings import build_findings
 from .gate import GateRule, evaluate_gate
 from .noise import control_warnings, noise_warnings
 from .stats import describe, json_safe, values_by_scenario
+from .wire_tables import language_rows, pg_proxy_rows
 
 __all__ = ["AnalysisConfig", "RunAnalysis", "analyse", "terminal_lines", "write_report"]
 
@@ -244,6 +245,8 @@ def analyse(
         summary["plan"] = config.plan
     if config.unsupported:
         summary["unsupported"] = list(config.unsupported)
+    summary["languages"] = language_rows(scenarios)
+    summary["pg_proxy"] = pg_proxy_rows(scenarios, env)
     return RunAnalysis(
         result=RunResult.from_dict(json_safe(summary)),
         gate_results=gate_results,

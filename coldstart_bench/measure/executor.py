@@ -82,6 +82,9 @@ def cold_start_samples(
         # Each successful OLTP cold start, warm-ups included, commits one transfer: counted here,
         # where every cold start passes, for the database check after the scenario.
         testbed.pg_cold_starts_ok += sum(r.ok for r in results)
+    observe = getattr(testbed, "observe_cold_starts", None)
+    if observe is not None:  # the testbed's balances (hand-outs, server sessions) see every cold start
+        observe(scenario, results)
     return [
         to_sample(
             r,

@@ -232,4 +232,9 @@ def to_sample(
         error=result.error,
         handoff=str(record.get("handoff") or ""),
         request_rtts_us=";".join(f"{float(v):.1f}" for v in record.get("request_rtts_us") or []),
+        runtime=str(record.get("runtime") or ""),
+        runtime_startup_us=_us(record, "runtime_startup_us"),
+        runtime_init_us=_us(record, "runtime_init_us"),
+        query_first_us=_us(record, "query_first_us"),
+        query_p50_us=_us(record, "query_p50_us"),
     )

@@ -7,6 +7,7 @@ everything it created itself, labelled with the run id, even after Ctrl-C).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
 from ..catalogue import Scenario
-from .runner import FunctionSpec
+from . import function_specs
+from .accounting import HandoutLedger, SessionLedger, wait_settled
+from .runner import ColdStartResult, FunctionSpec
 from .volumes import VolumeFile, create_volume, put_files, remove_volume
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from .database import ExternalPostgres, PostgresBackend
     from .delay import SynAckDelay
     from .images import ImageSet
+    from .pgbouncer import PgBouncerContainer
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
@@ -42,6 +46,9 @@ SOCKET_NAME = "pool.sock"
 # injected session never see them (only the pool manager and direct-mode functions mount it).
 SECRET_MOUNT = "/run/cpm-secret"
 READY = r'"event":\s*"ready"'
+STATS_SNIPPET = (
+    "import json, sys; from components.protocol import request; print(json.dumps(request(sys.argv[1], 'stats')))"
+)
 
 
 class TestbedError(RuntimeError):
@@ -105,6 +112,9 @@ class Testbed:
 
         self.runtime_support: RuntimeSupport | None = None
         self.relay_totals = RelayTotals()
+        self.pgbouncer: PgBouncerContainer | None = None
+        self.handouts = HandoutLedger()
+        self.sessions: SessionLedger | None = None  # with the database container: server sessions per arm
 
     # --- names -----------------------------------------------------------------------------
     @property
@@ -210,11 +220,11 @@ class Testbed:
 
     def stop_pool(self) -> None:
         if self.pool is not None:
-            from .runtime_axis import read_relay_stats
-
-            relay = read_relay_stats(str(self.socket_dir / SOCKET_NAME))  # its counters end with it
-            if relay is not None:
-                self.relay_totals.add(relay)
+            stats = self.manager_stats()  # its counters end with it
+            self.handouts.retire(stats)
+            relay = stats.get("relay") if stats else None
+            if isinstance(relay, dict):
+                self.relay_totals.add(dict(relay))
             self.pool.stop()
             self.pool = None
 
@@ -249,6 +259,10 @@ class Testbed:
                                       self.labels, publish=False).start()  # fmt: skip
         self.pg = backend
         self.pg_transfers_before = backend.check_balances()[0]
+        if isinstance(backend, PostgresBackend):  # an external server has other clients: not counted
+            from .pgbouncer import sessions_opened
+
+            self.sessions = SessionLedger(lambda: sessions_opened(backend), self._settle_pools)
         pools = {
             self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
             **backend.pool_config(backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)),
@@ -295,33 +309,90 @@ class Testbed:
 
     def prepare(self, scenario: Scenario) -> None:
         """Bring the testbed into the state a scenario needs."""
+        self.close_session_window()
         if scenario.backend == "pg":
             self.ensure_pg()
+        if scenario.proxy:
+            self.ensure_pgbouncer()
         self.set_delay(scenario.delay_ms, scenario.backend)
         if scenario.pool_up:
             self.start_pool()
         else:
             self.stop_pool()
+        if scenario.backend == "pg" and self.sessions is not None:
+            self.sessions.open(scenario.id)
+
+    # --- PgBouncer and the run's balances (measure/accounting.py) -----------------------------
+    @property
+    def pgbouncer_name(self) -> str:
+        return f"csb-pgb-{self.run_id}"
+
+    def ensure_pgbouncer(self) -> PgBouncerContainer:
+        """PgBouncer in front of the database container, started once when a scenario needs it."""
+        if self.pgbouncer is not None:
+            return self.pgbouncer
+        from .database import PostgresBackend
+        from .pgbouncer import PgBouncerContainer
+
+        if not isinstance(self.pg, PostgresBackend):
+            raise TestbedError("PgBouncer runs next to the database container, not an external server")
+        self.pgbouncer = PgBouncerContainer(
+            self.client, self.images.extra["pgbouncer"], self.pg, self.pgbouncer_name, self.labels
+        ).start()
+        return self.pgbouncer
+
+    def manager_stats(self) -> dict[str, Any] | None:
+        """The running pool manager's stats reply, or None (not running, not answering). Asked from
+        inside its container: the socket lives in a volume on the engine's host, maybe remote."""
+        if self.pool is None:
+            return None
+        try:
+            code, out = self.pool.get_wrapped_container().exec_run(
+                ["python3", "-c", STATS_SNIPPET, f"{SOCKET_MOUNT}/{SOCKET_NAME}"], demux=False
+            )
+            reply = json.loads(out) if code == 0 else None
+        except (docker.errors.APIError, ValueError):
+            return None
+        return reply if isinstance(reply, dict) else None
+
+    def _settle_pools(self) -> None:
+        if self.pool is not None:
+            wait_settled(self.manager_stats)
+
+    def observe_cold_starts(self, scenario: Scenario, results: list[ColdStartResult]) -> None:
+        self.handouts.count(r.record for r in results)
+        if self.sessions is not None:
+            self.sessions.count(scenario.id, len(results))
+
+    def check_handouts(self) -> list[str]:
+        return self.handouts.problems(self.manager_stats(), running=self.pool is not None)
+
+    def close_session_window(self) -> None:
+        if self.sessions is not None:
+            self.sessions.close()
+
+    @property
+    def pg_sessions_by_scenario(self) -> dict[str, dict[str, int]]:
+        return dict(self.sessions.tallies) if self.sessions is not None else {}
 
     def function_spec(self, scenario: Scenario) -> FunctionSpec:
         if scenario.backend == "pg":
             return self._pg_function_spec(scenario)
-        command = [
-            "python3", "-m", "components.function",
-            "--mode", scenario.mode,
-            "--target", self.target,
-            "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}",
-            "--pool", self.config.pool_name,
-            "--payload-size", str(self.config.payload_size),
-        ]  # fmt: skip
-        if scenario.release:
-            command.append("--release")
-        if scenario.handoff == "relay":
-            command += ["--handoff", "relay"]
-        if self.config.requests != 1:
-            command += ["--requests", str(self.config.requests)]
+        command = function_specs.echo_command(
+            scenario,
+            target=self.target,
+            socket=f"{SOCKET_MOUNT}/{SOCKET_NAME}",
+            pool=self.config.pool_name,
+            payload_size=self.config.payload_size,
+        )
+        image = function_specs.image_key(scenario)
+        if scenario.language == "python" and scenario.entrypoint == "in-process":  # flags of function.py
+            if scenario.handoff == "relay":
+                command += ["--handoff", "relay"]
+            if self.config.requests != 1:
+                command += ["--requests", str(self.config.requests)]
         return FunctionSpec(
-            image=self.images.function,
+            image=getattr(self.images, image, "") or self.images.extra[image],
             command=command,
             network="none" if scenario.network == "none" else self.network_name,
             binds={self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}},
@@ -331,14 +402,15 @@ class Testbed:
 
     def _pg_function_spec(self, scenario: Scenario) -> FunctionSpec:
         assert self.pg is not None
+        route = function_specs.pg_route(scenario, self.pg, self.pgbouncer)
         command = [
             "python3", "-m", "components.pg_function",
             "--mode", scenario.mode,
-            "--host", self.pg.host, "--port", str(self.pg.port),
+            "--host", route.host, "--port", str(route.port),
             "--database", self.pg.database, "--user", self.pg.user,
             "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--pool", "pg",
         ]  # fmt: skip
-        binds = {self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}}
+        binds = {self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}, **route.binds}
         if scenario.mode == "direct":
             # Only a function that authenticates itself gets the credential.
             command += ["--password-file", f"{SECRET_MOUNT}/pgpassword"]
@@ -354,7 +426,16 @@ class Testbed:
 
     def close(self) -> None:
         errors: list[str] = []
-        for step in (self._close_delay, self.stop_pool, self._close_pg, self._close_echo, self._close_network):
+        steps = (
+            self.close_session_window,
+            self._close_delay,
+            self.stop_pool,
+            self._close_pgbouncer,
+            self._close_pg,
+            self._close_echo,
+            self._close_network,
+        )
+        for step in steps:
             try:
                 step()
             except Exception as exc:
@@ -367,6 +448,11 @@ class Testbed:
         if self.delay is not None:
             self.delay.stop()
             self.delay = None
+
+    def _close_pgbouncer(self) -> None:
+        if self.pgbouncer is not None:
+            self.pgbouncer.stop()
+            self.pgbouncer = None
 
     def _close_pg(self) -> None:
         from .database import PostgresBackend
@@ -400,7 +486,7 @@ def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
     """Remove containers, networks and volumes of one run (or of every run whose process is gone)."""
     removed: list[str] = []
     label = f"{LABEL_RUN}={run_id}" if run_id else LABEL
-    # ignore_removed: other runs' function containers remove themselves between the list and its inspects.
+    # ignore_removed: on a shared engine a listed container may be gone before it is inspected.
     for container in client.containers.list(all=True, filters={"label": label}, ignore_removed=True):
         if run_id is None and _owner_alive(container.labels):
             continue

@@ -52,6 +52,7 @@ class RefillRoom(ManagerCore):
         if pool.down and now < pool.next_attempt:
             return 0
         need = pool.target_size(now) - len(pool.idle) - len(pool.settling) - pool.connecting - pool.checking
+        need -= pool.refreshing  # idle sessions out for a background proof of life come back
         if pool.cfg.exhaustion == "connect" or pool.plugin is not None:
             # Connect on demand: one extra connection per waiting caller (plug-in pools always
             # open sessions for their waiters; they have no other refill path).

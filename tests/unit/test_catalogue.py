@@ -58,10 +58,10 @@ def test_families_and_axes() -> None:
     assert [s.id for s in cat.family("thesis")] == ["socket", "direct", "direct-10ms", "direct-50ms", "direct-100ms"]
     assert {s.id for s in cat.family("extended")} == {"socket-nonet", "socket-100ms", "fallback", "socket-return"}
     assert [s.id for s in cat.family("control")] == ["direct-aa"]
-    assert {s.family for s in cat} == {"thesis", "extended", "control", "pg", "burst", "runtime"}
+    assert {s.family for s in cat} == {"thesis", "extended", "control", "pg", "burst", "runtime", "lang", "pg-proxy"}
     for s in cat:
-        if s.family == "runtime":
-            continue  # the relay scenarios differ in hand-off (test_runtime_axis.py)
+        if s.family in ("runtime", "lang", "pg-proxy"):
+            continue  # the hand-off, language, entrypoint and proxy axes have tests of their own
         assert (s.runtime, s.language, s.transport, s.entrypoint, s.handoff) == (
             "runc",
             "python",
@@ -98,7 +98,7 @@ def test_register_refuses_duplicates_and_bad_names() -> None:
 def test_expectations_live_in_the_catalogue() -> None:
     texts = default_catalogue().expectations()
     assert "socket.connect_us.median <= direct.connect_us.median / 2" in texts
-    assert len(texts) == 7 and len(set(texts)) == 7
+    assert len(texts) == 8 and len(set(texts)) == 8
     assert default_catalogue().expectations(["pg-socket"]) == [
         "pg-socket.connect_us.median <= pg-direct.connect_us.median / 5"
     ]

@@ -12,6 +12,7 @@ from ..textfmt import pvalue
 from .blocks import Bullets, Document, Heading, Image, Para, Table, num
 from .declared import burst_points, diff_reference, is_burst, primary_reference, thesis_pair
 from .plots import PHASES
+from .wire_sections import wire_sections
 
 
 def pval(p: Any) -> str:
@@ -318,6 +319,10 @@ def plan_blocks(plan: Mapping[str, Any] | None) -> list[Heading | Para | Bullets
     skips = plan.get("skips") or []
     if skips:
         out.append(Bullets([f"{s['scenario']} skipped: {s['reason']}" for s in skips]))
+    pulled = plan.get("pulled") or []
+    if pulled:
+        out.append(Para(f"Pulled in by the selected scenarios they are compared with (no test of their own, "
+                        f"validated with the test that pulled them): {', '.join(pulled)}."))  # fmt: skip
     return out
 
 
@@ -391,6 +396,8 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     from .runtimes import runtime_blocks  # its own module; it builds on the blocks defined here
 
     b.extend(runtime_blocks(summary))
+    for section in wire_sections(summary):
+        b.extend([Heading(section.heading), Table(section.headers, section.rows, section.caption)])
     campaign = plan_blocks(summary.get("plan"))
     if campaign:
         b.append(Heading("Campaign"))
