@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, parse_burst_sizes
+from .userscenarios import ScenarioFileError, UserScenario, load_scenario_file
 
 # The expectation policies of analyse/expectations.py (kept here so parsing options loads no numpy).
 POLICIES: tuple[str, ...] = ("report", "fail", "strict")
@@ -132,6 +133,14 @@ def addoption(parser: pytest.Parser) -> None:
         help="whether a failed expectation only reports (default), fails the run (fail), or also fails it "
         "when an expectation lacks evidence (strict)",
     )
+    group.addoption(
+        "--bench-scenarios",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="add the scenarios of a TOML scenario file (your own function and backend; "
+        "format: examples/redis/README.md); may be given more than once",
+    )
     parser.addini(
         "bench_gate",
         type="string",
@@ -165,6 +174,7 @@ class BenchOptions:
     expectation_policy: str
     alpha: float
     pg_external: ExternalPg | None = None
+    user_scenarios: tuple[UserScenario, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +203,23 @@ def _external_pg(config: pytest.Config) -> ExternalPg | None:
     return ExternalPg(
         host, int(port), config.getoption("bench_pg_user"), config.getoption("bench_pg_database"), Path(pw)
     )
+
+
+def _user_scenarios(config: pytest.Config) -> tuple[UserScenario, ...]:
+    out: list[UserScenario] = []
+    for path in config.getoption("bench_scenarios") or []:
+        try:
+            out.extend(load_scenario_file(path))
+        except ScenarioFileError as exc:
+            raise pytest.UsageError(f"--bench-scenarios: {exc}") from None
+    seen: dict[str, UserScenario] = {}
+    for user in out:
+        other = seen.setdefault(user.id, user)
+        if other is not user:
+            raise pytest.UsageError(
+                f"--bench-scenarios: scenario id {user.id!r} is in both {other.source_file} and {user.source_file}"
+            )
+    return tuple(out)
 
 
 def _positive(name: str, value: int, minimum: int) -> int:
@@ -243,4 +270,5 @@ def from_config(config: pytest.Config) -> BenchOptions:
         expectation_policy=policy,
         alpha=alpha,
         pg_external=_external_pg(config),
+        user_scenarios=_user_scenarios(config),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,11 @@ from .volumes import VolumeFile, create_volume, put_files, remove_volume
 
 if TYPE_CHECKING:
     from ..options import ExternalPg
+    from ..userscenarios import UserScenario
     from .database import ExternalPostgres, PostgresBackend
     from .delay import SynAckDelay
     from .images import ImageSet
+    from .userbed import UserBed
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
@@ -99,6 +102,35 @@ class Testbed:
         self.delay: SynAckDelay | None = None
         self.delay_ms: float = 0.0
         self.delay_backends: set[str] = set()
+        self.user: UserBed | None = None  # scenarios from a scenario file (measure/userbed.py)
+        self.extra_pools: dict[str, dict[str, Any]] = {}  # pools beside echo's: user backends
+        self._pg_pools: dict[str, Any] = {}
+
+    def add_user_scenarios(self, scenarios: Mapping[str, UserScenario]) -> None:
+        from .userbed import UserBed
+
+        self.user = UserBed(self, scenarios, self.images.extra)
+
+    def add_pool(self, name: str, target: str, size: int) -> None:
+        """Serve a further plain tcp pool; the pool manager restarts with the new config."""
+        entry = {"target": target, "size": min(size, self.config.pool_size)}
+        if self.extra_pools.get(name) == entry:
+            return
+        self.extra_pools[name] = entry
+        self._write_pool_config()
+        self.stop_pool()
+        self.start_pool()
+
+    def _write_pool_config(self) -> None:
+        from .database import manager_config
+
+        pools = {
+            self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
+            **self.extra_pools,
+            **self._pg_pools,
+        }
+        config = manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools).encode()
+        put_files(self.client, self.secret_volume, {"pool.json": VolumeFile(config)}, self.images.pool, self.labels)
 
     # --- names -----------------------------------------------------------------------------
     @property
@@ -173,7 +205,7 @@ class Testbed:
         return f"csb-pg-{self.run_id}"
 
     def pool_command(self) -> list[str]:
-        if self.pg is not None:
+        if self.pg is not None or self.extra_pools:
             return ["python3", "-m", "components.pool_manager", "--config", f"{SECRET_MOUNT}/pool.json"]
         return [
             "python3", "-m", "components.pool_manager",
@@ -219,7 +251,7 @@ class Testbed:
         authenticated-session pool."""
         if self.pg is not None:
             return self.pg
-        from .database import ExternalPostgres, PostgresBackend, manager_config
+        from .database import ExternalPostgres, PostgresBackend
 
         backend: PostgresBackend | ExternalPostgres
         ext = self.config.pg_external
@@ -231,16 +263,13 @@ class Testbed:
                                       self.labels, publish=False).start()  # fmt: skip
         self.pg = backend
         self.pg_transfers_before = backend.check_balances()[0]
-        pools = {
-            self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
-            **backend.pool_config(backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)),
-        }
+        self._pg_pools = backend.pool_config(
+            backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)
+        )
         # Mode 0644: containers may run as another uid; only the manager and direct functions mount it.
-        files = {
-            "pgpassword": VolumeFile((backend.password + "\n").encode()),
-            "pool.json": VolumeFile(manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools).encode()),
-        }
+        files = {"pgpassword": VolumeFile((backend.password + "\n").encode())}
         put_files(self.client, self.secret_volume, files, self.images.pool, self.labels)
+        self._write_pool_config()
         self.stop_pool()
         self.start_pool()
         return backend
@@ -277,6 +306,11 @@ class Testbed:
 
     def prepare(self, scenario: Scenario) -> None:
         """Bring the testbed into the state a scenario needs."""
+        if self.user is not None and self.user.handles(scenario.id):
+            self.set_delay(0.0)
+            self.user.prepare(scenario.id)
+            self.start_pool()
+            return
         if scenario.backend == "pg":
             self.ensure_pg()
         self.set_delay(scenario.delay_ms, scenario.backend)
@@ -286,6 +320,8 @@ class Testbed:
             self.stop_pool()
 
     def function_spec(self, scenario: Scenario) -> FunctionSpec:
+        if self.user is not None and self.user.handles(scenario.id):
+            return self.user.function_spec(scenario.id)
         if scenario.backend == "pg":
             return self._pg_function_spec(scenario)
         command = [
@@ -330,7 +366,14 @@ class Testbed:
 
     def close(self) -> None:
         errors: list[str] = []
-        for step in (self._close_delay, self.stop_pool, self._close_pg, self._close_echo, self._close_network):
+        for step in (
+            self._close_delay,
+            self.stop_pool,
+            self._close_user,
+            self._close_pg,
+            self._close_echo,
+            self._close_network,
+        ):
             try:
                 step()
             except Exception as exc:
@@ -343,6 +386,10 @@ class Testbed:
         if self.delay is not None:
             self.delay.stop()
             self.delay = None
+
+    def _close_user(self) -> None:
+        if self.user is not None:
+            self.user.close()
 
     def _close_pg(self) -> None:
         from .database import PostgresBackend
