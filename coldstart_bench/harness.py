@@ -105,7 +105,6 @@ class Harness:
         # Docker-side modules load on first use, so unit tests and option errors never need them.
         from .measure.images import ImageBuildError, ensure_images
         from .measure.testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
-
         from .userscenarios import user_scenario_ids
 
         users = user_scenario_ids(self.options.user_scenarios)
