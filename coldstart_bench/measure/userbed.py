@@ -108,11 +108,20 @@ class UserBed:
     # --- testbed state -----------------------------------------------------------------------
     def prepare(self, scenario_id: str) -> None:
         user = self.scenarios[scenario_id]
+        if user.runtime:
+            self.check_runtime(user.runtime)
         target = self.ensure_backend(user.backend)
         if user.connection != "direct":
             self.testbed.add_pool(user.backend.name, target, USER_POOL_SIZE)
         if user.connection == "fd3":
             self.ensure_entrypoint()
+
+    def check_runtime(self, name: str) -> None:
+        from .runtimes import engine_runtimes, missing_runtime_message
+
+        offered = engine_runtimes(self.testbed.client)
+        if name not in offered:
+            raise UserBedError(missing_runtime_message(name, offered))
 
     def ensure_backend(self, backend: UserBackend) -> str:
         if backend.name in self.targets:

@@ -167,6 +167,10 @@ class FakeContainers:
 class FakeClient:
     def __init__(self) -> None:
         self.containers = FakeContainers()
+        self.runtimes: dict[str, Any] = {"runc": {}}
+
+    def info(self) -> dict[str, Any]:
+        return {"Runtimes": self.runtimes}
 
 
 class FakeImages:
@@ -231,6 +235,10 @@ def test_external_fd3_and_runtime(tmp_path: Path) -> None:
     bed.entrypoint_volume = "csb-bin-r1"  # copied from the cfunction image on the real engine
     bed.prepare("theirs-socket")
     assert testbed.client.containers.runs == [] and testbed.pools == [("theirs", "db.example.org:6000", 16)]
+    with pytest.raises(RuntimeError, match="runtime 'runsc' is not registered with the Docker engine"):
+        bed.prepare("kv-fd3@runsc")
+    testbed.client.runtimes["runsc"] = {"path": "/usr/bin/runsc"}
+    bed.prepare("kv-fd3@runsc")
     spec = bed.function_spec("kv-fd3@runsc")
     probe = testbed.client.containers.runs[-1]  # ready_tcp: probed from inside the run network
     assert probe["network"] == "csb-net-r1" and probe["command"][-3:] == ["csb-user-kv-r1", "7777", "30.0"]
