@@ -109,7 +109,7 @@ class Testbed:
     def add_user_scenarios(self, scenarios: Mapping[str, UserScenario]) -> None:
         from .userbed import UserBed
 
-        self.user = UserBed(self, scenarios, self.images.extra)
+        self.user = UserBed(self, scenarios, self.images.extra, SOCKET_MOUNT, SOCKET_NAME)
 
     def add_pool(self, name: str, target: str, size: int) -> None:
         """Serve a further plain tcp pool; the pool manager restarts with the new config."""

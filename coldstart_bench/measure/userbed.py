@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import docker
 import docker.errors
@@ -19,8 +19,21 @@ import docker.errors
 from ..userscenarios import UserBackend, UserScenario
 from .runner import FunctionSpec
 
-if TYPE_CHECKING:
-    from .testbed import Testbed
+
+class TestbedParts(Protocol):
+    """What the user scenarios need of the testbed (measure.testbed.Testbed)."""
+
+    client: Any
+    images: Any
+    run_id: str
+    labels: dict[str, str]
+    socket_volume: str
+
+    @property
+    def network_name(self) -> str: ...
+
+    def add_pool(self, name: str, target: str, size: int) -> None: ...
+
 
 ENTRYPOINT_IMAGE = "cfunction"  # carries the static /usr/local/bin/fd3-entrypoint
 ENTRYPOINT_SOURCE = "/usr/local/bin/fd3-entrypoint"
@@ -86,8 +99,16 @@ def exit_status_parser(pattern: str, mode: str, path: str) -> Any:
 class UserBed:
     """Started lazily, per backend, when the first scenario using it is prepared."""
 
-    def __init__(self, testbed: Testbed, scenarios: Mapping[str, UserScenario], images: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        testbed: TestbedParts,
+        scenarios: Mapping[str, UserScenario],
+        images: Mapping[str, str],
+        socket_mount: str = "/run/cpm",
+        socket_name: str = "pool.sock",
+    ) -> None:
         self.testbed = testbed
+        self.socket_mount, self.socket_name = socket_mount, socket_name
         self.scenarios = dict(scenarios)
         self.images = dict(images)  # image name (of a build directory) -> tag
         self.started: dict[str, Any] = {}  # backend name -> container
@@ -226,15 +247,13 @@ class UserBed:
 
     # --- the function ------------------------------------------------------------------------
     def function_spec(self, scenario_id: str) -> FunctionSpec:
-        from .testbed import SOCKET_MOUNT, SOCKET_NAME
-
         user = self.scenarios[scenario_id]
-        socket_path = f"{SOCKET_MOUNT}/{SOCKET_NAME}"
+        socket_path = f"{self.socket_mount}/{self.socket_name}"
         target = self.targets.get(user.backend.name) or self.ensure_backend(user.backend)
         command = user.render_command(target, socket_path, user.backend.name)
         binds: dict[str, dict[str, str]] = {}
         if user.connection != "direct":
-            binds[self.testbed.socket_volume] = {"bind": SOCKET_MOUNT, "mode": "rw"}
+            binds[self.testbed.socket_volume] = {"bind": self.socket_mount, "mode": "rw"}
         if user.connection == "fd3":
             binds[self.entrypoint_volume] = {"bind": ENTRYPOINT_MOUNT, "mode": "ro"}
             entry = f"{ENTRYPOINT_MOUNT}/{Path(ENTRYPOINT_SOURCE).name}"
