@@ -163,3 +163,12 @@ def test_a_newer_summary_version_is_refused_with_advice(tmp_path: Path, capsys: 
     (run / "summary.json").write_text(json.dumps({**summary, "version": 99}))
     assert cli.main(["report", str(run)]) == cli.EXIT_USAGE
     assert "summary version 99" in capsys.readouterr().err
+
+
+def test_recorded_metadata_gives_back_the_catalogue_entry() -> None:
+    from coldstart_bench.analyse.stored import scenario_from_declared
+
+    catalogue = default_catalogue()
+    register_user_scenarios(catalogue, load_scenario_file(REDIS))
+    for scenario in catalogue:
+        assert scenario_from_declared(json.loads(json.dumps(scenario.declared()))) == scenario, scenario.id
