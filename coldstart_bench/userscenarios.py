@@ -319,7 +319,9 @@ def register_user_scenarios(catalogue: Catalogue, scenarios: Sequence[UserScenar
     """Add a file's scenarios to the run's catalogue; an id the catalogue already has (a built-in
     one, or one of another file) is a ScenarioFileError naming the file and the id."""
     added: list[Scenario] = []
-    for user in scenarios:
+    # By id, not file order: `coldstart-bench report` rebuilds them in that order from the run's
+    # metadata, and findings follow catalogue order, so the re-rendered report matches.
+    for user in sorted(scenarios, key=lambda u: u.id):
         same_backend = [u for u in scenarios if u.backend.name == user.backend.name and u is not user]
         direct = [u.id for u in same_backend if u.connection == "direct"]
         scenario = as_catalogue_scenario(user, direct)

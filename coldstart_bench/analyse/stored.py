@@ -82,7 +82,7 @@ def catalogue_for(result: RunResult, catalogue: Catalogue | None = None) -> Cata
     if catalogue is None:
         bursts = sorted({s.burst for s in result.scenarios.values() if s.burst > 1} | {1, 2, 4, 8})
         catalogue = default_catalogue(tuple(bursts))
-    for sid, scenario in result.scenarios.items():
+    for sid, scenario in sorted(result.scenarios.items()):  # by id, as register_user_scenarios adds them
         if not catalogue.knows(sid) and scenario.declared:
             try:
                 catalogue.register(scenario_from_declared(scenario.declared))

@@ -58,6 +58,8 @@ def _samples(seed: int = 0, direct_connect: float = 951.0) -> list[Sample]:
     out = thesis_run(n=12, seed=seed, scenarios=("socket", "direct", "direct-10ms"))
     out = [s for s in out if s.scenario != "direct"]
     out += scenario_samples("direct", 12, direct_connect, 353.0, seed=seed + 50)
+    # Run order differs from id order (interleaved blocks): findings must not depend on it.
+    out += scenario_samples("redis-socket-nonet", 12, 120.0, 350.0, mode="socket", seed=seed + 80)
     out += scenario_samples("redis-direct", 12, 900.0, 500.0, seed=seed + 60)
     out += scenario_samples("redis-socket", 12, 150.0, 400.0, mode="socket", seed=seed + 70)
     return out

@@ -96,7 +96,7 @@ def test_runtime_and_fd3_reach_the_catalogue_entry(tmp_path: Path) -> None:
     path.write_text(MIXED)
     users = load_scenario_file(path)
     ids = user_scenario_ids(users)
-    assert list(ids) == ["kv-direct", "kv-fd3@runsc", "theirs-socket"]
+    assert sorted(ids) == ["kv-direct", "kv-fd3@runsc", "theirs-socket"]
     added = {s.name: s for s in register_user_scenarios(default_catalogue(), users)}
     assert added["kv-fd3"].path == "fd3" and added["kv-fd3"].entrypoint == "fd3"
     assert added["theirs-socket"].references == ()  # no direct scenario on that backend
