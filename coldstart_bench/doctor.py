@@ -141,7 +141,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("node", "Node.js function", ("engine", "base")),
     Family("c", "C function (fd-3 entrypoint)", ("engine", "base")),
     Family("pgbouncer", "PgBouncer comparison", ("engine", "base")),
-    Family("redis", "Redis backend, RESP function (examples/redis)", ("engine", "base")),
+    Family(
+        "redis", "Redis backend, RESP function (--bench-scenarios examples/redis/scenarios.toml)", ("engine", "base")
+    ),
+    Family("user", "your own function and backend (--bench-scenarios FILE)", ("engine", "base")),
     Family("pool-load", "pool manager load benchmarks (C load generator)", ("cc",)),
 )
 

@@ -36,7 +36,7 @@ def finish_run(
 ) -> tuple[list[str], bool]:
     """Returns the terminal lines and whether the run must fail (gate, or expectations under 'fail')."""
     from .analyse.baseline import save_baseline
-    from .analyse.run import AnalysisConfig, analyse, terminal_lines, write_report
+    from .analyse.run import AnalysisConfig, report_run, terminal_lines
 
     lines: list[str] = []
     rescued = state.rescue_samples()
@@ -57,14 +57,13 @@ def finish_run(
     )
     if catalogue is not None:
         config.catalogue = catalogue
-    analysis = analyse(state.samples, state.environment, config)
     run_dir = state.run_dir
-    if run_dir is not None:
-        try:
-            written = write_report(run_dir, state.samples, analysis)
-            lines.append(f"report: {run_dir} ({len(written)} files; samples.csv, summary.json, report.md, ...)")
-        except OSError as exc:
-            lines.append(f"WARNING: report not (fully) written to {run_dir}: {exc}; samples.csv is kept")
+    report = report_run(run_dir, state.samples, state.environment, config)
+    analysis = report.analysis
+    if report.write_error is not None:
+        lines.append(f"WARNING: report not (fully) written to {run_dir}: {report.write_error}; samples.csv is kept")
+    elif run_dir is not None:
+        lines.append(f"report: {run_dir} ({len(report.written)} files; samples.csv, summary.json, report.md, ...)")
     if opts.save_baseline is not None:
         try:
             save_baseline(opts.save_baseline, state.samples, analysis)

@@ -138,9 +138,13 @@ class Harness:
         # Docker-side modules load on first use, so unit tests and option errors never need them.
         from .measure.images import ImageBuildError, ensure_images
         from .measure.testbed import LABEL_RUN, Testbed, TestbedConfig, sweep
+        from .userscenarios import user_scenario_ids
 
+        users = user_scenario_ids(self.options.user_scenarios)
         try:
-            images = ensure_images(self.client, log=lambda m: self.write(f"[coldstart-bench] {m}"))
+            images = ensure_images(
+                self.client, log=lambda m: self.write(f"[coldstart-bench] {m}"), image_dirs=self._user_images(users)
+            )
         except ImageBuildError as exc:
             msg = f"coldstart-bench: cannot build the images: {exc}"
             pytest.exit(msg, returncode=int(pytest.ExitCode.USAGE_ERROR))
@@ -169,6 +173,8 @@ class Harness:
                 requests=self.options.requests,
             ),
         )
+        if users:
+            testbed.add_user_scenarios(users)
         try:
             testbed.start()
         except Exception as exc:
@@ -178,6 +184,27 @@ class Harness:
                 self._broken = f"coldstart-bench: the testbed did not come up: {exc}"
             pytest.fail(self._broken, pytrace=False)
         return testbed, runner
+
+    def _user_images(self, users: dict[str, Any]) -> dict[str, Any]:
+        """Build directories of a scenario file's functions and backends; a local image it names
+        must exist (no registry is asked): a usage error before the testbed starts otherwise."""
+        import docker.errors
+
+        from .measure.userbed import image_dirs
+
+        for user in users.values():
+            for source in (user.function, user.backend.source):
+                if source is not None and source.image:
+                    try:
+                        self.client.images.get(source.image)
+                    except docker.errors.ImageNotFound:
+                        where = f"{user.source_file}: scenarios.{user.id}"
+                        pytest.exit(
+                            f"coldstart-bench: {where}: image {source.image!r} is not on the engine; "
+                            "pull or build it first (or give build = DIR)",
+                            returncode=int(pytest.ExitCode.USAGE_ERROR),
+                        )
+        return image_dirs(users)
 
     @staticmethod
     def _install_sigterm() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, DEFAULT_RUNTIME, parse_burst_sizes
+from .userscenarios import ScenarioFileError, UserScenario, load_scenario_file
 
 # The expectation policies of analyse/expectations.py (kept here so parsing options loads no numpy).
 POLICIES: tuple[str, ...] = ("report", "fail", "strict")
@@ -146,6 +147,14 @@ def addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="echo round trips per cold start on the connection; request_rtt_us is their median (default 5)",
     )
+    group.addoption(
+        "--bench-scenarios",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="add the scenarios of a TOML scenario file (your own function and backend; "
+        "format: examples/redis/README.md); may be given more than once",
+    )
     parser.addini(
         "bench_gate",
         type="string",
@@ -181,6 +190,7 @@ class BenchOptions:
     pg_external: ExternalPg | None = None
     runtimes: tuple[str, ...] = (DEFAULT_RUNTIME,)
     requests: int = 5
+    user_scenarios: tuple[UserScenario, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,23 @@ def _external_pg(config: pytest.Config) -> ExternalPg | None:
     return ExternalPg(
         host, int(port), config.getoption("bench_pg_user"), config.getoption("bench_pg_database"), Path(pw)
     )
+
+
+def _user_scenarios(config: pytest.Config) -> tuple[UserScenario, ...]:
+    out: list[UserScenario] = []
+    for path in config.getoption("bench_scenarios") or []:
+        try:
+            out.extend(load_scenario_file(path))
+        except ScenarioFileError as exc:
+            raise pytest.UsageError(f"--bench-scenarios: {exc}") from None
+    seen: dict[str, UserScenario] = {}
+    for user in out:
+        other = seen.setdefault(user.id, user)
+        if other is not user:
+            raise pytest.UsageError(
+                f"--bench-scenarios: scenario id {user.id!r} is in both {other.source_file} and {user.source_file}"
+            )
+    return tuple(out)
 
 
 def _positive(name: str, value: int, minimum: int) -> int:
@@ -261,6 +288,7 @@ def from_config(config: pytest.Config) -> BenchOptions:
         pg_external=_external_pg(config),
         runtimes=_runtimes(opt("bench_runtimes")),
         requests=_positive("--bench-requests", opt("bench_requests"), 1),
+        user_scenarios=_user_scenarios(config),
     )
 
 

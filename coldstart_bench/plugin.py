@@ -69,6 +69,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[OPTIONS_KEY] = opts
     catalogue = default_catalogue(opts.bursts, opts.runtimes)
     config.stash[CATALOGUE_KEY] = catalogue
+    if opts.user_scenarios:
+        from .userscenarios import ScenarioFileError, register_user_scenarios
+
+        try:  # an id clashing with a built-in scenario is a usage error, before anything is measured
+            register_user_scenarios(catalogue, opts.user_scenarios)
+        except ScenarioFileError as exc:
+            raise pytest.UsageError(f"--bench-scenarios: {exc}") from None
     config.hook.pytest_coldstart_bench_catalogue(config=config, catalogue=catalogue)
     config.stash[STATE_KEY] = RunState(report_root=opts.report_dir, run_id=new_run_id())
     config.stash[SELECTED_KEY] = []

@@ -10,9 +10,20 @@ from __future__ import annotations
 import re
 import string
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .catalogue import (
+    CONNECT_SPEEDUP,
+    DEFAULT_RUNTIME,
+    LIFECYCLE_SAVING,
+    Catalogue,
+    Finding,
+    Reference,
+    Scenario,
+)
 
 FORMAT_VERSION = 1
 CONNECTIONS = ("direct", "injected", "fd3")
@@ -22,6 +33,8 @@ PLACEHOLDERS = ("target", "socket", "pool")
 ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 RUNTIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEFAULT_READY_TIMEOUT_S = 30.0
+# Scenario.backend of a user scenario: this prefix plus the backend's name in the file.
+USER_BACKEND_PREFIX = "user:"
 
 _SCENARIO_KEYS = {"image", "build", "command", "connection", "backend", "network", "runtime", "success", "timing_line"}
 _BACKEND_KEYS = {"image", "build", "port", "address", "ready_log", "ready_tcp", "ready_timeout_s", "command"}
@@ -262,3 +275,66 @@ def load_scenario_file(path: str | Path) -> list[UserScenario]:
         raise _fail(path, "scenarios", "no scenario defined ([scenarios.ID])")
     backends = {name: _backend(path, name, table) for name, table in raw_backends.items()}
     return [_scenario(path, sid, table, backends) for sid, table in raw_scenarios.items()]
+
+
+# --- into the catalogue ----------------------------------------------------------------------------
+USER_FAMILY = "user"
+_HANDOVER = {"injected": "Injecting", "fd3": "Handing over on fd 3"}
+
+
+def as_catalogue_scenario(user: UserScenario, direct_ids: Sequence[str] = ()) -> Scenario:
+    """The catalogue entry of a user scenario: an injected or fd-3 scenario is compared with the
+    file's direct scenarios on the same backend (a headline, with its findings), like socket/direct."""
+    references: tuple[Reference, ...] = ()
+    if user.connection != "direct":
+        subject = f"{_HANDOVER[user.connection]} a {user.backend.name} connection" + (
+            " without container networking" if user.network == "none" else ""
+        )
+        references = tuple(
+            Reference(
+                direct,
+                headline=True,
+                findings=(
+                    Finding(CONNECT_SPEEDUP, user.backend.name),
+                    Finding(LIFECYCLE_SAVING, user.backend.name, subject),
+                ),
+            )
+            for direct in direct_ids
+        )
+    return Scenario(
+        user.id,
+        "direct" if user.connection == "direct" else "socket",
+        network=user.network,
+        backend=f"{USER_BACKEND_PREFIX}{user.backend.name}",
+        expect_path="fd3" if user.connection == "fd3" else "",
+        family=USER_FAMILY,
+        runtime=user.runtime or DEFAULT_RUNTIME,
+        entrypoint="fd3" if user.connection == "fd3" else "in-process",
+        references=references,
+        description=f"from {user.source_file}" if user.source_file else "from a scenario file",
+    )
+
+
+def register_user_scenarios(catalogue: Catalogue, scenarios: Sequence[UserScenario]) -> list[Scenario]:
+    """Add a file's scenarios to the run's catalogue; an id the catalogue already has (a built-in
+    one, or one of another file) is a ScenarioFileError naming the file and the id."""
+    added: list[Scenario] = []
+    # By id, not file order: `coldstart-bench report` rebuilds them in that order from the run's
+    # metadata, and findings follow catalogue order, so the re-rendered report matches.
+    for user in sorted(scenarios, key=lambda u: u.id):
+        same_backend = [u for u in scenarios if u.backend.name == user.backend.name and u is not user]
+        direct = [u.id for u in same_backend if u.connection == "direct"]
+        scenario = as_catalogue_scenario(user, direct)
+        if scenario.id in catalogue or catalogue.knows(scenario.id):
+            where = user.source_file or "scenario file"
+            raise ScenarioFileError(
+                f"{where}: scenarios.{user.id}: id {scenario.id!r} is already a scenario of the catalogue; "
+                "choose another"
+            )
+        added.append(catalogue.register(scenario))
+    return added
+
+
+def user_scenario_ids(scenarios: Sequence[UserScenario]) -> dict[str, UserScenario]:
+    """Catalogue id -> user scenario (the id carries @runtime when a runtime is set)."""
+    return {as_catalogue_scenario(u).id: u for u in scenarios}

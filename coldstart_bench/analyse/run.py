@@ -25,7 +25,7 @@ from .noise import control_warnings, noise_warnings
 from .stats import describe, json_safe, values_by_scenario
 from .wire_tables import language_rows, pg_proxy_rows
 
-__all__ = ["AnalysisConfig", "RunAnalysis", "analyse", "terminal_lines", "write_report"]
+__all__ = ["AnalysisConfig", "RunAnalysis", "RunReport", "analyse", "report_run", "terminal_lines", "write_report"]
 
 
 @dataclass
@@ -264,6 +264,31 @@ def write_report(run_dir: Path, samples: Sequence[Sample], analysis: RunAnalysis
     from .report import write_all
 
     return write_all(Path(run_dir), samples, analysis.summary)
+
+
+@dataclass
+class RunReport:
+    analysis: RunAnalysis
+    written: list[Path] = field(default_factory=list)
+    write_error: OSError | None = None  # the report could not be (fully) written; samples.csv is untouched
+
+
+def report_run(
+    run_dir: Path | None,
+    samples: Sequence[Sample],
+    environment: Mapping[str, Any] | EnvironmentRecord,
+    config: AnalysisConfig,
+) -> RunReport:
+    """The end of a run, and `coldstart-bench report RUN_DIR`: analyse the samples and write the
+    report files into run_dir (none when it is None). The same inputs give the same files."""
+    analysis = analyse(samples, environment, config)
+    report = RunReport(analysis)
+    if run_dir is not None:
+        try:
+            report.written = write_report(run_dir, samples, analysis)
+        except OSError as exc:
+            report.write_error = exc
+    return report
 
 
 def terminal_lines(analysis: RunAnalysis) -> list[str]:

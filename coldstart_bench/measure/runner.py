@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,9 @@ class FunctionSpec:
     network: str  # a docker network name, or "none"
     binds: dict[str, dict[str, str]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
-    runtime: str = ""  # OCI runtime registered with the engine; "" = the engine's default
+    runtime: str = ""  # OCI runtime; the engine's default when empty
+    # (stdout, exit code) -> the record; default: the function's one JSON line
+    record_parser: Callable[[str, int | None], dict[str, Any]] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -119,7 +122,7 @@ class ColdStartRunner:
             error = f"function container did not exit within {self._timeout:.0f}s and was killed"
         return b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"), error
 
-    def _finish(self, cid: str, sock: Any) -> ColdStartResult:
+    def _finish(self, cid: str, sock: Any, spec: FunctionSpec | None = None) -> ColdStartResult:
         stdout, stderr, error = self._read_output(cid, sock)
         events: dict[str, int] = {}
         try:
@@ -132,7 +135,10 @@ class ColdStartRunner:
         self._events.forget(cid)
         record: dict[str, Any] | None = None
         try:
-            record = parse_function_record(stdout)
+            if spec is not None and spec.record_parser is not None:
+                record = spec.record_parser(stdout, exit_code)
+            else:
+                record = parse_function_record(stdout)
         except ValueError as exc:
             error = error or f"{exc}; exit code {exit_code}; stderr: {stderr.strip()[-300:]!r}"
         if not error and record is not None and not record.get("ok"):
@@ -145,7 +151,7 @@ class ColdStartRunner:
         cid = self._create(spec)
         sock = self._attach(cid)
         self._start(cid)
-        return self._finish(cid, sock)
+        return self._finish(cid, sock, spec)
 
     def run_burst(self, spec: FunctionSpec, n: int) -> list[ColdStartResult]:
         """N cold starts at once: all created and attached first, then started together from N threads."""
@@ -162,7 +168,7 @@ class ColdStartRunner:
             try:
                 barrier.wait(timeout=30)
                 self._start(cid)
-                results[i] = self._finish(cid, sock)
+                results[i] = self._finish(cid, sock, spec)
             except BaseException as exc:
                 failures.append(exc)
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +30,12 @@ from .volumes import VolumeFile, create_volume, put_files, remove_volume
 
 if TYPE_CHECKING:
     from ..options import ExternalPg
+    from ..userscenarios import UserScenario
     from .database import ExternalPostgres, PostgresBackend
     from .delay import SynAckDelay
     from .images import ImageSet
     from .pgbouncer import PgBouncerContainer
+    from .userbed import UserBed
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
@@ -115,6 +118,35 @@ class Testbed:
         self.pgbouncer: PgBouncerContainer | None = None
         self.handouts = HandoutLedger()
         self.sessions: SessionLedger | None = None  # with the database container: server sessions per arm
+        self.user: UserBed | None = None  # scenarios from a scenario file (measure/userbed.py)
+        self.extra_pools: dict[str, dict[str, Any]] = {}  # pools beside echo's: user backends
+        self._pg_pools: dict[str, Any] = {}
+
+    def add_user_scenarios(self, scenarios: Mapping[str, UserScenario]) -> None:
+        from .userbed import UserBed
+
+        self.user = UserBed(self, scenarios, self.images.extra, SOCKET_MOUNT, SOCKET_NAME)
+
+    def add_pool(self, name: str, target: str, size: int) -> None:
+        """Serve a further plain tcp pool; the pool manager restarts with the new config."""
+        entry = {"target": target, "size": min(size, self.config.pool_size)}
+        if self.extra_pools.get(name) == entry:
+            return
+        self.extra_pools[name] = entry
+        self._write_pool_config()
+        self.stop_pool()
+        self.start_pool()
+
+    def _write_pool_config(self) -> None:
+        from .database import manager_config
+
+        pools = {
+            self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
+            **self.extra_pools,
+            **self._pg_pools,
+        }
+        config = manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools).encode()
+        put_files(self.client, self.secret_volume, {"pool.json": VolumeFile(config)}, self.images.pool, self.labels)
 
     # --- names -----------------------------------------------------------------------------
     @property
@@ -196,7 +228,7 @@ class Testbed:
         return f"csb-pg-{self.run_id}"
 
     def pool_command(self) -> list[str]:
-        if self.pg is not None:
+        if self.pg is not None or self.extra_pools:
             return ["python3", "-m", "components.pool_manager", "--config", f"{SECRET_MOUNT}/pool.json"]
         return [
             "python3", "-m", "components.pool_manager",
@@ -247,7 +279,7 @@ class Testbed:
         authenticated-session pool."""
         if self.pg is not None:
             return self.pg
-        from .database import ExternalPostgres, PostgresBackend, manager_config
+        from .database import ExternalPostgres, PostgresBackend
 
         backend: PostgresBackend | ExternalPostgres
         ext = self.config.pg_external
@@ -263,16 +295,13 @@ class Testbed:
             from .pgbouncer import sessions_opened
 
             self.sessions = SessionLedger(lambda: sessions_opened(backend), self._settle_pools)
-        pools = {
-            self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
-            **backend.pool_config(backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)),
-        }
+        self._pg_pools = backend.pool_config(
+            backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)
+        )
         # Mode 0644: containers may run as another uid; only the manager and direct functions mount it.
-        files = {
-            "pgpassword": VolumeFile((backend.password + "\n").encode()),
-            "pool.json": VolumeFile(manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools).encode()),
-        }
+        files = {"pgpassword": VolumeFile((backend.password + "\n").encode())}
         put_files(self.client, self.secret_volume, files, self.images.pool, self.labels)
+        self._write_pool_config()
         self.stop_pool()
         self.start_pool()
         return backend
@@ -310,6 +339,11 @@ class Testbed:
     def prepare(self, scenario: Scenario) -> None:
         """Bring the testbed into the state a scenario needs."""
         self.close_session_window()
+        if self.user is not None and self.user.handles(scenario.id):
+            self.set_delay(0.0)
+            self.user.prepare(scenario.id)
+            self.start_pool()
+            return
         if scenario.backend == "pg":
             self.ensure_pg()
         if scenario.proxy:
@@ -376,6 +410,8 @@ class Testbed:
         return dict(self.sessions.tallies) if self.sessions is not None else {}
 
     def function_spec(self, scenario: Scenario) -> FunctionSpec:
+        if self.user is not None and self.user.handles(scenario.id):
+            return self.user.function_spec(scenario.id)
         if scenario.backend == "pg":
             return self._pg_function_spec(scenario)
         command = function_specs.echo_command(
@@ -430,6 +466,7 @@ class Testbed:
             self.close_session_window,
             self._close_delay,
             self.stop_pool,
+            self._close_user,
             self._close_pgbouncer,
             self._close_pg,
             self._close_echo,
@@ -453,6 +490,10 @@ class Testbed:
         if self.pgbouncer is not None:
             self.pgbouncer.stop()
             self.pgbouncer = None
+
+    def _close_user(self) -> None:
+        if self.user is not None:
+            self.user.close()
 
     def _close_pg(self) -> None:
         from .database import PostgresBackend

@@ -121,7 +121,7 @@ def test_cli_requires_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_a_subcommand_is_one_entry() -> None:
     ran: list[str] = []
-    extra = cli.Subcommand("show", "summary", lambda p: p.add_argument("run_dir"), lambda a: ran.append(a.run_dir) or 3)
+    extra = cli.Subcommand("why", "summary", lambda p: p.add_argument("run_dir"), lambda a: ran.append(a.run_dir) or 3)
     parser = cli.build_parser([*cli.SUBCOMMANDS, extra])
-    args = parser.parse_args(["show", "reports/latest"])
+    args = parser.parse_args(["why", "reports/latest"])
     assert args._run(args) == 3 and ran == ["reports/latest"]

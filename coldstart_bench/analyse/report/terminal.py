@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ...results import RunAnalysis
+    from ...results import RunAnalysis, RunResult
 
 
 def _n(x: Any, digits: int) -> str:
@@ -31,13 +31,19 @@ def table_lines(scenarios: dict[str, Any]) -> list[str]:
 
 
 def render(analysis: RunAnalysis) -> list[str]:
-    summary = analysis.summary
+    return render_result(analysis.result, analysis.expectation_policy)
+
+
+def render_result(result: RunResult, expectation_policy: str | None = None) -> list[str]:
+    """The summary from the result alone (as summary.json holds it): `coldstart-bench show` prints
+    what the end of the run printed."""
+    summary = result.to_dict()
     lines = table_lines(summary.get("scenarios", {}))
-    if analysis.verdicts:
-        policy = analysis.expectation_policy
-        lines += ["", f"expectations (policy: {policy}):"] + [v.line() for v in analysis.verdicts]
-    if analysis.warnings:
-        lines += [""] + [f"WARNING: {w}" for w in analysis.warnings]
-    if analysis.gate_results:
-        lines += [""] + [g.line() for g in analysis.gate_results]
+    if result.verdicts:
+        policy = expectation_policy or result.analysis.get("expectation_policy", "report")
+        lines += ["", f"expectations (policy: {policy}):"] + [str(v.get("line", "")) for v in result.verdicts]
+    if result.warnings:
+        lines += [""] + [f"WARNING: {w}" for w in result.warnings]
+    if result.gate:
+        lines += [""] + [str(g.get("line", "")) for g in result.gate]
     return lines
