@@ -14,6 +14,19 @@ import docker.errors
 from docker.utils.socket import STDOUT, frames_iter
 
 from ..samples import Sample
+
+# Record fields copied into the Sample as they are (µs, bytes; NaN when the function did not report them).
+ACQUIRE_RECORD_FIELDS: tuple[str, ...] = (
+    "uds_connect_us",
+    "request_write_us",
+    "reply_recv_us",
+    "reply_parse_us",
+    "sock_wrap_us",
+    "fd_check_us",
+    "protocol_import_us",
+    "prefetch_us",
+    "prefetch_bytes",
+)
 from .events import EventTimeout, LifecycleEvents
 
 
@@ -195,6 +208,8 @@ def to_sample(
     network: str,
     block: int = 0,
     burst: int = 1,
+    position: int = -1,
+    after_switch: str = "",
 ) -> Sample:
     record = result.record or {}
     ev = result.events
@@ -229,4 +244,7 @@ def to_sample(
         burst=burst,
         t_create_ns=ev.get("create", 0),
         error=result.error,
+        position=position,
+        after_switch=after_switch,
+        **{name: _us(record, name) for name in ACQUIRE_RECORD_FIELDS},
     )
