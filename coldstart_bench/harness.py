@@ -18,7 +18,7 @@ from .catalogue import Catalogue, Scenario, default_catalogue
 from .measure import environment
 from .measure.engine import EngineUnavailable, connect
 from .measure.events import LifecycleEvents
-from .measure.executor import Executor, PrepareError, Runner, StopPolicy, validate
+from .measure.executor import CampaignTiming, Executor, PrepareError, Runner, StopPolicy, validate
 from .measure.executor import Testbed as TestbedLike
 from .measure.runner import ColdStartRunner
 from .options import BenchOptions
@@ -76,6 +76,7 @@ class Harness:
         self._stop_policy = stop_policy
         self._steal_start = environment.cpu_steal_ticks()
         self._executor: Executor | None = None
+        self.timing = CampaignTiming()  # every executor of the run adds to it; summary.json records it
         self._interleaved: dict[str, list[Sample]] | None = None
         self._broken: str | None = None
 
@@ -183,6 +184,7 @@ class Harness:
             on_prepared=prepared,
             on_planned=self.progress.add_planned,
             stop_policy=self._stop_policy,
+            timing=self.timing,
         )
         for s in self.state.samples:  # iteration numbers continue across blocks and executors
             executor.measured.setdefault(s.scenario, []).append(s)
@@ -194,6 +196,8 @@ class Harness:
             return executor.run() if blocks is None else executor.run_blocks(blocks)
         except PrepareError as exc:
             pytest.fail(str(exc), pytrace=False)
+        finally:
+            self.state.environment.campaign_timing = self.timing.to_dict()
 
     def _interleave_all(self) -> dict[str, list[Sample]]:
         if self._interleaved is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, parse_burst_sizes
+from .plan import DEFAULT_WARMUP_AFTER, parse_warmup_after
 
 # The expectation policies of analyse/expectations.py (kept here so parsing options loads no numpy).
 POLICIES: tuple[str, ...] = ("report", "fail", "strict")
@@ -72,6 +73,21 @@ def addoption(parser: pytest.Parser) -> None:
         default=1,
         metavar="N",
         help="discarded cold starts at the start of every later block when interleaving (default 1)",
+    )
+    group.addoption(
+        "--bench-warmup-after",
+        default=None,
+        metavar="KINDS",
+        help="switches between blocks that get the block warm-up: a comma list of start, first, backend, delay, "
+        "pool, network, scenario (or all, none); default first,backend,delay,pool (measured: "
+        "warmup_evidence in summary.json)",
+    )
+    group.addoption(
+        "--bench-no-grouping",
+        action="store_false",
+        dest="bench_group_by_state",
+        default=True,
+        help="interleave without running scenarios of equal testbed state back to back",
     )
     group.addoption(
         "--bench-bursts",
@@ -165,6 +181,8 @@ class BenchOptions:
     expectation_policy: str
     alpha: float
     pg_external: ExternalPg | None = None
+    warmup_after: frozenset[str] = DEFAULT_WARMUP_AFTER
+    group_by_state: bool = True
 
 
 @dataclass(frozen=True)
@@ -226,6 +244,11 @@ def from_config(config: pytest.Config) -> BenchOptions:
         raise pytest.UsageError(f"bench_alpha must be between 0 and 1, got {alpha}")
     baseline = opt("bench_baseline")
     save = opt("bench_save_baseline")
+    warmup_after_text = opt("bench_warmup_after")
+    try:
+        warmup_after = parse_warmup_after(warmup_after_text) if warmup_after_text else DEFAULT_WARMUP_AFTER
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     return BenchOptions(
         iterations=iterations,
         warmup=warmup,
@@ -243,4 +266,6 @@ def from_config(config: pytest.Config) -> BenchOptions:
         expectation_policy=policy,
         alpha=alpha,
         pg_external=_external_pg(config),
+        warmup_after=warmup_after,
+        group_by_state=bool(opt("bench_group_by_state")),
     )

@@ -5,7 +5,9 @@ the baseline, the gate, the reports and a later command line (`coldstart-bench r
 can all use it, without pytest or Docker.
 
 Version history: 1 — the first summary.json; 2 — each scenario carries its declared catalogue
-metadata (`declared`) and the run records its campaign plan (`plan`).
+metadata (`declared`) and the run records its campaign plan (`plan`). Optional keys added within
+version 2 (readers of 2 ignore what they do not know): `connect_breakdown` (phases of connect_us per
+socket scenario), `harness_time` (wall/lifecycle ratio, where the wall time went, `warmup_evidence`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class EnvironmentRecord:
     delay_backends_by_scenario: dict[str, str] = field(default_factory=dict)
     pg_transfers_checked: int | None = None
     interleave: dict[str, Any] | None = None
+    campaign_timing: dict[str, Any] | None = None  # measure.executor.CampaignTiming.to_dict()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def update(self, values: dict[str, Any]) -> None:
@@ -173,6 +176,8 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] | None = None
+    connect_breakdown: dict[str, Any] = field(default_factory=dict)
+    harness_time: dict[str, Any] = field(default_factory=dict)
     version: int = SUMMARY_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +196,10 @@ class RunResult:
         }
         if self.plan is not None:
             out["plan"] = self.plan
+        if self.connect_breakdown:
+            out["connect_breakdown"] = self.connect_breakdown
+        if self.harness_time:
+            out["harness_time"] = self.harness_time
         return out
 
     def to_json(self) -> str:
@@ -223,6 +232,8 @@ class RunResult:
                 warnings=list(d.get("warnings") or []),
                 findings=list(d.get("findings") or []),
                 plan=d.get("plan"),
+                connect_breakdown=dict(d.get("connect_breakdown") or {}),
+                harness_time=dict(d.get("harness_time") or {}),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

@@ -24,7 +24,6 @@ PHASE_METRICS: tuple[str, ...] = (
     "start_to_ready_ms",
     "start_to_die_ms",
     "die_to_destroy_ms",
-) + (
     # The injected acquire's phases (socket mode; connect_us = the first five + call overhead) and
     # the function's work outside the connect clock (components/function.py, components/prefetch.py).
     "uds_connect_us",

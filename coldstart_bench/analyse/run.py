@@ -21,6 +21,7 @@ from .compare import Comparison, adjust, compare, delay_fit, paired_blocks
 from .expectations import Expectation, evaluate
 from .findings import build_findings
 from .gate import GateRule, evaluate_gate
+from .harness_time import connect_breakdown, harness_time
 from .noise import control_warnings, noise_warnings
 from .stats import describe, json_safe, values_by_scenario
 
@@ -241,6 +242,12 @@ def analyse(
     }
     if config.plan is not None:
         summary["plan"] = config.plan
+    breakdown = connect_breakdown(samples)
+    if breakdown:
+        summary["connect_breakdown"] = breakdown
+    spent = harness_time(samples, env, config.plan, alpha=config.alpha)
+    if spent:
+        summary["harness_time"] = spent
     return RunAnalysis(
         result=RunResult.from_dict(json_safe(summary)),
         gate_results=gate_results,

@@ -14,6 +14,7 @@ import docker.errors
 from docker.utils.socket import STDOUT, frames_iter
 
 from ..samples import Sample
+from .events import EventTimeout, LifecycleEvents
 
 # Record fields copied into the Sample as they are (µs, bytes; NaN when the function did not report them).
 ACQUIRE_RECORD_FIELDS: tuple[str, ...] = (
@@ -27,7 +28,6 @@ ACQUIRE_RECORD_FIELDS: tuple[str, ...] = (
     "prefetch_us",
     "prefetch_bytes",
 )
-from .events import EventTimeout, LifecycleEvents
 
 
 @dataclass(frozen=True)
