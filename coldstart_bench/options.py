@@ -109,6 +109,19 @@ def addoption(parser: pytest.Parser) -> None:
         help="also run the pool manager load benchmarks (marker pool_load; about a minute of full CPU)",
     )
     group.addoption(
+        "--bench-connect-breakdown",
+        action="store_true",
+        default=False,
+        help="also run the connect breakdown benchmark (marker connect_breakdown; minutes of cold starts)",
+    )
+    group.addoption(
+        "--bench-connect-breakdown-n",
+        type=int,
+        default=20,
+        metavar="N",
+        help="cold starts per arm of the connect breakdown benchmark (default 20)",
+    )
+    group.addoption(
         "--bench-pg-target",
         default=None,
         metavar="HOST:PORT",

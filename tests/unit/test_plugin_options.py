@@ -71,6 +71,17 @@ def test_pool_load_benchmarks_run_only_when_asked(pytester: pytest.Pytester, plu
     asked.assert_outcomes(passed=2)
 
 
+def test_connect_breakdown_benchmark_runs_only_when_asked(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    pytester.makepyfile(
+        test_c="import pytest\n@pytest.mark.connect_breakdown\ndef test_cb():\n    pass\ndef test_other():\n    pass\n"
+    )
+    pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider").assert_outcomes(passed=1, deselected=1)
+    by_option = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--bench-connect-breakdown")
+    by_option.assert_outcomes(passed=2)
+    by_marker = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "-m", "connect_breakdown")
+    by_marker.assert_outcomes(passed=1, deselected=1)
+
+
 SCENARIO_TEST = (
     "import pytest\n"
     "@pytest.mark.parametrize('scenario_id', ['socket', 'direct'])\n"
