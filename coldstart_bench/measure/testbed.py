@@ -42,6 +42,9 @@ SOCKET_NAME = "pool.sock"
 # injected session never see them (only the pool manager and direct-mode functions mount it).
 SECRET_MOUNT = "/run/cpm-secret"
 READY = r'"event":\s*"ready"'
+# The pool manager restarts between blocks (fallback scenarios): the wait strategy's default 1 s poll
+# would round every restart up to whole seconds of wall time with nothing measured.
+READY_POLL_S = 0.05
 
 
 class TestbedError(RuntimeError):
@@ -154,7 +157,11 @@ class Testbed:
             .with_name(name)
             .with_command(command)
             .with_kwargs(labels=self.labels, network=self.network_name)
-            .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
+            .waiting_for(
+                LogMessageWaitStrategy(READY)
+                .with_startup_timeout(int(self.config.start_timeout))
+                .with_poll_interval(READY_POLL_S)
+            )
         )
         for source, bind, mode in volumes:
             container = container.with_volume_mapping(source, bind, mode)
