@@ -111,7 +111,7 @@ def test_warmups_only_after_the_switches_asked_for() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), iterations=st.integers(1, 30))
-def test_grouping_never_needs_more_switches_than_a_plain_shuffle(seed: int, iterations: int) -> None:
+def test_grouped_plan_switches_the_testbed_at_most_once_per_state_per_round(seed: int, iterations: int) -> None:
     scenarios = _scenarios(MIXED)
 
     def testbed_switches(grouped: bool) -> int:
