@@ -234,7 +234,7 @@ def interleaved_order(
             order = active
             rng.shuffle(order)
         else:
-            order = _grouped_shuffle(active, group_of, rng)
+            order = _grouped_shuffle(active, group_of, rng, blocks[-1].scenario if blocks else None)
         for sid in order:
             count = min(block_size, remaining[sid])
             blocks.append(Block(index, sid, count))
@@ -243,9 +243,13 @@ def interleaved_order(
     return blocks
 
 
-def _grouped_shuffle(ids: Sequence[str], group_of: Mapping[str, Hashable], rng: random.Random) -> list[str]:
+def _grouped_shuffle(
+    ids: Sequence[str], group_of: Mapping[str, Hashable], rng: random.Random, previous: str | None = None
+) -> list[str]:
     """A random order in which members of a group are adjacent, and within a group, members of a
-    sub-group (same full key) too: shuffle outer groups, then sub-groups, then members."""
+    sub-group (same full key) too: shuffle outer groups, then sub-groups, then members. The group
+    (and sub-group) the previous round ended with opens this one, which saves a testbed switch per
+    round; which group that is was itself drawn at random."""
     outer: dict[Hashable, dict[Hashable, list[str]]] = {}
     for sid in ids:
         key = group_of[sid]
@@ -253,10 +257,21 @@ def _grouped_shuffle(ids: Sequence[str], group_of: Mapping[str, Hashable], rng: 
         outer.setdefault(head, {}).setdefault(key, []).append(sid)
     groups = list(outer.values())
     rng.shuffle(groups)
+    last_key = group_of.get(previous) if previous is not None else None
+    last_head = last_key[0] if isinstance(last_key, tuple) and last_key else last_key
+    heads = [next(iter(g.values())) for g in groups]
+    for i, members in enumerate(heads):
+        key = group_of[members[0]]
+        if last_key is not None and (key[0] if isinstance(key, tuple) and key else key) == last_head:
+            groups.insert(0, groups.pop(i))
+            break
     order: list[str] = []
-    for group in groups:
+    for n, group in enumerate(groups):
         subgroups = list(group.values())
         rng.shuffle(subgroups)
+        if n == 0 and last_key in group:
+            subgroups.remove(group[last_key])
+            subgroups.insert(0, group[last_key])
         for members in subgroups:
             members = list(members)
             rng.shuffle(members)

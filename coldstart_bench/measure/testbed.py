@@ -383,7 +383,8 @@ def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
     """Remove containers, networks and volumes of one run (or of every run whose process is gone)."""
     removed: list[str] = []
     label = f"{LABEL_RUN}={run_id}" if run_id else LABEL
-    for container in client.containers.list(all=True, filters={"label": label}):
+    # ignore_removed: another run's container may vanish between the list and its inspect.
+    for container in client.containers.list(all=True, filters={"label": label}, ignore_removed=True):
         if run_id is None and _owner_alive(container.labels):
             continue
         try:
