@@ -61,7 +61,7 @@ def test_grouped_order_is_seeded_and_keeps_equal_states_together() -> None:
         bridge_none = [CAT.by_id(s).network for s in order if state_group(CAT.by_id(s))[0] == ("echo", 0.0, True)]
         assert sum(1 for i, n in enumerate(bridge_none) if i == 0 or n != bridge_none[i - 1]) == 2
     # a round opens with the testbed state (and network) the previous one ended with: one switch saved per round
-    for prev, nxt in zip(a, a[1:], strict=False):
+    for prev, nxt in itertools.pairwise(a):
         if nxt.index == prev.index + 1:
             assert state_group(CAT.by_id(nxt.scenario)) == state_group(CAT.by_id(prev.scenario))
     assert _runs_of_groups([b.scenario for b in a]) == 4 * distinct_states - 3
