@@ -180,6 +180,9 @@ class ManagerConfig:
     log_grants: str = "each"  # each | none (denials are always logged)
     connector_process: bool = False  # open TCP connections in a forked helper (components.pool_connector)
     default_pool: str = "echo"
+    # After a hand-out, top the pool up this much later (0: at once): the caller woken by the reply
+    # runs first instead of queueing behind the manager's connect work on the same CPU.
+    refill_defer_ms: float = 2.0
 
     def validate(self) -> None:
         if not self.socket:
@@ -200,6 +203,8 @@ class ManagerConfig:
             value = getattr(self, key)
             if not _type_ok(value, float) or value <= 0:
                 raise ConfigError(f"{key} must be a number of seconds > 0, got {value!r}")
+        if not _type_ok(self.refill_defer_ms, float) or not 0 <= self.refill_defer_ms <= 1000:
+            raise ConfigError(f"refill_defer_ms must be a number of ms in [0, 1000], got {self.refill_defer_ms!r}")
         for key in ("socket_mode", "socket_dir_mode"):
             mode = getattr(self, key)
             if mode is not None and not 0 <= mode <= 0o777:
@@ -264,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle-ms", type=float, help="ms a fresh connection settles before hand-out (default 20)")
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
+    p.add_argument(
+        "--refill-defer-ms", type=float, help="ms after a hand-out before the pool is topped up (default 2; 0: at once)"
+    )
     p.add_argument(
         "--connector-process",
         action="store_true",
@@ -337,6 +345,7 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
         max_clients=_given(args.max_clients, data, "max_clients", 1024),
         health_interval=_number("health_interval", _given(args.health_interval, data, "health_interval", 1.0)),
         log_grants=_given(args.log_grants, data, "log_grants", "each"),
+        refill_defer_ms=_given(args.refill_defer_ms, data, "refill_defer_ms", 2.0),
         connector_process=bool(args.connector_process or connector),
         default_pool=pool_name,
     )
