@@ -79,7 +79,7 @@ def addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="KINDS",
         help="switches between blocks that get the block warm-up: a comma list of start, first, backend, delay, "
-        "pool, network, scenario (or all, none); default first,backend,delay,pool (measured: "
+        "pool, network, scenario (or all, none); default first,backend (measured: "
         "warmup_evidence in summary.json)",
     )
     group.addoption(

@@ -100,11 +100,18 @@ def test_warmups_only_after_the_switches_asked_for() -> None:
     for b in default.blocks:
         wanted = set(b.switch) & DEFAULT_WARMUP_AFTER
         assert b.warmup == (1 if wanted else 0), b
-    # fallback is alone on its state: each of its blocks opens with a pool switch and a warm-up, unless
-    # it opens the run, or continues itself across a round boundary (no switch at all, no warm-up)
-    for prev, b in zip(default.blocks, default.blocks[1:], strict=False):
-        if b.scenario == "fallback":
-            assert b.switch == () if prev.scenario == "fallback" else ("pool" in b.switch and b.warmup == 1)
+    # fallback is alone on its state: each of its later blocks opens with a pool switch, or continues
+    # itself across a round boundary (no switch at all). Warm-ups follow the policy asked for.
+    pool_too = plan(PlanSettings(25, 1, True, 5, 1, 5, warmup_after=parse_warmup_after("first,pool")), scenarios)
+    for run_plan, expected in ((default, 0), (pool_too, 1)):
+        later = [(prev, b) for prev, b in itertools.pairwise(run_plan.blocks)
+                 if b.scenario == "fallback" and "first" not in b.switch]  # fmt: skip
+        assert later
+        for prev, b in later:
+            if prev.scenario == "fallback":
+                assert b.switch == () and b.warmup == 0
+            else:
+                assert "pool" in b.switch and b.warmup == expected, (b, expected)
     assert default.blocks[0].switch == ("start",) and default.blocks[0].warmup == 1
     none = plan(PlanSettings(10, warmup=1, block_size=5, block_warmup=1, seed=5, warmup_after=frozenset({"start"})),
                 scenarios)  # fmt: skip
