@@ -32,7 +32,8 @@ def addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"cold starts run and discarded before measuring each scenario (default {DEFAULT_WARMUP})",
+        help=f"cold starts run and discarded before the run's first block, and before each scenario's first "
+        f"block when --bench-warmup-after names 'first' (default {DEFAULT_WARMUP})",
     )
     group.addoption(
         "--bench-report-dir",
@@ -79,7 +80,7 @@ def addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="KINDS",
         help="switches between blocks that get the block warm-up: a comma list of start, first, backend, delay, "
-        "pool, network, scenario (or all, none); default first,backend (measured: "
+        "pool, network, scenario (or all, none); default backend (measured: "
         "warmup_evidence in summary.json)",
     )
     group.addoption(

@@ -30,13 +30,14 @@ from .catalogue import Scenario
 # the testbed was switched; "network": the function's network differs from the previous block's;
 # "scenario": only the scenario changed (same testbed state).
 SWITCH_KINDS: tuple[str, ...] = ("start", "first", "backend", "delay", "pool", "network", "scenario")
-# Blocks opened by these switches get warm-ups by default, decided from a run without block
-# warm-ups (README, "Harness time"; summary.json `warmup_evidence`): after a delay, pool, network or
-# same-state scenario switch the first cold start of a block was not slower than the later ones
-# (one-sided Wilcoxon over 8-10 blocks each, p >= 0.63; median excess -97 to -4 ms). A scenario's
-# first block was +142 ms (p = 0.09, 5 blocks): kept, it costs one start per scenario. A backend switch
-# (another function image) was not measured: kept until it is.
-DEFAULT_WARMUP_AFTER: frozenset[str] = frozenset({"start", "first", "backend"})
+# Blocks opened by these switches get warm-ups by default: a switch is warmed up when data shows it
+# slows the next cold start, or has not been measured yet. From a run without block warm-ups (README,
+# "Harness time"; summary.json `warmup_evidence`): after a delay, pool, network or same-state
+# scenario switch, and before a scenario's first block, the first cold start of a block was not
+# measurably slower than the later ones (one-sided Wilcoxon, 5-10 blocks each, all p >= 0.09). The
+# run's very first start ("start") always is; a backend switch (another function image) was not
+# measured: kept until it is.
+DEFAULT_WARMUP_AFTER: frozenset[str] = frozenset({"start", "backend"})
 
 
 def parse_warmup_after(text: str) -> frozenset[str]:

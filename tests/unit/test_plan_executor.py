@@ -145,9 +145,10 @@ def test_a_scenario_no_test_selected_is_counted_when_measured(tmp_path: Path) ->
 
 def test_plan_counts_warmups_per_block_and_is_seeded() -> None:
     scenarios = [CAT.by_id(s) for s in ("socket", "direct", "burst-4-direct")]
-    a = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=3), scenarios)
-    b = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=3), scenarios)
-    c = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=4), scenarios)
+    first = frozenset({"start", "first"})  # warm up each scenario's first block, as the thesis did
+    a = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=3, warmup_after=first), scenarios)
+    b = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=3, warmup_after=first), scenarios)
+    c = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=4, warmup_after=first), scenarios)
     assert a.blocks == b.blocks and a.blocks != c.blocks and a.seed == 3
     # socket: 10 rounds in blocks of 3 -> 4 blocks; all three share the testbed state, so later blocks
     # open with a "scenario" switch, which gets no warm-up by default: warm-ups 2 + 0 + 0 + 0
@@ -161,7 +162,7 @@ def test_plan_counts_warmups_per_block_and_is_seeded() -> None:
     (burst_block,) = a.blocks_of("burst-4-direct")
     assert (burst_block.index, burst_block.count, burst_block.warmup, burst_block.burst) == (0, 3, 2, 4)
     assert a.cold_starts == (10 + 2) + (10 + 2) + (3 + 2) * 4
-    seq = plan(PlanSettings(iterations=10, warmup=2, interleave=False), scenarios)
+    seq = plan(PlanSettings(iterations=10, warmup=2, interleave=False, warmup_after=first), scenarios)
     assert [(blk.scenario, blk.count, blk.warmup) for blk in seq.blocks] == [
         ("socket", 10, 2),
         ("direct", 10, 2),
