@@ -122,6 +122,7 @@ class Harness:
         env.iterations = self.options.iterations
         env.warmup = self.options.warmup
         env.pool_size = self.options.pool_size
+        env.update({"prefetch": self.options.prefetch})
         self._install_sigterm()
         self.events = LifecycleEvents(self.client, f"{LABEL_RUN}={self.state.run_id}").start()
         runner = ColdStartRunner(self.client, self.events)
@@ -129,7 +130,9 @@ class Harness:
             self.client,
             images,
             self.state.run_id,
-            TestbedConfig(pool_size=self.options.pool_size, pg_external=self.options.pg_external),
+            TestbedConfig(
+                pool_size=self.options.pool_size, pg_external=self.options.pg_external, prefetch=self.options.prefetch
+            ),
         )
         try:
             testbed.start()

@@ -91,6 +91,14 @@ def addoption(parser: pytest.Parser) -> None:
         help="interleave without running scenarios of equal testbed state back to back",
     )
     group.addoption(
+        "--bench-no-prefetch",
+        action="store_false",
+        dest="bench_prefetch",
+        default=True,
+        help="functions do not page in their code before the clock starts (components/prefetch.py): shorter "
+        "lifecycles on a loaded fuse-overlayfs host, slower first connect (every mode alike)",
+    )
+    group.addoption(
         "--bench-bursts",
         default=",".join(map(str, DEFAULT_BURST_SIZES)),
         metavar="N,N,...",
@@ -197,6 +205,7 @@ class BenchOptions:
     pg_external: ExternalPg | None = None
     warmup_after: frozenset[str] = DEFAULT_WARMUP_AFTER
     group_by_state: bool = True
+    prefetch: bool = True
 
 
 @dataclass(frozen=True)
@@ -282,4 +291,5 @@ def from_config(config: pytest.Config) -> BenchOptions:
         pg_external=_external_pg(config),
         warmup_after=warmup_after,
         group_by_state=bool(opt("bench_group_by_state")),
+        prefetch=bool(opt("bench_prefetch")),
     )

@@ -61,6 +61,7 @@ class TestbedConfig:
     payload_size: int = 64
     start_timeout: float = 60.0
     pg_external: ExternalPg | None = None  # your own PostgreSQL instead of the database container
+    prefetch: bool = True  # the echo function pages in its code before any clock (components/prefetch.py)
 
 
 def run_labels(run_id: str) -> dict[str, str]:
@@ -305,6 +306,8 @@ class Testbed:
         ]  # fmt: skip
         if scenario.release:
             command.append("--release")
+        if not self.config.prefetch:
+            command.append("--no-prefetch")
         return FunctionSpec(
             image=self.images.function,
             command=command,

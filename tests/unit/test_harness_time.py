@@ -8,6 +8,7 @@ import itertools
 import math
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -230,3 +231,16 @@ def test_connect_breakdown_in_summary_and_report() -> None:
            for i in range(3)]  # fmt: skip
     assert connect_breakdown(old) == {}
     assert math.isnan(old[0].reply_recv_us)
+
+
+def test_no_prefetch_reaches_the_echo_function_of_every_mode() -> None:
+    from types import SimpleNamespace
+
+    from coldstart_bench.measure.testbed import Testbed, TestbedConfig
+
+    images: Any = SimpleNamespace(function="fn-image", extra={})
+    for prefetch in (True, False):
+        bed = Testbed(client=None, images=images, run_id="r1", config=TestbedConfig(prefetch=prefetch))  # type: ignore[arg-type]
+        for sid in ("socket", "direct", "fallback"):
+            command = bed.function_spec(CAT.by_id(sid)).command
+            assert ("--no-prefetch" in command) is (not prefetch), (sid, command)

@@ -20,6 +20,7 @@ def _run(pytester: pytest.Pytester, plugin: tuple[str, ...], *args: str) -> pyte
         (("-o", "bench_gate=socket.connect_us.p42 <= 1"), "bench_gate"),
         (("-o", "bench_gate=socket.connect_us.median >= 1"), "bench_gate"),
         (("-o", "bench_alpha=2"), "bench_alpha must be between 0 and 1"),
+        (("--bench-warmup-after", "delay,sidecar"), "--bench-warmup-after expects"),
         (("--bench-pg-target", "db.example"), "--bench-pg-target expects HOST:PORT"),
         (("--bench-pg-target", "10.0.0.5:5432"), "--bench-pg-password-file"),
         (("--bench-pg-target", "10.0.0.5:5432", "--bench-pg-password-file", "/nonexistent"), "readable file"),
