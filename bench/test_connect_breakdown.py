@@ -4,8 +4,8 @@ Real cold starts: a throwaway network, echo server and pool manager (labelled, r
 and fresh function containers, one `docker run --rm` each, arms interleaved round-robin so drift
 and the neighbours' load hit every arm alike. Arms:
   socket / socket-nonet          the function as shipped (prefetch on)
-  socket-refill-now              the same against a second manager that refills at once after a
-                                 hand-out (--refill-defer-ms 0), to show what the deferral changes
+  socket-refill-later            the same against a second manager that tops its pool up 2 ms after a
+                                 hand-out (--refill-defer-ms 2), to show what deferring the refill changes
   ...-noprefetch                 the same code without components/prefetch.py
   direct / direct-noprefetch     the direct path, to show it is not made slower
   socket-baseline                $COLDSTART_BASELINE_FUNCTION_IMAGE (an image of an older function,
@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.connect_breakdown]
 ACQUIRE_PHASES = ("uds_connect_us", "request_write_us", "reply_recv_us", "reply_parse_us", "sock_wrap_us")
 LABEL = "coldstart-bench.connect-breakdown"
 SOCKET_MOUNT = "/run/cpm"
-REFILL_NOW_SOCKET = "pool-now.sock"
+REFILL_LATER_SOCKET = "pool-later.sock"
 PHASES = (
     "connect_us",
     "uds_connect_us",
@@ -122,14 +122,14 @@ def bed() -> Iterator[Bed]:
             volumes={str(socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
         )  # fmt: skip
         _wait_ready(pool)
-        pool_now = client.containers.run(
+        pool_later = client.containers.run(
             images.pool,
             ["python3", "-m", "components.pool_manager", "--target", f"{echo_name}:7000", "--size", "32",
-             "--socket", f"{SOCKET_MOUNT}/{REFILL_NOW_SOCKET}", "--pool", "echo", "--refill-defer-ms", "0"],
-            name=f"csb-cb-poolnow-{run_id}", network=net_name, labels=labels, detach=True,
+             "--socket", f"{SOCKET_MOUNT}/{REFILL_LATER_SOCKET}", "--pool", "echo", "--refill-defer-ms", "2"],
+            name=f"csb-cb-poollater-{run_id}", network=net_name, labels=labels, detach=True,
             volumes={str(socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
         )  # fmt: skip
-        _wait_ready(pool_now)
+        _wait_ready(pool_later)
         from coldstart_bench.measure.events import LifecycleEvents
         from coldstart_bench.measure.runner import ColdStartRunner
 
@@ -162,7 +162,7 @@ def _wait_ready(container: Any, timeout: float = 60.0) -> None:
 def _manager_latency_counts(bed: Bed, arm: Arm) -> list[int]:
     from components import protocol
 
-    name = REFILL_NOW_SOCKET if f"{SOCKET_MOUNT}/{REFILL_NOW_SOCKET}" in arm.extra else "pool.sock"
+    name = REFILL_LATER_SOCKET if f"{SOCKET_MOUNT}/{REFILL_LATER_SOCKET}" in arm.extra else "pool.sock"
     stats = protocol.request(str(bed.socket_dir / name), "stats")
     return list(stats["acquire_latency_us"]["counts"])
 
@@ -239,7 +239,7 @@ def test_connect_breakdown(bed: Bed, benchmark: Any, request: pytest.FixtureRequ
     arms = [
         Arm("socket", "socket", "bridge"),
         Arm("socket-noprefetch", "socket", "bridge", extra=("--no-prefetch",)),
-        Arm("socket-refill-now", "socket", "bridge", extra=("--socket", f"{SOCKET_MOUNT}/{REFILL_NOW_SOCKET}")),
+        Arm("socket-refill-later", "socket", "bridge", extra=("--socket", f"{SOCKET_MOUNT}/{REFILL_LATER_SOCKET}")),
         Arm("socket-nonet", "socket", "none"),
         Arm("socket-nonet-noprefetch", "socket", "none", extra=("--no-prefetch",)),
         Arm("direct", "direct", "bridge"),

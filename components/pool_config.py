@@ -180,9 +180,10 @@ class ManagerConfig:
     log_grants: str = "each"  # each | none (denials are always logged)
     connector_process: bool = False  # open TCP connections in a forked helper (components.pool_connector)
     default_pool: str = "echo"
-    # After a hand-out, top the pool up this much later (0: at once): the caller woken by the reply
-    # runs first instead of queueing behind the manager's connect work on the same CPU.
-    refill_defer_ms: float = 2.0
+    # After a hand-out, top the pool up this much later (0: at once, the default): the caller woken by
+    # the reply may then run before the manager's connect work on the same CPU. Measured on a loaded
+    # 2-CPU host it made no difference to the caller's reply wait (docs/connect-breakdown.md): off.
+    refill_defer_ms: float = 0.0
 
     def validate(self) -> None:
         if not self.socket:
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
     p.add_argument(
-        "--refill-defer-ms", type=float, help="ms after a hand-out before the pool is topped up (default 2; 0: at once)"
+        "--refill-defer-ms", type=float, help="ms after a hand-out before the pool is topped up (default 0: at once)"
     )
     p.add_argument(
         "--connector-process",
@@ -345,7 +346,7 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
         max_clients=_given(args.max_clients, data, "max_clients", 1024),
         health_interval=_number("health_interval", _given(args.health_interval, data, "health_interval", 1.0)),
         log_grants=_given(args.log_grants, data, "log_grants", "each"),
-        refill_defer_ms=_given(args.refill_defer_ms, data, "refill_defer_ms", 2.0),
+        refill_defer_ms=_given(args.refill_defer_ms, data, "refill_defer_ms", 0.0),
         connector_process=bool(args.connector_process or connector),
         default_pool=pool_name,
     )
