@@ -34,9 +34,10 @@ SWITCH_KINDS: tuple[str, ...] = ("start", "first", "backend", "delay", "pool", "
 # slows the next cold start, or has not been measured yet. From a run without block warm-ups (README,
 # "Harness time"; summary.json `warmup_evidence`): after a delay, pool, network or same-state
 # scenario switch, and before a scenario's first block, the first cold start of a block was not
-# measurably slower than the later ones (one-sided Wilcoxon, 5-10 blocks each, all p >= 0.09). The
-# run's very first start ("start") always is; a backend switch (another function image) was not
-# measured: kept until it is.
+# measurably slower than the later ones (one-sided Wilcoxon, 5-10 blocks each, all p >= 0.09; a second
+# run gave a scenario's first block +183 ms, p = 0.03 over 5 blocks: `--bench-warmup-after first` warms
+# it up, at one start per scenario). The run's very first start ("start") always is; a backend switch
+# (another function image) was not measured: kept until it is.
 DEFAULT_WARMUP_AFTER: frozenset[str] = frozenset({"start", "backend"})
 
 
