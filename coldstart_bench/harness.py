@@ -18,7 +18,7 @@ from .catalogue import Catalogue, Scenario, default_catalogue
 from .measure import environment
 from .measure.engine import EngineUnavailable, connect
 from .measure.events import LifecycleEvents
-from .measure.executor import Executor, PrepareError, Runner, StopPolicy, validate
+from .measure.executor import CampaignTiming, Executor, PrepareError, Runner, StopPolicy, validate
 from .measure.executor import Testbed as TestbedLike
 from .measure.runner import ColdStartRunner
 from .options import BenchOptions
@@ -76,6 +76,7 @@ class Harness:
         self._stop_policy = stop_policy
         self._steal_start = environment.cpu_steal_ticks()
         self._executor: Executor | None = None
+        self.timing = CampaignTiming()  # every executor of the run adds to it; summary.json records it
         self._interleaved: dict[str, list[Sample]] | None = None
         self._broken: str | None = None
         self._validated_pulled: set[str] = set()
@@ -159,6 +160,7 @@ class Harness:
         env.warmup = self.options.warmup
         env.pool_size = self.options.pool_size
         env.update({"bench_runtimes": list(self.options.runtimes), "requests_per_cold_start": self.options.requests})
+        env.update({"prefetch": self.options.prefetch})
         self._install_sigterm()
         self.events = LifecycleEvents(self.client, f"{LABEL_RUN}={self.state.run_id}").start()
         runner = ColdStartRunner(self.client, self.events)
@@ -171,6 +173,7 @@ class Harness:
                 pg_external=self.options.pg_external,
                 runtimes=self.options.runtimes,
                 requests=self.options.requests,
+                prefetch=self.options.prefetch,
             ),
         )
         if users:
@@ -257,6 +260,7 @@ class Harness:
             on_prepared=prepared,
             on_planned=self.progress.add_planned,
             stop_policy=self._stop_policy,
+            timing=self.timing,
         )
         for s in self.state.samples:  # iteration numbers continue across blocks and executors
             executor.measured.setdefault(s.scenario, []).append(s)
@@ -268,6 +272,8 @@ class Harness:
             return executor.run() if blocks is None else executor.run_blocks(blocks)
         except PrepareError as exc:
             pytest.fail(str(exc), pytrace=False)
+        finally:
+            self.state.environment.campaign_timing = self.timing.to_dict()
 
     def _interleave_all(self) -> dict[str, list[Sample]]:
         if self._interleaved is None:

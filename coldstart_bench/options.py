@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, DEFAULT_RUNTIME, parse_burst_sizes
+from .plan import DEFAULT_WARMUP_AFTER, parse_warmup_after
 from .userscenarios import ScenarioFileError, UserScenario, load_scenario_file
 
 # The expectation policies of analyse/expectations.py (kept here so parsing options loads no numpy).
@@ -32,7 +33,8 @@ def addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"cold starts run and discarded before measuring each scenario (default {DEFAULT_WARMUP})",
+        help=f"cold starts run and discarded before the run's first block, and before each scenario's first "
+        f"block when --bench-warmup-after names 'first' (default {DEFAULT_WARMUP})",
     )
     group.addoption(
         "--bench-report-dir",
@@ -75,6 +77,29 @@ def addoption(parser: pytest.Parser) -> None:
         help="discarded cold starts at the start of every later block when interleaving (default 1)",
     )
     group.addoption(
+        "--bench-warmup-after",
+        default=None,
+        metavar="KINDS",
+        help="switches between blocks that get the block warm-up: a comma list of start, first, backend, delay, "
+        "pool, network, scenario (or all, none); default backend (measured: "
+        "warmup_evidence in summary.json)",
+    )
+    group.addoption(
+        "--bench-no-grouping",
+        action="store_false",
+        dest="bench_group_by_state",
+        default=True,
+        help="interleave without running scenarios of equal testbed state back to back",
+    )
+    group.addoption(
+        "--bench-no-prefetch",
+        action="store_false",
+        dest="bench_prefetch",
+        default=True,
+        help="functions do not page in their code before the clock starts (components/prefetch.py): shorter "
+        "lifecycles on a loaded fuse-overlayfs host, slower first connect (every mode alike)",
+    )
+    group.addoption(
         "--bench-bursts",
         default=",".join(map(str, DEFAULT_BURST_SIZES)),
         metavar="N,N,...",
@@ -92,6 +117,19 @@ def addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="also run the pool manager load benchmarks (marker pool_load; about a minute of full CPU)",
+    )
+    group.addoption(
+        "--bench-connect-breakdown",
+        action="store_true",
+        default=False,
+        help="also run the connect breakdown benchmark (marker connect_breakdown; minutes of cold starts)",
+    )
+    group.addoption(
+        "--bench-connect-breakdown-n",
+        type=int,
+        default=20,
+        metavar="N",
+        help="cold starts per arm of the connect breakdown benchmark (default 20)",
     )
     group.addoption(
         "--bench-pg-target",
@@ -191,6 +229,9 @@ class BenchOptions:
     runtimes: tuple[str, ...] = (DEFAULT_RUNTIME,)
     requests: int = 5
     user_scenarios: tuple[UserScenario, ...] = ()
+    warmup_after: frozenset[str] = DEFAULT_WARMUP_AFTER
+    group_by_state: bool = True
+    prefetch: bool = True
 
 
 @dataclass(frozen=True)
@@ -269,6 +310,11 @@ def from_config(config: pytest.Config) -> BenchOptions:
         raise pytest.UsageError(f"bench_alpha must be between 0 and 1, got {alpha}")
     baseline = opt("bench_baseline")
     save = opt("bench_save_baseline")
+    warmup_after_text = opt("bench_warmup_after")
+    try:
+        warmup_after = parse_warmup_after(warmup_after_text) if warmup_after_text else DEFAULT_WARMUP_AFTER
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     return BenchOptions(
         iterations=iterations,
         warmup=warmup,
@@ -289,6 +335,9 @@ def from_config(config: pytest.Config) -> BenchOptions:
         runtimes=_runtimes(opt("bench_runtimes")),
         requests=_positive("--bench-requests", opt("bench_requests"), 1),
         user_scenarios=_user_scenarios(config),
+        warmup_after=warmup_after,
+        group_by_state=bool(opt("bench_group_by_state")),
+        prefetch=bool(opt("bench_prefetch")),
     )
 
 

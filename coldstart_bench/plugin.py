@@ -46,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bench_expect(text): an expectation on the run's statistics")
     config.addinivalue_line("markers", "pool_load: pool manager load benchmark (real processes, ~30 s)")
+    config.addinivalue_line(
+        "markers", "connect_breakdown: phases of the injected connect in cold containers (minutes of cold starts)"
+    )
     config.addinivalue_line("markers", "integration: needs a real Docker engine")
     opts = bench_options.from_config(config)
     # Parse gate rules, the regression limit and the baseline once, now: a bad one is a usage error
@@ -110,7 +113,8 @@ def pytest_deselected(items: Sequence[pytest.Item]) -> None:
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: count only what will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    _deselect_pool_load(config, items)
+    for marker, option in OPT_IN_MARKERS:
+        _deselect_unless_asked(config, items, marker, option)
     catalogue = catalogue_of(config)
     selected: list[str] = []
     expectations: list[str] = []
@@ -170,15 +174,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         run_preflight(config, (lambda m: reporter.write_line(f"[coldstart-bench] {m}")) if reporter else print)
 
 
-def _deselect_pool_load(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The pool manager load benchmarks saturate every core for a minute and measure another thing
-    than cold starts: they run only when asked for (--bench-pool-load, or -m naming pool_load)."""
-    if config.getoption("bench_pool_load") or "pool_load" in (config.getoption("markexpr") or ""):
+# Benchmarks that measure something else than the campaign, at length: they run only when asked
+# for, by their option or by -m naming their marker. (marker, option dest)
+OPT_IN_MARKERS: tuple[tuple[str, str], ...] = (
+    ("pool_load", "bench_pool_load"),  # saturates every core for a minute
+    ("connect_breakdown", "bench_connect_breakdown"),  # minutes of cold starts
+)
+
+
+def _deselect_unless_asked(config: pytest.Config, items: list[pytest.Item], marker: str, option: str) -> None:
+    if config.getoption(option) or marker in (config.getoption("markexpr") or ""):
         return
-    deselected = [item for item in items if item.get_closest_marker("pool_load") is not None]
+    deselected = [item for item in items if item.get_closest_marker(marker) is not None]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if item.get_closest_marker("pool_load") is None]
+        items[:] = [item for item in items if item.get_closest_marker(marker) is None]
 
 
 @pytest.fixture(scope="session")

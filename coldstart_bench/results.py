@@ -5,7 +5,9 @@ the baseline, the gate, the reports and a later command line (`coldstart-bench r
 can all use it, without pytest or Docker.
 
 Version history: 1 — the first summary.json; 2 — each scenario carries its declared catalogue
-metadata (`declared`) and the run records its campaign plan (`plan`).
+metadata (`declared`) and the run records its campaign plan (`plan`). Optional keys added within
+version 2 (readers of 2 ignore what they do not know): `connect_breakdown` (phases of connect_us per
+socket scenario), `harness_time` (wall/lifecycle ratio, where the wall time went, `warmup_evidence`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class EnvironmentRecord:
     # blocks, pool refills settled): {scenario: {"sessions", "cold_starts", "blocks"}}.
     pg_sessions_by_scenario: dict[str, dict[str, int]] = field(default_factory=dict)
     interleave: dict[str, Any] | None = None
+    campaign_timing: dict[str, Any] | None = None  # measure.executor.CampaignTiming.to_dict()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def update(self, values: dict[str, Any]) -> None:
@@ -178,6 +181,8 @@ class RunResult:
     plan: dict[str, Any] | None = None
     # Scenarios a runtime cannot run (e.g. an injected TCP fd on gVisor): [{scenario, reason}], never measured.
     unsupported: list[dict[str, Any]] = field(default_factory=list)
+    connect_breakdown: dict[str, Any] = field(default_factory=dict)
+    harness_time: dict[str, Any] = field(default_factory=dict)
     version: int = SUMMARY_VERSION
     languages: list[dict[str, Any]] = field(default_factory=list)  # the language table (analyse/wire_tables.py)
     pg_proxy: list[dict[str, Any]] = field(default_factory=list)  # direct vs PgBouncer vs injected session
@@ -204,6 +209,10 @@ class RunResult:
             out["languages"] = self.languages
         if self.pg_proxy:
             out["pg_proxy"] = self.pg_proxy
+        if self.connect_breakdown:
+            out["connect_breakdown"] = self.connect_breakdown
+        if self.harness_time:
+            out["harness_time"] = self.harness_time
         return out
 
     def to_json(self) -> str:
@@ -239,6 +248,8 @@ class RunResult:
                 unsupported=list(d.get("unsupported") or []),
                 languages=list(d.get("languages") or []),
                 pg_proxy=list(d.get("pg_proxy") or []),
+                connect_breakdown=dict(d.get("connect_breakdown") or {}),
+                harness_time=dict(d.get("harness_time") or {}),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

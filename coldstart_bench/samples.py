@@ -24,6 +24,25 @@ PHASE_METRICS: tuple[str, ...] = (
     "start_to_ready_ms",
     "start_to_die_ms",
     "die_to_destroy_ms",
+    # The injected acquire's phases (socket mode; connect_us = the first five + call overhead) and
+    # the function's work outside the connect clock (components/function.py, components/prefetch.py).
+    "uds_connect_us",
+    "request_write_us",
+    "reply_recv_us",
+    "reply_parse_us",
+    "sock_wrap_us",
+    "fd_check_us",
+    "protocol_import_us",
+    "prefetch_us",
+    "prefetch_bytes",
+)
+# The phases of connect_us for socket scenarios, in the order the acquire runs them.
+ACQUIRE_PHASES: tuple[str, ...] = (
+    "uds_connect_us",
+    "request_write_us",
+    "reply_recv_us",
+    "reply_parse_us",
+    "sock_wrap_us",
 )
 # Other languages and the PostgreSQL arms (issue 13): the runtime's start-up, per-query latency.
 RUNTIME_QUERY_METRICS: tuple[str, ...] = ("runtime_startup_us", "runtime_init_us", "query_first_us", "query_p50_us")
@@ -72,6 +91,18 @@ class Sample:
     runtime_init_us: float = math.nan  # Node.js: its own bootstrap -> main
     query_first_us: float = math.nan  # PostgreSQL: the first of the point reads after the transfer
     query_p50_us: float = math.nan  # PostgreSQL: median of those point reads (per-query latency)
+    # Acquire phases and the work around the connect clock (see PHASE_METRICS).
+    uds_connect_us: float = math.nan
+    request_write_us: float = math.nan
+    reply_recv_us: float = math.nan
+    reply_parse_us: float = math.nan
+    sock_wrap_us: float = math.nan
+    fd_check_us: float = math.nan
+    protocol_import_us: float = math.nan
+    prefetch_us: float = math.nan
+    prefetch_bytes: float = math.nan
+    position: int = -1  # index of the cold start within its block, warm-ups included (-1: unknown)
+    after_switch: str = ""  # the testbed change that opened its block ("" none; ";"-separated kinds)
 
     def value(self, metric: str) -> float:
         return float(getattr(self, metric))

@@ -192,6 +192,10 @@ class ManagerConfig:
     max_relays: int = 64  # relayed connections live at once; an acquire beyond gets pool_exhausted
     relay_idle_timeout: float = 300.0  # seconds without a byte either way before a relay is ended
     relay_buffer_bytes: int = 64 * 1024  # bytes in flight per relay direction (pipe or buffer size)
+    # After a hand-out, top the pool up this much later (0: at once, the default): the caller woken by
+    # the reply may then run before the manager's connect work on the same CPU. Measured on a loaded
+    # 2-CPU host it made no difference to the caller's reply wait (docs/connect-breakdown.md): off.
+    refill_defer_ms: float = 0.0
 
     def validate(self) -> None:
         if not self.socket:
@@ -216,6 +220,8 @@ class ManagerConfig:
             value = getattr(self, key)
             if not _type_ok(value, float) or value <= 0:
                 raise ConfigError(f"{key} must be a number of seconds > 0, got {value!r}")
+        if not _type_ok(self.refill_defer_ms, float) or not 0 <= self.refill_defer_ms <= 1000:
+            raise ConfigError(f"refill_defer_ms must be a number of ms in [0, 1000], got {self.refill_defer_ms!r}")
         for key in ("socket_mode", "socket_dir_mode"):
             mode = getattr(self, key)
             if mode is not None and not 0 <= mode <= 0o777:
@@ -288,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-relays", type=int, help="relayed connections live at once (default 64, 0 = no relays)")
     p.add_argument("--relay-idle-timeout", type=float, help="seconds without traffic before a relay ends (300)")
+    p.add_argument(
+        "--refill-defer-ms", type=float, help="ms after a hand-out before the pool is topped up (default 0: at once)"
+    )
     p.add_argument(
         "--connector-process",
         action="store_true",
@@ -362,6 +371,7 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
         max_clients=_given(args.max_clients, data, "max_clients", 1024),
         health_interval=_number("health_interval", _given(args.health_interval, data, "health_interval", 1.0)),
         log_grants=_given(args.log_grants, data, "log_grants", "each"),
+        refill_defer_ms=_given(args.refill_defer_ms, data, "refill_defer_ms", 0.0),
         connector_process=bool(args.connector_process or connector),
         default_pool=pool_name,
         max_relays=_given(args.max_relays, data, "max_relays", 64),

@@ -21,6 +21,7 @@ from .compare import Comparison, adjust, compare, delay_fit, paired_blocks
 from .expectations import Expectation, evaluate
 from .findings import build_findings
 from .gate import GateRule, evaluate_gate
+from .harness_time import connect_breakdown, harness_time
 from .noise import control_warnings, noise_warnings
 from .stats import describe, json_safe, values_by_scenario
 from .wire_tables import language_rows, pg_proxy_rows
@@ -247,6 +248,12 @@ def analyse(
         summary["unsupported"] = list(config.unsupported)
     summary["languages"] = language_rows(scenarios)
     summary["pg_proxy"] = pg_proxy_rows(scenarios, env)
+    breakdown = connect_breakdown(samples)
+    if breakdown:
+        summary["connect_breakdown"] = breakdown
+    spent = harness_time(samples, env, config.plan, alpha=config.alpha)
+    if spent:
+        summary["harness_time"] = spent
     return RunAnalysis(
         result=RunResult.from_dict(json_safe(summary)),
         gate_results=gate_results,

@@ -3,8 +3,11 @@ pytest: the plugin's harness adapts what happens here (skip, fail, pytest-benchm
 
 from __future__ import annotations
 
+import math
 import statistics
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..catalogue import Scenario
@@ -67,12 +70,59 @@ def _ignore(*_args: Any) -> None:
     return None
 
 
+def round_span_s(samples: Sequence[Sample]) -> float:
+    """Engine time one round of cold starts took: first create to last destroy (the lifecycle for a
+    single start; the overlapping lifecycles' span for a burst). 0 when unknown."""
+    ends = [s.t_create_ns + s.lifecycle_ms * 1e6 for s in samples if s.t_create_ns and math.isfinite(s.lifecycle_ms)]
+    starts = [s.t_create_ns for s in samples if s.t_create_ns and math.isfinite(s.lifecycle_ms)]
+    return (max(ends) - min(starts)) / 1e9 if starts else 0.0
+
+
+@dataclass
+class CampaignTiming:
+    """Where the executor's wall time went: measured cold starts, warm-ups, testbed switches, and the
+    rest (the harness between cold starts). The wall/lifecycle ratio is wall / measured."""
+
+    wall_s: float = 0.0
+    measured_s: float = 0.0  # sum over measured rounds of round_span_s
+    warmup_s: float = 0.0  # the same for discarded warm-up rounds
+    prepare_s: float = 0.0  # Testbed.prepare: switching the testbed between blocks
+    measured_starts: int = 0
+    warmup_starts: int = 0
+    blocks: int = 0
+    unknown_rounds: int = 0  # rounds without lifecycle events: their time counts as harness time
+
+    @property
+    def harness_s(self) -> float:
+        return max(0.0, self.wall_s - self.measured_s - self.warmup_s - self.prepare_s)
+
+    @property
+    def wall_lifecycle_ratio(self) -> float:
+        return self.wall_s / self.measured_s if self.measured_s > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "wall_s": round(self.wall_s, 3),
+            "measured_lifecycle_s": round(self.measured_s, 3),
+            "warmup_lifecycle_s": round(self.warmup_s, 3),
+            "prepare_s": round(self.prepare_s, 3),
+            "harness_s": round(self.harness_s, 3),
+            "measured_starts": self.measured_starts,
+            "warmup_starts": self.warmup_starts,
+            "blocks": self.blocks,
+            "unknown_rounds": self.unknown_rounds,
+            "wall_lifecycle_ratio": round(self.wall_lifecycle_ratio, 4) if self.measured_s > 0 else None,
+        }
+
+
 def cold_start_samples(
     testbed: Testbed,
     runner: Runner,
     scenario: Scenario,
     iteration: int,
     block: int = 0,
+    position: int = -1,
+    after_switch: str = "",
 ) -> list[Sample]:
     """One round of a scenario: one cold start, or `burst` of them started at once."""
     spec = testbed.function_spec(scenario)
@@ -94,6 +144,8 @@ def cold_start_samples(
             network=scenario.network,
             block=block,
             burst=scenario.burst,
+            position=position,
+            after_switch=after_switch,
         )
         for k, r in enumerate(results)
     ]
@@ -153,6 +205,7 @@ class Executor:
         on_prepared: Callable[[Scenario], None] = _ignore,
         on_planned: Callable[[int], None] = _ignore,
         stop_policy: StopPolicy | None = None,
+        timing: CampaignTiming | None = None,
     ) -> None:
         self.plan = plan
         self.testbed = testbed
@@ -164,19 +217,38 @@ class Executor:
         self.stop_policy: StopPolicy = stop_policy or RunThePlan()
         self.measured: dict[str, list[Sample]] = {}
         self.cold_starts = 0  # run so far, warm-ups included
+        self.timing = timing if timing is not None else CampaignTiming()  # shared across executors of a run
 
     def _scenario(self, scenario_id: str) -> Scenario:
         return self.plan.scenario(scenario_id)
 
     def run_block(self, block: Block) -> list[Sample]:
+        t_block = time.perf_counter()
+        try:
+            return self._run_block(block)
+        finally:
+            self.timing.wall_s += time.perf_counter() - t_block
+            self.timing.blocks += 1
+
+    def _run_block(self, block: Block) -> list[Sample]:
         scenario = self._scenario(block.scenario)
+        timing = self.timing
+        t_prepare = time.perf_counter()
         try:
             self.testbed.prepare(scenario)
         except Exception as exc:
             raise PrepareError(scenario, exc) from exc
+        finally:
+            timing.prepare_s += time.perf_counter() - t_prepare
         self.on_prepared(scenario)
-        for _ in range(block.warmup):
-            cold_start_samples(self.testbed, self.runner, scenario, iteration=-1)
+        switch = ";".join(block.switch)
+        for w in range(block.warmup):
+            batch = cold_start_samples(self.testbed, self.runner, scenario, iteration=-1, position=w,
+                                       after_switch=switch)  # fmt: skip
+            span = round_span_s(batch)
+            timing.warmup_s += span
+            timing.unknown_rounds += span == 0.0
+            timing.warmup_starts += len(batch)
             self.cold_starts += scenario.burst
             self.on_progress(f"{scenario.id} (warm-up)", scenario.burst)
         done = self.measured.setdefault(scenario.id, [])
@@ -184,7 +256,14 @@ class Executor:
         measured: list[Sample] = []
         sample_block = block.index if self.plan.interleave else 0
         for r in range(block.count):
-            batch = cold_start_samples(self.testbed, self.runner, scenario, iteration=first + r, block=sample_block)
+            batch = cold_start_samples(
+                self.testbed, self.runner, scenario, iteration=first + r, block=sample_block,
+                position=block.warmup + r, after_switch=switch,
+            )  # fmt: skip
+            span = round_span_s(batch)
+            timing.measured_s += span
+            timing.unknown_rounds += span == 0.0
+            timing.measured_starts += len(batch)
             for sample in batch:
                 self.on_sample(sample)
             measured.extend(batch)

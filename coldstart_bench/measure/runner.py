@@ -17,6 +17,19 @@ from docker.utils.socket import STDOUT, frames_iter
 from ..samples import Sample
 from .events import EventTimeout, LifecycleEvents
 
+# Record fields copied into the Sample as they are (µs, bytes; NaN when the function did not report them).
+ACQUIRE_RECORD_FIELDS: tuple[str, ...] = (
+    "uds_connect_us",
+    "request_write_us",
+    "reply_recv_us",
+    "reply_parse_us",
+    "sock_wrap_us",
+    "fd_check_us",
+    "protocol_import_us",
+    "prefetch_us",
+    "prefetch_bytes",
+)
+
 
 @dataclass(frozen=True)
 class FunctionSpec:
@@ -202,6 +215,8 @@ def to_sample(
     network: str,
     block: int = 0,
     burst: int = 1,
+    position: int = -1,
+    after_switch: str = "",
 ) -> Sample:
     record = result.record or {}
     ev = result.events
@@ -243,4 +258,7 @@ def to_sample(
         runtime_init_us=_us(record, "runtime_init_us"),
         query_first_us=_us(record, "query_first_us"),
         query_p50_us=_us(record, "query_p50_us"),
+        position=position,
+        after_switch=after_switch,
+        **{name: _us(record, name) for name in ACQUIRE_RECORD_FIELDS},
     )

@@ -52,6 +52,9 @@ READY = r'"event":\s*"ready"'
 STATS_SNIPPET = (
     "import json, sys; from components.protocol import request; print(json.dumps(request(sys.argv[1], 'stats')))"
 )
+# The pool manager restarts between blocks (fallback scenarios): the wait strategy's default 1 s poll
+# would round every restart up to whole seconds of wall time with nothing measured.
+READY_POLL_S = 0.05
 
 
 class TestbedError(RuntimeError):
@@ -70,6 +73,7 @@ class TestbedConfig:
     pg_external: ExternalPg | None = None  # your own PostgreSQL instead of the database container
     runtimes: tuple[str, ...] = ("runc",)  # probed at start (measure/runtime_axis.py)
     requests: int = 1  # echo round trips per cold start
+    prefetch: bool = True  # the echo function pages in its code before any clock (components/prefetch.py)
 
 
 def run_labels(run_id: str) -> dict[str, str]:
@@ -209,7 +213,11 @@ class Testbed:
             .with_name(name)
             .with_command(command)
             .with_kwargs(labels=self.labels, network=self.network_name)
-            .waiting_for(LogMessageWaitStrategy(READY).with_startup_timeout(int(self.config.start_timeout)))
+            .waiting_for(
+                LogMessageWaitStrategy(READY)
+                .with_startup_timeout(int(self.config.start_timeout))
+                .with_poll_interval(READY_POLL_S)
+            )
         )
         for source, bind, mode in volumes:
             container = container.with_volume_mapping(source, bind, mode)
@@ -427,6 +435,8 @@ class Testbed:
                 command += ["--handoff", "relay"]
             if self.config.requests != 1:
                 command += ["--requests", str(self.config.requests)]
+        if scenario.language == "python" and not self.config.prefetch:  # function.py's own page-in
+            command.append("--no-prefetch")
         return FunctionSpec(
             image=getattr(self.images, image, "") or self.images.extra[image],
             command=command,

@@ -38,7 +38,7 @@ class PolicyRoom(ManagerCore):
             conn = self.take_healthy(pool, now)
             if conn is not None:
                 self.hand_out(client, pool, conn, now)
-                self.refill(pool, now)
+                self.refill_soon(pool, now)
                 return
         if not pool.idle and (pool.cfg.exhaustion == "refuse" or (pool.down and now < pool.next_attempt)):
             self.reject_unavailable(client, pool)

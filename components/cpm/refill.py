@@ -41,6 +41,22 @@ class RefillRoom(ManagerCore):
                 return
             need -= 1
 
+    def refill_soon(self, pool: Pool, now: float) -> None:
+        """After a hand-out: refill `refill_defer` later, once the woken caller has had the CPU (the
+        kernel tends to queue it on the manager's CPU, behind whatever the manager does next). At
+        once when deferral is off, or the pool is down to half its target: never risk running dry."""
+        if self.refill_defer <= 0 or 2 * (len(pool.idle) + len(pool.settling) + pool.connecting) < pool.target_size(
+            now
+        ):
+            self.refill(pool, now)
+            return
+        self.next_refill = min(self.next_refill, now + self.refill_defer)
+
+    def refill_deferred(self, now: float) -> None:
+        self.next_refill = float("inf")
+        for pool in self.pools.values():
+            self.refill(pool, now)
+
     def _connect_limit(self, pool: Pool) -> int:
         if pool.down:
             return 1  # one probe at a time until the backend answers again

@@ -106,8 +106,9 @@ class ServerRoom(ManagerCore):
             if self.demand_pending:
                 self.flush_demand()
             timeout = TICK
-            if self.next_settle != float("inf"):
-                timeout = min(TICK, max(0.0, self.next_settle - time.monotonic()))
+            due = min(self.next_settle, self.next_refill)
+            if due != float("inf"):
+                timeout = min(TICK, max(0.0, due - time.monotonic()))
             events = ep_poll(timeout, 1024)
             for fd, ev in events:
                 if fd == lfd:
@@ -127,6 +128,8 @@ class ServerRoom(ManagerCore):
             now = time.monotonic()
             if now >= self.next_settle:
                 self.promote_settled(now)
+            if now >= self.next_refill:
+                self.refill_deferred(now)
             if now >= next_tick:
                 next_tick = now + TICK
                 self.tick(now)

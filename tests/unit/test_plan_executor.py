@@ -16,7 +16,7 @@ from coldstart_bench.harness import Harness
 from coldstart_bench.measure.executor import Executor, PrepareError
 from coldstart_bench.measure.runner import ColdStartResult, FunctionSpec
 from coldstart_bench.options import BenchOptions, ExternalPg
-from coldstart_bench.plan import Block, Plan, PlanSettings, plan
+from coldstart_bench.plan import SWITCH_KINDS, Block, Plan, PlanSettings, plan
 from coldstart_bench.progress import Progress
 from coldstart_bench.run_state import RunState
 from coldstart_bench.samples import Sample
@@ -145,16 +145,24 @@ def test_a_scenario_no_test_selected_is_counted_when_measured(tmp_path: Path) ->
 
 def test_plan_counts_warmups_per_block_and_is_seeded() -> None:
     scenarios = [CAT.by_id(s) for s in ("socket", "direct", "burst-4-direct")]
-    a = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=3), scenarios)
-    b = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=3), scenarios)
-    c = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=4), scenarios)
+    first = frozenset({"start", "first"})  # warm up each scenario's first block, as the thesis did
+    a = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=3, warmup_after=first), scenarios)
+    b = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=3, warmup_after=first), scenarios)
+    c = plan(PlanSettings(iterations=10, warmup=2, block_size=3, block_warmup=1, seed=4, warmup_after=first), scenarios)
     assert a.blocks == b.blocks and a.blocks != c.blocks and a.seed == 3
-    # socket: 10 rounds in blocks of 3 -> 4 blocks, warm-ups 2 + 1 + 1 + 1
-    assert [blk.warmup for blk in a.blocks_of("socket")] == [2, 1, 1, 1]
+    # socket: 10 rounds in blocks of 3 -> 4 blocks; all three share the testbed state, so later blocks
+    # open with a "scenario" switch, which gets no warm-up by default: warm-ups 2 + 0 + 0 + 0
+    assert [blk.warmup for blk in a.blocks_of("socket")] == [2, 0, 0, 0]
+    every = plan(PlanSettings(10, 2, True, 3, 1, 3, warmup_after=frozenset(SWITCH_KINDS)), scenarios)
+    # with every switch warmed up, only a block continuing the same scenario (no switch at all) has none
+    assert [blk.warmup for blk in every.blocks_of("socket")][1:] == [
+        int(bool(b.switch)) for b in every.blocks_of("socket")
+    ][1:]
     # bursts: 3 rounds of 4 in one block, 2 warm-up rounds of 4
-    assert a.blocks_of("burst-4-direct") == [Block(0, "burst-4-direct", 3, 2, 4)]
-    assert a.cold_starts == (10 + 5) + (10 + 5) + (3 + 2) * 4
-    seq = plan(PlanSettings(iterations=10, warmup=2, interleave=False), scenarios)
+    (burst_block,) = a.blocks_of("burst-4-direct")
+    assert (burst_block.index, burst_block.count, burst_block.warmup, burst_block.burst) == (0, 3, 2, 4)
+    assert a.cold_starts == (10 + 2) + (10 + 2) + (3 + 2) * 4
+    seq = plan(PlanSettings(iterations=10, warmup=2, interleave=False, warmup_after=first), scenarios)
     assert [(blk.scenario, blk.count, blk.warmup) for blk in seq.blocks] == [
         ("socket", 10, 2),
         ("direct", 10, 2),

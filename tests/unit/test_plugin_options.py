@@ -20,6 +20,7 @@ def _run(pytester: pytest.Pytester, plugin: tuple[str, ...], *args: str) -> pyte
         (("-o", "bench_gate=socket.connect_us.p42 <= 1"), "bench_gate"),
         (("-o", "bench_gate=socket.connect_us.median >= 1"), "bench_gate"),
         (("-o", "bench_alpha=2"), "bench_alpha must be between 0 and 1"),
+        (("--bench-warmup-after", "delay,sidecar"), "--bench-warmup-after expects"),
         (("--bench-pg-target", "db.example"), "--bench-pg-target expects HOST:PORT"),
         (("--bench-pg-target", "10.0.0.5:5432"), "--bench-pg-password-file"),
         (("--bench-pg-target", "10.0.0.5:5432", "--bench-pg-password-file", "/nonexistent"), "readable file"),
@@ -69,6 +70,17 @@ def test_pool_load_benchmarks_run_only_when_asked(pytester: pytest.Pytester, plu
     default.assert_outcomes(passed=1, deselected=1)
     asked = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--bench-pool-load")
     asked.assert_outcomes(passed=2)
+
+
+def test_connect_breakdown_benchmark_runs_only_when_asked(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    pytester.makepyfile(
+        test_c="import pytest\n@pytest.mark.connect_breakdown\ndef test_cb():\n    pass\ndef test_other():\n    pass\n"
+    )
+    pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider").assert_outcomes(passed=1, deselected=1)
+    by_option = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--bench-connect-breakdown")
+    by_option.assert_outcomes(passed=2)
+    by_marker = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "-m", "connect_breakdown")
+    by_marker.assert_outcomes(passed=1, deselected=1)
 
 
 SCENARIO_TEST = (

@@ -326,6 +326,110 @@ def plan_blocks(plan: Mapping[str, Any] | None) -> list[Heading | Para | Bullets
     return out
 
 
+BREAKDOWN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uds_connect_us", "Unix connect"),
+    ("request_write_us", "request write"),
+    ("reply_recv_us", "reply + fd receive"),
+    ("reply_parse_us", "reply parse"),
+    ("sock_wrap_us", "socket object"),
+    ("acquire_other_us", "rest"),
+)
+
+
+def connect_breakdown_blocks(breakdown: Mapping[str, Any]) -> list[Heading | Para | Bullets | Table | Image]:
+    """connect_us of socket scenarios as its phases (medians), and the prefetch every mode pays."""
+    phased = {n: e for n, e in breakdown.items() if e.get("connect_us") is not None}
+    out: list[Heading | Para | Bullets | Table | Image] = []
+    if phased:
+        rows = [
+            [n, str(e["n"]), num(e["connect_us"], 0)]
+            + [num(e.get(k), 0) for k, _ in BREAKDOWN_COLUMNS]
+            + [f"{e['reply_recv_share']:.0%}" if e.get("reply_recv_share") is not None else "–"]
+            + [num(e.get("fd_check_us"), 0), num(e.get("protocol_import_us"), 0)]
+            for n, e in phased.items()
+        ]
+        out.append(
+            Table(
+                [
+                    "scenario",
+                    "n",
+                    "connect µs",
+                    *[label + " µs" for _, label in BREAKDOWN_COLUMNS],
+                    "reply share",
+                    "fd check µs (after)",
+                    "protocol import µs (before)",
+                ],
+                rows,
+                "Medians. connect_us of the injected path as the acquire's phases (rest = call overhead and "
+                "closing the Unix socket); medians of phases need not add up to the median connect. The fd "
+                "check runs after the clock and the protocol import before it, as direct mode's do.",
+            )
+        )
+    prefetched = {n: e for n, e in breakdown.items() if e.get("prefetch_us") is not None}
+    if prefetched:
+        out.append(
+            Table(
+                ["scenario", "prefetch µs", "prefetched MiB"],
+                [
+                    [n, num(e["prefetch_us"], 0), num((e.get("prefetch_bytes") or 0) / 2**20, 1)]
+                    for n, e in prefetched.items()
+                ],
+                "Every mode pages in its executable mappings before any clock (components/prefetch.py): "
+                "inside the lifecycle, outside connect_us; --no-prefetch in the function turns it off.",
+            )
+        )
+    return out
+
+
+def harness_time_blocks(spent: Mapping[str, Any]) -> list[Heading | Para | Bullets | Table | Image]:
+    """The wall/lifecycle ratio, where the wall time went, and the warm-up evidence."""
+    out: list[Heading | Para | Bullets | Table | Image] = []
+    if spent.get("wall_lifecycle_ratio") is not None:
+        out.append(
+            Para(
+                f"Wall time of the cold starts' executor: {num(spent['wall_s'])} s for "
+                f"{num(spent['measured_lifecycle_s'])} s of measured lifecycles, "
+                f"**{spent['wall_lifecycle_ratio']:.2f}×**. Warm-ups "
+                f"{num(spent['warmup_lifecycle_s'])} s ({spent['warmup_starts']} starts), testbed switches "
+                f"{num(spent['prepare_s'])} s, harness between starts {num(spent['harness_s'])} s "
+                f"(median gap destroy → next create {num(spent.get('gap_between_starts_ms_median'))} ms). "
+                f"Warm-ups after: {', '.join(spent.get('warmup_after') or []) or '–'}; "
+                f"equal testbed states grouped: {spent.get('group_by_state')}."
+            )
+        )
+    evidence = spent.get("warmup_evidence") or {}
+    if evidence:
+        out.append(
+            Table(
+                [
+                    "switch",
+                    "blocks",
+                    "first position",
+                    "first − later median ms [95% CI]",
+                    "relative",
+                    "Wilcoxon p (greater)",
+                    "perturbs",
+                ],
+                [
+                    [
+                        kind,
+                        str(e["blocks"]),
+                        ",".join(map(str, e["first_position"])),
+                        f"{num(e['median_excess_ms'], 1)} {ci(e.get('median_excess_ci'), 1)}",
+                        f"{e['median_excess_rel']:+.1%}" if e.get("median_excess_rel") is not None else "–",
+                        pval(e.get("wilcoxon_greater_p")),
+                        "yes" if e.get("perturbs") else "no",
+                    ]
+                    for kind, e in evidence.items()
+                ],
+                "Per block: lifecycle of its first measured cold start minus the median of its later ones, by the "
+                "switch that opened the block. First position 0: no warm-up ran before it (the evidence for a "
+                "warm-up); > 0: what is left after the warm-ups.",
+            )
+        )
+    return out
+
+
 def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
     scenarios = summary.get("scenarios", {})
     doc = Document("Cold-start benchmark report")
@@ -389,6 +493,10 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     b.extend(delay_table(summary.get("delay_fit", {})))
     b.append(Heading("Phase attribution"))
     b.append(phases_table(scenarios))
+    breakdown = connect_breakdown_blocks(summary.get("connect_breakdown") or {})
+    if breakdown:
+        b.append(Heading("Where the injected connect goes"))
+        b.extend(breakdown)
     bt = burst_table(scenarios)
     if bt:
         b.append(Heading("Bursts"))
@@ -399,9 +507,11 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     for section in wire_sections(summary):
         b.extend([Heading(section.heading), Table(section.headers, section.rows, section.caption)])
     campaign = plan_blocks(summary.get("plan"))
-    if campaign:
+    spent = harness_time_blocks(summary.get("harness_time") or {})
+    if campaign or spent:
         b.append(Heading("Campaign"))
         b.extend(campaign)
+        b.extend(spent)
     b.append(Heading("Statistics per scenario"))
     b.append(Heading("connect_us (µs)", 3))
     b.append(stats_table(scenarios, "connect_us", 1))

@@ -30,6 +30,28 @@ def table_lines(scenarios: dict[str, Any]) -> list[str]:
     return lines
 
 
+def harness_time_lines(spent: dict[str, Any]) -> list[str]:
+    """The wall/lifecycle ratio of the run and the switches that perturbed the next cold start."""
+    ratio = spent.get("wall_lifecycle_ratio")
+    if ratio is None:
+        return []
+    lines = [
+        f"wall/lifecycle: {ratio:.2f}x ({spent['wall_s']:.1f} s of executor wall time for "
+        f"{spent['measured_lifecycle_s']:.1f} s of measured lifecycles; warm-ups {spent['warmup_lifecycle_s']:.1f} s "
+        f"in {spent['warmup_starts']} starts, testbed switches {spent['prepare_s']:.1f} s, "
+        f"harness {spent['harness_s']:.1f} s)"
+    ]
+    evidence = spent.get("warmup_evidence") or {}
+    if evidence:
+        parts = [
+            f"{kind} {e['median_excess_ms']:+.1f} ms over {e['blocks']} blocks"
+            + (" (perturbs)" if e.get("perturbs") else "")
+            for kind, e in evidence.items()
+        ]
+        lines.append("first cold start of a block vs later ones: " + "; ".join(parts))
+    return lines
+
+
 def render(analysis: RunAnalysis) -> list[str]:
     return render_result(analysis.result, analysis.expectation_policy)
 
@@ -39,6 +61,7 @@ def render_result(result: RunResult, expectation_policy: str | None = None) -> l
     what the end of the run printed."""
     summary = result.to_dict()
     lines = table_lines(summary.get("scenarios", {}))
+    lines += harness_time_lines(summary.get("harness_time") or {})
     if result.verdicts:
         policy = expectation_policy or result.analysis.get("expectation_policy", "report")
         lines += ["", f"expectations (policy: {policy}):"] + [str(v.get("line", "")) for v in result.verdicts]

@@ -112,3 +112,53 @@ def test_keepalive_and_user_timeout_set_before_handout(echo: Echo, start_manager
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30000
     finally:
         sock.close()
+
+
+def _in_flight(st: dict) -> int:
+    """Connections being opened or settling: a refill has started."""
+    return int(st["connecting"]) + int(st["settling"])
+
+
+def test_refill_after_a_handout_waits_until_the_caller_is_served(
+    echo: Echo, start_manager: Callable[..., Manager]
+) -> None:
+    """The fast path: the reply goes out and the manager goes back to its loop before topping the pool
+    up, so a caller woken by the reply does not queue behind the manager's connect on the same CPU."""
+    m = start_manager(echo.target, 8, "--refill-defer-ms", "1000")
+    sock, _reply = protocol.acquire(m.sock_path)
+    try:
+        st = m.stats()["pools"]["echo"]  # served by the same loop right after the hand-out
+        assert st["idle"] == 7 and _in_flight(st) == 0, st
+        wait_for(lambda: m.stats()["pools"]["echo"]["idle"] == 8, timeout=10)  # the deferred refill came
+    finally:
+        sock.close()
+
+
+def test_refill_is_immediate_when_deferral_is_off_or_the_pool_runs_low(
+    echo: Echo, start_manager: Callable[..., Manager]
+) -> None:
+    at_once = start_manager(echo.target, 8, "--refill-defer-ms", "0", name="now.sock")
+    sock, _reply = protocol.acquire(at_once.sock_path)
+    try:
+        st = at_once.stats()["pools"]["echo"]
+        assert st["idle"] + _in_flight(st) == 8, st  # the refill started before the stats request was read
+    finally:
+        sock.close()
+    deferred = start_manager(echo.target, 4, "--refill-defer-ms", "1000", name="low.sock")
+    held = [protocol.acquire(deferred.sock_path)[0] for _ in range(3)]
+    try:
+        st = deferred.stats()["pools"]["echo"]
+        # down to one of four (below half): the last hand-outs refilled at once, deferral or not
+        assert _in_flight(st) + st["idle"] >= 2, st
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_refill_defer_config_is_validated(sockdir: Path) -> None:
+    from components.pool_config import ConfigError, load_config
+
+    cfg = load_config(["--socket", str(sockdir / "x.sock"), "--target", "127.0.0.1:1", "--refill-defer-ms", "5"])
+    assert cfg.refill_defer_ms == 5
+    with pytest.raises(ConfigError, match="refill_defer_ms"):
+        load_config(["--socket", str(sockdir / "x.sock"), "--target", "127.0.0.1:1", "--refill-defer-ms", "-1"])
