@@ -25,7 +25,10 @@ PHASE_METRICS: tuple[str, ...] = (
     "start_to_die_ms",
     "die_to_destroy_ms",
 )
-ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS
+# TLS phases (transport "tls"): the cold function's ssl import, context and handshake (direct),
+# or continuing the injected session (socket: import, libcrypto binding, keys).
+TLS_METRICS: tuple[str, ...] = ("ssl_import_us", "tls_context_us", "tls_handshake_us", "tls_setup_us")
+ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + TLS_METRICS
 
 
 @dataclass
@@ -59,6 +62,16 @@ class Sample:
     burst: int = 1  # cold starts started at once
     t_create_ns: int = 0  # docker "create" event time, for ordering / drift plots
     error: str = ""
+    # TLS (transport "tls"); NaN / "" / -1 for a plain TCP connection.
+    ssl_import_us: float = math.nan
+    tls_context_us: float = math.nan
+    tls_handshake_us: float = math.nan
+    tls_setup_us: float = math.nan
+    tls_version: str = ""
+    tls_cipher_suite: str = ""
+    tls_path: str = ""  # handshake (direct) | record_layer | ktls (injected)
+    tls_server_seq: int = -1  # read sequence number at hand-out
+    tls_client_seq: int = -1
 
     def value(self, metric: str) -> float:
         return float(getattr(self, metric))
