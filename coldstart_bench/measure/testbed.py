@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .database import ExternalPostgres, PostgresBackend
     from .delay import SynAckDelay
     from .images import ImageSet
+    from .tls_testbed import TlsTestbed
 
 LABEL = "coldstart-bench"
 LABEL_RUN = "coldstart-bench.run"
@@ -96,6 +97,8 @@ class Testbed:
         self.delay: SynAckDelay | None = None
         self.delay_ms: float = 0.0
         self.delay_backends: set[str] = set()
+        self.tls: TlsTestbed | None = None  # the TLS backend, certificates and accounting (first TLS scenario)
+        self.tls_echo: DockerContainer | None = None
 
     # --- names -----------------------------------------------------------------------------
     @property
@@ -168,7 +171,7 @@ class Testbed:
         return f"csb-pg-{self.run_id}"
 
     def pool_command(self) -> list[str]:
-        if self.pg is not None:
+        if self.pg is not None or self.tls is not None:
             return ["python3", "-m", "components.pool_manager", "--config", f"{SECRET_MOUNT}/pool.json"]
         return [
             "python3", "-m", "components.pool_manager",
@@ -183,15 +186,15 @@ class Testbed:
             return
         # The postgres pool kind needs the driver, which the pgfunction image carries.
         image = self.images.extra["pgfunction"] if self.pg is not None else self.images.pool
-        self.pool = self._start_container(
-            image,
-            self.pool_name,
-            self.pool_command(),
-            volumes=((self.socket_dir, SOCKET_MOUNT, "rw"), (self.secret_dir, SECRET_MOUNT, "ro")),
-        )
+        volumes = [(self.socket_dir, SOCKET_MOUNT, "rw"), (self.secret_dir, SECRET_MOUNT, "ro")]
+        if self.tls is not None:
+            volumes.append(self.tls.ca_volume())
+        self.pool = self._start_container(image, self.pool_name, self.pool_command(), volumes=tuple(volumes))
 
     def stop_pool(self) -> None:
         if self.pool is not None:
+            if self.tls is not None:
+                self._tally_tls_pool()  # its counters end with it
             self.pool.stop()
             self.pool = None
 
@@ -214,7 +217,7 @@ class Testbed:
         authenticated-session pool."""
         if self.pg is not None:
             return self.pg
-        from .database import ExternalPostgres, PostgresBackend, manager_config
+        from .database import ExternalPostgres, PostgresBackend
 
         backend: PostgresBackend | ExternalPostgres
         ext = self.config.pg_external
@@ -227,15 +230,26 @@ class Testbed:
         self.pg = backend
         self.pg_transfers_before = backend.check_balances()[0]
         backend.write_password_file(self.secret_dir)
-        pools = {
-            self.config.pool_name: {"target": self.target, "size": self.config.pool_size},
-            **backend.pool_config(backend.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16)),
-        }
+        self._restart_pool_with_config()
+        return backend
+
+    def _restart_pool_with_config(self) -> None:
+        """The manager with every pool the run needs so far (echo, PostgreSQL, TLS), from a config file."""
+        from .database import manager_config
+
+        pools: dict[str, Any] = {self.config.pool_name: {"target": self.target, "size": self.config.pool_size}}
+        if self.pg is not None:
+            pools.update(
+                self.pg.pool_config(self.pg.target, f"{SECRET_MOUNT}/pgpassword", size=min(self.config.pool_size, 16))
+            )
+        if self.tls is not None:
+            from .tls_testbed import TLS_POOL
+
+            pools[TLS_POOL] = self.tls.pool_entry(min(self.config.pool_size, 16))
         (self.secret_dir / "pool.json").write_text(manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools))
         self.secret_dir.chmod(0o755)
         self.stop_pool()
         self.start_pool()
-        return backend
 
     def set_delay(self, delay_ms: float, target: str = "echo") -> str | None:
         """Apply the SYN-ACK delay of a scenario to a backend (or remove it); returns the backend used."""
@@ -254,6 +268,11 @@ class Testbed:
                 if not isinstance(self.pg, PostgresBackend):
                     raise TestbedError("a SYN-ACK delay needs the database container, not an external server")
                 container_id, port = self.pg.container_id, self.pg.port
+            elif target == "tls":
+                from .tls_testbed import TLS_PORT
+
+                assert self.tls_echo is not None
+                container_id, port = self.tls_echo.get_wrapped_container().id, TLS_PORT
             else:
                 assert self.echo is not None
                 container_id, port = self.echo.get_wrapped_container().id, self.config.echo_port
@@ -267,11 +286,79 @@ class Testbed:
             return self.delay.backend
         return None
 
+    # --- TLS (tls_testbed.py) ------------------------------------------------------------------
+    @property
+    def tls_echo_name(self) -> str:
+        return f"csb-tlsecho-{self.run_id}"
+
+    def ensure_tls(self) -> TlsTestbed:
+        """Make the run's certificates, start the TLS echo backend, and restart the pool manager
+        with a `tls` pool (once)."""
+        if self.tls is not None:
+            return self.tls
+        from .tls_testbed import TlsTestbed, read_backend_sessions
+
+        tls = TlsTestbed(self.run_id, self.tls_echo_name)
+        try:
+            self.tls_echo = self._start_container(
+                self.images.echo, self.tls_echo_name, tls.backend_command(), volumes=tls.backend_volumes()
+            )
+            tls.backend_sessions_before = read_backend_sessions(self.tls_echo.get_wrapped_container())
+        except BaseException:
+            if self.tls_echo is not None:
+                self.tls_echo.stop()
+                self.tls_echo = None
+            tls.close()
+            raise
+        self.tls = tls
+        self._restart_pool_with_config()
+        return tls
+
+    def _delay_target(self, scenario: Scenario) -> str:
+        return "tls" if scenario.transport == "tls" and scenario.backend == "echo" else scenario.backend
+
+    def count_cold_starts(self, scenario: Scenario, records: list[dict[str, Any] | None]) -> None:
+        """Called for every cold start of a round (warm-ups included), for the session accounting."""
+        if scenario.transport == "tls" and self.tls is not None:
+            self.tls.counts.count(scenario.mode, records)
+
+    def _pool_stats(self) -> dict[str, Any]:
+        from components import protocol
+
+        return protocol.request(str(self.socket_dir / SOCKET_NAME), "stats", timeout=5.0)
+
+    def _tally_tls_pool(self) -> None:
+        from .tls_testbed import TLS_POOL
+
+        assert self.tls is not None
+        try:
+            self.tls.tally.add(self._pool_stats()["pools"][TLS_POOL])
+        except Exception as exc:
+            raise TestbedError(f"cannot read the pool manager's tls counters before stopping it: {exc}") from exc
+
+    def check_tls_sessions(self) -> tuple[dict[str, Any], list[str]]:
+        """One backend TLS session per TLS cold start (see tls_testbed)."""
+        from .tls_testbed import check_sessions, read_backend_sessions, settled_pool_stats
+
+        if self.tls is None or self.tls_echo is None:
+            return {}, []
+        container = self.tls_echo.get_wrapped_container()
+        live: dict[str, Any] | None = None
+        for _ in range(5):  # the manager may open a session between the two readings: read again
+            live = settled_pool_stats(self._pool_stats) if self.pool is not None else None
+            sessions = read_backend_sessions(container)
+            again = settled_pool_stats(self._pool_stats) if self.pool is not None else None
+            if (live or {}).get("refills") == (again or {}).get("refills"):
+                break
+        return check_sessions(self.tls, sessions, live)
+
     def prepare(self, scenario: Scenario) -> None:
         """Bring the testbed into the state a scenario needs."""
         if scenario.backend == "pg":
             self.ensure_pg()
-        self.set_delay(scenario.delay_ms, scenario.backend)
+        if scenario.transport == "tls":
+            self.ensure_tls()
+        self.set_delay(scenario.delay_ms, self._delay_target(scenario))
         if scenario.pool_up:
             self.start_pool()
         else:
@@ -280,13 +367,25 @@ class Testbed:
     def function_spec(self, scenario: Scenario) -> FunctionSpec:
         if scenario.backend == "pg":
             return self._pg_function_spec(scenario)
+        target, pool = self.target, self.config.pool_name
+        binds = {str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}}
+        tls_args: list[str] = []
+        if scenario.transport == "tls":
+            from .tls_testbed import TLS_POOL
+
+            tls = self.ensure_tls()
+            target, pool, tls_args = tls.target, TLS_POOL, tls.function_args()
+            # The CA (public) verifies a handshake of the function's own: direct mode, or a fallback.
+            ca_dir, ca_bind, ca_mode = tls.ca_volume()
+            binds[str(ca_dir)] = {"bind": ca_bind, "mode": ca_mode}
         command = [
             "python3", "-m", "components.function",
             "--mode", scenario.mode,
-            "--target", self.target,
+            "--target", target,
             "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}",
-            "--pool", self.config.pool_name,
+            "--pool", pool,
             "--payload-size", str(self.config.payload_size),
+            *tls_args,
         ]  # fmt: skip
         if scenario.release:
             command.append("--release")
@@ -294,7 +393,7 @@ class Testbed:
             image=self.images.function,
             command=command,
             network="none" if scenario.network == "none" else self.network_name,
-            binds={str(self.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
+            binds=binds,
             labels={**self.labels, "coldstart-bench.role": "function"},
         )
 
@@ -322,7 +421,9 @@ class Testbed:
 
     def close(self) -> None:
         errors: list[str] = []
-        for step in (self._close_delay, self.stop_pool, self._close_pg, self._close_echo, self._close_network):
+        steps = [self._close_delay, self.stop_pool, self._close_pg, self._close_tls, self._close_echo]
+        steps.append(self._close_network)
+        for step in steps:
             try:
                 step()
             except Exception as exc:
@@ -344,6 +445,14 @@ class Testbed:
         if isinstance(self.pg, PostgresBackend):
             self.pg.stop()
         self.pg = None
+
+    def _close_tls(self) -> None:
+        if self.tls_echo is not None:
+            self.tls_echo.stop()
+            self.tls_echo = None
+        if self.tls is not None:
+            self.tls.close()  # the run's CA, server certificate and key
+            self.tls = None
 
     def _close_echo(self) -> None:
         if self.echo is not None:
