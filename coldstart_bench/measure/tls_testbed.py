@@ -49,6 +49,7 @@ class PoolTally:
     opened: int = 0  # sessions the manager handshook ("refills")
     handed_out: int = 0
     discarded: int = 0
+    errors: list[str] = field(default_factory=list)
 
     def add(self, pool_stats: dict[str, Any]) -> None:
         self.opened += int(pool_stats.get("refills", 0))
@@ -187,7 +188,7 @@ def check_sessions(
         "socket_cold_starts_served": c.socket_received,
         "tls_cold_starts": c.cold_starts,
     }
-    problems = []
+    problems = list(tls.tally.errors)
     if handed != c.socket_received:
         problems.append(
             f"the manager handed out {handed} TLS sessions but {c.socket_received} socket-mode cold starts received one"
