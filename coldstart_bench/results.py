@@ -174,6 +174,7 @@ class RunResult:
     findings: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] | None = None
     version: int = SUMMARY_VERSION
+    tls: dict[str, Any] | None = None  # TLS connect set-up (the thesis's Table 1 re-measured), if TLS ran
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -191,6 +192,8 @@ class RunResult:
         }
         if self.plan is not None:
             out["plan"] = self.plan
+        if self.tls is not None:
+            out["tls"] = self.tls
         return out
 
     def to_json(self) -> str:
@@ -223,6 +226,7 @@ class RunResult:
                 warnings=list(d.get("warnings") or []),
                 findings=list(d.get("findings") or []),
                 plan=d.get("plan"),
+                tls=d.get("tls"),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

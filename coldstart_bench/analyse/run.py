@@ -23,6 +23,7 @@ from .findings import build_findings
 from .gate import GateRule, evaluate_gate
 from .noise import control_warnings, noise_warnings
 from .stats import describe, json_safe, values_by_scenario
+from .tls_connect import tls_connect_table
 
 __all__ = ["AnalysisConfig", "RunAnalysis", "analyse", "terminal_lines", "write_report"]
 
@@ -241,6 +242,9 @@ def analyse(
     }
     if config.plan is not None:
         summary["plan"] = config.plan
+    tls = tls_connect_table(samples, catalogue)
+    if tls is not None:
+        summary["tls"] = tls
     return RunAnalysis(
         result=RunResult.from_dict(json_safe(summary)),
         gate_results=gate_results,

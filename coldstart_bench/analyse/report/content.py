@@ -426,6 +426,9 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     b.extend(delay_table(summary.get("delay_fit", {})))
     b.append(Heading("Phase attribution"))
     b.append(phases_table(scenarios))
+    from .tls_section import tls_blocks  # here: that module builds on this one's blocks
+
+    b.extend(tls_blocks(summary.get("tls")))
     bt = burst_table(scenarios)
     if bt:
         b.append(Heading("Bursts"))
