@@ -204,6 +204,58 @@ _EVP_CTRL_AEAD_GET_TAG = 0x10
 _EVP_CTRL_AEAD_SET_TAG = 0x11
 
 
+def _ctypes_binding() -> Any:
+    """What this module needs of ``ctypes``, built on its C core ``_ctypes`` alone: importing the
+    ``ctypes`` package costs a cold process about a millisecond more (its Python layer defines
+    every C type); this uses five of them. Falls back to ``ctypes`` itself if the core differs."""
+    try:
+        import _ctypes
+
+        class Binding:
+            class c_int(_ctypes._SimpleCData):  # ctypes' own names
+                _type_ = "i"
+
+            class c_uint64(_ctypes._SimpleCData):
+                _type_ = "Q"
+
+            class c_void_p(_ctypes._SimpleCData):
+                _type_ = "P"
+
+            class c_char_p(_ctypes._SimpleCData):
+                _type_ = "z"
+
+            class c_char(_ctypes._SimpleCData):
+                _type_ = "c"
+
+            byref = staticmethod(_ctypes.byref)
+
+            @staticmethod
+            def create_string_buffer(size: int) -> Any:
+                return (Binding.c_char * size)()
+
+            class CDLL:
+                def __init__(self, name: str) -> None:
+                    self._name = name
+                    self._handle = _ctypes.dlopen(name, os.RTLD_LOCAL)
+
+                def __getattr__(self, name: str) -> Any:
+                    if name.startswith("__"):
+                        raise AttributeError(name)
+                    fn = _Function((name, self))  # type: ignore[arg-type]  # AttributeError if absent
+                    setattr(self, name, fn)
+                    return fn
+
+        class _Function(_ctypes.CFuncPtr):  # type: ignore[misc]
+            _flags_ = _ctypes.FUNCFLAG_CDECL
+            _restype_ = Binding.c_int
+
+        return Binding
+    except (ImportError, AttributeError, TypeError):
+        import ctypes
+
+        return ctypes
+
+
 class _LibCrypto:
     """The EVP_* functions of the libcrypto Python's ``_hashlib``/``_ssl`` are linked against,
     found through the extension's own handle (dlsym searches its dependencies), else through
@@ -212,8 +264,7 @@ class _LibCrypto:
     _instance: _LibCrypto | None = None
 
     def __init__(self) -> None:
-        import ctypes
-
+        ctypes = _ctypes_binding()
         self.ctypes = ctypes
         lib = self._find(ctypes)
         vp, cint, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
@@ -225,9 +276,9 @@ class _LibCrypto:
         self.init.restype, self.init.argtypes = cint, [vp, vp, vp, cp, cp, cint]
         self.update = lib.EVP_CipherUpdate
         self.update.restype = cint
-        self.update.argtypes = [vp, vp, ctypes.POINTER(cint), cp, cint]
+        self.update.argtypes = [vp, vp, vp, cp, cint]  # the int* goes as byref(c_int)
         self.final = lib.EVP_CipherFinal_ex
-        self.final.restype, self.final.argtypes = cint, [vp, vp, ctypes.POINTER(cint)]
+        self.final.restype, self.final.argtypes = cint, [vp, vp, vp]
         self.ctrl = lib.EVP_CIPHER_CTX_ctrl
         self.ctrl.restype, self.ctrl.argtypes = cint, [vp, cint, cint, vp]
         self.lib = lib
@@ -322,12 +373,13 @@ class Aead:
         c, ctx, outl = self._c, self._ctx, self._outl
         if c.init(ctx, None, None, None, nonce, 1) != 1:
             raise TLSError("EVP_CipherInit_ex (nonce) failed")
-        c.update(ctx, None, outl, aad, len(aad))
+        ref = c.ctypes.byref(outl)
+        c.update(ctx, None, ref, aad, len(aad))
         out = c.ctypes.create_string_buffer(len(plaintext) + TAG_LEN)
-        if c.update(ctx, out, outl, plaintext, len(plaintext)) != 1:
+        if c.update(ctx, out, ref, plaintext, len(plaintext)) != 1:
             raise TLSError("EVP_CipherUpdate failed")
         n = outl.value
-        c.final(ctx, None, outl)
+        c.final(ctx, None, ref)
         tag = c.ctypes.create_string_buffer(TAG_LEN)
         if c.ctrl(ctx, _EVP_CTRL_AEAD_GET_TAG, TAG_LEN, tag) != 1:
             raise TLSError("cannot read the AEAD tag")
@@ -341,14 +393,15 @@ class Aead:
         body, tag = sealed[:-TAG_LEN], sealed[-TAG_LEN:]
         if c.init(ctx, None, None, None, nonce, 0) != 1:
             raise TLSError("EVP_CipherInit_ex (nonce) failed")
-        c.update(ctx, None, outl, aad, len(aad))
+        ref = c.ctypes.byref(outl)
+        c.update(ctx, None, ref, aad, len(aad))
         out = c.ctypes.create_string_buffer(len(body) + TAG_LEN)
-        if c.update(ctx, out, outl, body, len(body)) != 1:
+        if c.update(ctx, out, ref, body, len(body)) != 1:
             return None
         n = outl.value
-        if c.ctrl(ctx, _EVP_CTRL_AEAD_SET_TAG, TAG_LEN, c.ctypes.c_char_p(tag)) != 1:
+        if c.ctrl(ctx, _EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag) != 1:
             raise TLSError("cannot set the AEAD tag")
-        if c.final(ctx, None, outl) != 1:
+        if c.final(ctx, None, ref) != 1:
             return None
         return out.raw[:n]
 

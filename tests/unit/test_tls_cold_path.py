@@ -24,7 +24,7 @@ server = tls13.continue_session(b, metas["server"])
 client.sendall(b"over the continued session")
 got = server.recv(100)
 print(json.dumps({"got": got.decode(), "hmac": "hmac" in sys.modules, "_hashlib": "_hashlib" in sys.modules,
-                  "ssl": "_ssl" in sys.modules}))
+                  "ssl": "_ssl" in sys.modules, "ctypes": "ctypes" in sys.modules}))
 """
 
 
@@ -63,7 +63,7 @@ def test_a_continued_session_needs_no_hkdf_and_no_hashlib(suite_name: str) -> No
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out == {"got": "over the continued session", "hmac": False, "_hashlib": False, "ssl": False}
+    assert out == {"got": "over the continued session", "hmac": False, "_hashlib": False, "ssl": False, "ctypes": False}
 
 
 def test_keys_given_must_match_the_suite_and_go_in_pairs() -> None:
@@ -97,3 +97,26 @@ def test_a_key_update_after_given_keys_derives_the_next_generation() -> None:
     assert (client.key_updates_sent, client.key_updates_received) == (1, 1)
     client.close()
     server.close()
+
+
+def test_the_minimal_binding_and_ctypes_seal_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The libcrypto calls through the _ctypes-only binding and through ctypes itself agree."""
+    import ctypes
+
+    lite = tls13._LibCrypto()
+    monkeypatch.setattr(tls13, "_ctypes_binding", lambda: ctypes)
+    full = tls13._LibCrypto()
+    assert full.ctypes is ctypes and lite.ctypes is not ctypes
+    nonce, aad, plaintext = os.urandom(12), b"header", os.urandom(100)
+    for suite in tls13.SUITES.values():
+        key = os.urandom(suite.key_len)
+        sealed = {}
+        for binding in (lite, full):
+            monkeypatch.setattr(tls13._LibCrypto, "_instance", binding)
+            sealed[id(binding)] = tls13.Aead(suite, key, True).seal(nonce, aad, plaintext)
+        assert sealed[id(lite)] == sealed[id(full)]
+        for binding in (lite, full):
+            monkeypatch.setattr(tls13._LibCrypto, "_instance", binding)
+            opener = tls13.Aead(suite, key, False)
+            assert opener.open(nonce, aad, sealed[id(lite)]) == plaintext
+            assert opener.open(nonce, aad, bytes([sealed[id(lite)][0] ^ 1]) + sealed[id(lite)][1:]) is None
