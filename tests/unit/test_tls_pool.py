@@ -396,8 +396,11 @@ def test_tls_echo_prints_its_count_at_exit(certs: RunCertificates) -> None:
     server = TlsEcho(certs)
     sock, _ = tls_pool.open_session(_config(certs, server.target))
     tls_pool.close_session(sock)
+    # The server counts a session once it has read the client's Finished: on a busy machine that
+    # can be after the client is done. Wait for it (bounded), then ask for the count at exit.
+    wait_for(lambda: server.stats()["tls_sessions"] == 1, timeout=30, interval=0.1)
     server.proc.send_signal(signal.SIGTERM)
-    out, _ = server.proc.communicate(timeout=10)
+    out, _ = server.proc.communicate(timeout=60)
     server.stop()
     last = json.loads(out.decode().strip().splitlines()[-1])
     assert last["event"] == "stats" and last["tls_sessions"] == 1
