@@ -516,9 +516,70 @@ PG_PROXY_SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
+# --- TLS 1.3 (issue 11): the thesis's blocker. The pool manager hands over a verified TLS session
+# (fd + traffic keys); the cold function continues it instead of handshaking. Backend: a TLS echo
+# server with a per-run CA; the harness checks one backend TLS session per cold start.
+TLS_FAMILY = "tls"
+TLS_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "tls-direct",
+        "direct",
+        transport="tls",
+        family=TLS_FAMILY,
+        delay_series="tls-direct",
+        diff_reference="tls-socket",
+        description="resolve + TCP + TLS 1.3 handshake with certificate verification in the cold function",
+    ),
+    Scenario(
+        "tls-socket",
+        "socket",
+        transport="tls",
+        family=TLS_FAMILY,
+        references=(
+            _ref(
+                "tls-direct",
+                Finding(CONNECT_SPEEDUP, "tls"),
+                _saving("tls", "Injecting a verified TLS 1.3 session"),
+                headline=True,
+            ),
+        ),
+        diff_reference="tls-socket",
+        # The thesis could not inject TLS; continuing an injected session must beat a cold handshake.
+        expectations=("tls-socket.connect_us.median <= tls-direct.connect_us.median / 5",),
+        description="TLS session handshaken by the pool manager, continued with the handed-over keys",
+    ),
+    Scenario(
+        "tls-socket-nonet",
+        "socket",
+        network="none",
+        transport="tls",
+        family=TLS_FAMILY,
+        references=(
+            _ref(
+                "tls-direct",
+                _saving("tls", "Injecting a TLS 1.3 session into a function without networking"),
+                headline=True,
+            ),
+            _ref("tls-socket"),
+        ),
+        diff_reference="tls-socket",
+    ),
+    Scenario(
+        "tls-direct-10ms",
+        "direct",
+        delay_ms=10,
+        transport="tls",
+        family=TLS_FAMILY,
+        references=(_ref("tls-direct"),),
+        delay_series="tls-direct",
+        diff_reference="tls-socket",
+    ),
+)
+
 DELAY_SERIES: tuple[DelaySeries, ...] = (
     DelaySeries("direct", reference="socket", primary=True),
     DelaySeries("pg-direct", reference="pg-socket"),
+    DelaySeries("tls-direct", reference="tls-socket"),
 )
 
 # Absolute gate rules of a run that sets none (ini bench_gate): generous limits on the thesis's pair.
@@ -685,6 +746,7 @@ def default_catalogue(
         + RELAY_SCENARIOS
         + LANG_SCENARIOS
         + PG_PROXY_SCENARIOS
+        + TLS_SCENARIOS
     )
     return Catalogue(singles + burst_scenarios(burst_sizes) + runtime_twins(singles, runtimes))
 

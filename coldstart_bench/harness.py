@@ -316,6 +316,8 @@ class Harness:
         if scenario.backend == "pg" or any(self.plan.scenario(p).backend == "pg" for p in self.plan.pulled):
             problems.extend(self._check_database())
         problems.extend(self._check_handouts())
+        if scenario.transport == "tls":
+            problems.extend(self._check_tls_sessions())
         if problems:
             pytest.fail(f"{scenario_id}: " + "\n  ".join(problems), pytrace=False)
         return samples
@@ -359,6 +361,16 @@ class Harness:
             )
         if not balanced:
             problems.append("account balances do not add up to the initial total")
+        return problems
+
+    def _check_tls_sessions(self) -> list[str]:
+        """The TLS backend accepted exactly one session per TLS cold start (measure/tls_testbed.py)."""
+        testbed: Any = self.testbed
+        if testbed is None or not hasattr(testbed, "check_tls_sessions"):
+            return []
+        record, problems = testbed.check_tls_sessions()
+        if record:
+            self.state.environment.update({"tls_sessions_checked": record})
         return problems
 
     @staticmethod

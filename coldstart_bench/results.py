@@ -186,6 +186,7 @@ class RunResult:
     version: int = SUMMARY_VERSION
     languages: list[dict[str, Any]] = field(default_factory=list)  # the language table (analyse/wire_tables.py)
     pg_proxy: list[dict[str, Any]] = field(default_factory=list)  # direct vs PgBouncer vs injected session
+    tls: dict[str, Any] | None = None  # TLS connect set-up (the thesis's Table 1 re-measured), if TLS ran
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -213,6 +214,8 @@ class RunResult:
             out["connect_breakdown"] = self.connect_breakdown
         if self.harness_time:
             out["harness_time"] = self.harness_time
+        if self.tls is not None:
+            out["tls"] = self.tls
         return out
 
     def to_json(self) -> str:
@@ -250,6 +253,7 @@ class RunResult:
                 pg_proxy=list(d.get("pg_proxy") or []),
                 connect_breakdown=dict(d.get("connect_breakdown") or {}),
                 harness_time=dict(d.get("harness_time") or {}),
+                tls=d.get("tls"),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

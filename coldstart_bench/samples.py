@@ -46,7 +46,10 @@ ACQUIRE_PHASES: tuple[str, ...] = (
 )
 # Other languages and the PostgreSQL arms (issue 13): the runtime's start-up, per-query latency.
 RUNTIME_QUERY_METRICS: tuple[str, ...] = ("runtime_startup_us", "runtime_init_us", "query_first_us", "query_p50_us")
-ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + RUNTIME_QUERY_METRICS
+# TLS phases (transport "tls"): the cold function's ssl import, context and handshake (direct),
+# or continuing the injected session (socket: import, libcrypto binding, keys).
+TLS_METRICS: tuple[str, ...] = ("ssl_import_us", "tls_context_us", "tls_handshake_us", "tls_setup_us")
+ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + RUNTIME_QUERY_METRICS + TLS_METRICS
 
 
 @dataclass
@@ -103,6 +106,16 @@ class Sample:
     prefetch_bytes: float = math.nan
     position: int = -1  # index of the cold start within its block, warm-ups included (-1: unknown)
     after_switch: str = ""  # the testbed change that opened its block ("" none; ";"-separated kinds)
+    # TLS (transport "tls"); NaN / "" / -1 for a plain TCP connection.
+    ssl_import_us: float = math.nan
+    tls_context_us: float = math.nan
+    tls_handshake_us: float = math.nan
+    tls_setup_us: float = math.nan
+    tls_version: str = ""
+    tls_cipher_suite: str = ""
+    tls_path: str = ""  # handshake (direct) | record_layer | ktls (injected)
+    tls_server_seq: int = -1  # read sequence number at hand-out
+    tls_client_seq: int = -1
 
     def value(self, metric: str) -> float:
         return float(getattr(self, metric))

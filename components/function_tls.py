@@ -18,9 +18,13 @@ import time
 from typing import Any
 
 
-def direct_handshake(sock: socket.socket, opts: dict[str, Any], server_host: str) -> tuple[Any, dict[str, Any]]:
-    """TLS 1.3 client handshake on a connected socket; returns the SSLSocket and timings (µs)."""
-    t0 = time.perf_counter_ns()
+def direct_handshake(
+    sock: socket.socket, opts: dict[str, Any], server_host: str, started_ns: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """TLS 1.3 client handshake on a connected socket; returns the SSLSocket and timings (µs).
+    ``started_ns`` (perf_counter) is when the caller began importing this module: counted in
+    ``ssl_import_us``."""
+    t0 = started_ns if started_ns is not None else time.perf_counter_ns()
     import ssl
 
     t1 = time.perf_counter_ns()
@@ -48,9 +52,12 @@ def direct_handshake(sock: socket.socket, opts: dict[str, Any], server_host: str
     return tls, info
 
 
-def continue_injected(sock: socket.socket, reply: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The session described by ``reply['meta']['tls']`` on the injected socket."""
-    t0 = time.perf_counter_ns()
+def continue_injected(
+    sock: socket.socket, reply: dict[str, Any], started_ns: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The session described by ``reply['meta']['tls']`` on the injected socket; ``tls_setup_us``
+    runs from ``started_ns`` (perf_counter, when the caller began importing this module)."""
+    t0 = started_ns if started_ns is not None else time.perf_counter_ns()
     meta = reply.get("meta") or {}
     tls_meta = meta.get("tls")
     if not isinstance(tls_meta, dict):

@@ -18,16 +18,25 @@ a bad_record_mac alert is sent and the connection dropped, as RFC 8446 §5.2 req
 Not handled: renegotiation (TLS 1.3 has none), post-handshake client authentication, early data.
 
 Stdlib only; ``ctypes`` is imported lazily by the first AEAD operation.
+
+Cold-start cost (a receiving function pays it inside its connect time): the manager sends the
+derived record keys and IVs next to the secrets, so continuing a session needs no HKDF and no
+``hmac``/``hashlib`` (whose import initialises every OpenSSL digest); HKDF is imported only at a
+KeyUpdate. libcrypto is opened by its soname (no ``_hashlib``, no ``find_library``), OpenSSL is
+initialised without reading its configuration file (a record layer needs none), and only the
+negotiated suite's cipher is fetched.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # Content types (RFC 8446 §5.1) and handshake types (§4).
 CHANGE_CIPHER_SPEC = 20
@@ -146,6 +155,8 @@ def suite_by_name(name: str) -> CipherSuite:
 
 def hkdf_expand(secret: bytes, info: bytes, length: int, hash_name: str) -> bytes:
     """HKDF-Expand (RFC 5869 §2.3)."""
+    import hmac  # here, not at the top: a continued session only needs it at a KeyUpdate
+
     out = b""
     block = b""
     counter = 1
@@ -187,8 +198,62 @@ def record_nonce(iv: bytes, seq: int) -> bytes:
 # -- AEAD through libcrypto ---------------------------------------------------------------
 
 
+SONAMES = ("libcrypto.so.3", "libcrypto.so.1.1")
+_OPENSSL_INIT_NO_LOAD_CONFIG = 0x00000080
 _EVP_CTRL_AEAD_GET_TAG = 0x10
 _EVP_CTRL_AEAD_SET_TAG = 0x11
+
+
+def _ctypes_binding() -> Any:
+    """What this module needs of ``ctypes``, built on its C core ``_ctypes`` alone: importing the
+    ``ctypes`` package costs a cold process about a millisecond more (its Python layer defines
+    every C type); this uses five of them. Falls back to ``ctypes`` itself if the core differs."""
+    try:
+        import _ctypes
+
+        class Binding:
+            class c_int(_ctypes._SimpleCData):  # ctypes' own names
+                _type_ = "i"
+
+            class c_uint64(_ctypes._SimpleCData):
+                _type_ = "Q"
+
+            class c_void_p(_ctypes._SimpleCData):
+                _type_ = "P"
+
+            class c_char_p(_ctypes._SimpleCData):
+                _type_ = "z"
+
+            class c_char(_ctypes._SimpleCData):
+                _type_ = "c"
+
+            byref = staticmethod(_ctypes.byref)
+
+            @staticmethod
+            def create_string_buffer(size: int) -> Any:
+                return (Binding.c_char * size)()
+
+            class CDLL:
+                def __init__(self, name: str) -> None:
+                    self._name = name
+                    self._handle = _ctypes.dlopen(name, os.RTLD_LOCAL)
+
+                def __getattr__(self, name: str) -> Any:
+                    if name.startswith("__"):
+                        raise AttributeError(name)
+                    fn = _Function((name, self))  # type: ignore[arg-type]  # AttributeError if absent
+                    setattr(self, name, fn)
+                    return fn
+
+        class _Function(_ctypes.CFuncPtr):  # type: ignore[misc]
+            _flags_ = _ctypes.FUNCFLAG_CDECL
+            _restype_ = Binding.c_int
+
+        return Binding
+    except (ImportError, AttributeError, TypeError):
+        import ctypes
+
+        return ctypes
 
 
 class _LibCrypto:
@@ -199,8 +264,7 @@ class _LibCrypto:
     _instance: _LibCrypto | None = None
 
     def __init__(self) -> None:
-        import ctypes
-
+        ctypes = _ctypes_binding()
         self.ctypes = ctypes
         lib = self._find(ctypes)
         vp, cint, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
@@ -212,9 +276,9 @@ class _LibCrypto:
         self.init.restype, self.init.argtypes = cint, [vp, vp, vp, cp, cp, cint]
         self.update = lib.EVP_CipherUpdate
         self.update.restype = cint
-        self.update.argtypes = [vp, vp, ctypes.POINTER(cint), cp, cint]
+        self.update.argtypes = [vp, vp, vp, cp, cint]  # the int* goes as byref(c_int)
         self.final = lib.EVP_CipherFinal_ex
-        self.final.restype, self.final.argtypes = cint, [vp, vp, ctypes.POINTER(cint)]
+        self.final.restype, self.final.argtypes = cint, [vp, vp, vp]
         self.ctrl = lib.EVP_CIPHER_CTX_ctrl
         self.ctrl.restype, self.ctrl.argtypes = cint, [vp, cint, cint, vp]
         self.lib = lib
@@ -222,6 +286,18 @@ class _LibCrypto:
 
     @staticmethod
     def _find(ctypes: Any) -> Any:
+        # By soname first: the dynamic loader's cache, no Python extension and no /proc scan.
+        for soname in SONAMES:
+            try:
+                lib = ctypes.CDLL(soname)
+                lib.EVP_CIPHER_CTX_new  # noqa: B018 - probe: raises AttributeError if absent
+            except (OSError, AttributeError):
+                continue
+            init = getattr(lib, "OPENSSL_init_crypto", None)
+            if init is not None:  # OpenSSL >= 1.1: skip openssl.cnf (nothing here is configurable by it)
+                init.restype, init.argtypes = ctypes.c_int, [ctypes.c_uint64, ctypes.c_void_p]
+                init(_OPENSSL_INIT_NO_LOAD_CONFIG, None)
+            return lib
         import _hashlib
 
         tried = []
@@ -297,12 +373,13 @@ class Aead:
         c, ctx, outl = self._c, self._ctx, self._outl
         if c.init(ctx, None, None, None, nonce, 1) != 1:
             raise TLSError("EVP_CipherInit_ex (nonce) failed")
-        c.update(ctx, None, outl, aad, len(aad))
+        ref = c.ctypes.byref(outl)
+        c.update(ctx, None, ref, aad, len(aad))
         out = c.ctypes.create_string_buffer(len(plaintext) + TAG_LEN)
-        if c.update(ctx, out, outl, plaintext, len(plaintext)) != 1:
+        if c.update(ctx, out, ref, plaintext, len(plaintext)) != 1:
             raise TLSError("EVP_CipherUpdate failed")
         n = outl.value
-        c.final(ctx, None, outl)
+        c.final(ctx, None, ref)
         tag = c.ctypes.create_string_buffer(TAG_LEN)
         if c.ctrl(ctx, _EVP_CTRL_AEAD_GET_TAG, TAG_LEN, tag) != 1:
             raise TLSError("cannot read the AEAD tag")
@@ -316,14 +393,15 @@ class Aead:
         body, tag = sealed[:-TAG_LEN], sealed[-TAG_LEN:]
         if c.init(ctx, None, None, None, nonce, 0) != 1:
             raise TLSError("EVP_CipherInit_ex (nonce) failed")
-        c.update(ctx, None, outl, aad, len(aad))
+        ref = c.ctypes.byref(outl)
+        c.update(ctx, None, ref, aad, len(aad))
         out = c.ctypes.create_string_buffer(len(body) + TAG_LEN)
-        if c.update(ctx, out, outl, body, len(body)) != 1:
+        if c.update(ctx, out, ref, body, len(body)) != 1:
             return None
         n = outl.value
-        if c.ctrl(ctx, _EVP_CTRL_AEAD_SET_TAG, TAG_LEN, c.ctypes.c_char_p(tag)) != 1:
+        if c.ctrl(ctx, _EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag) != 1:
             raise TLSError("cannot set the AEAD tag")
-        if c.final(ctx, None, outl) != 1:
+        if c.final(ctx, None, ref) != 1:
             return None
         return out.raw[:n]
 
@@ -331,15 +409,20 @@ class Aead:
 class Direction:
     """Traffic secret, derived key/IV, AEAD context and sequence number of one direction."""
 
-    def __init__(self, suite: CipherSuite, secret: bytes, seq: int, encrypt: bool) -> None:
+    def __init__(
+        self, suite: CipherSuite, secret: bytes, seq: int, encrypt: bool, key_iv: tuple[bytes, bytes] | None = None
+    ) -> None:
         self.suite = suite
         self.encrypt = encrypt
         self.seq = seq
-        self.set_secret(secret)
+        self.set_secret(secret, key_iv)
 
-    def set_secret(self, secret: bytes) -> None:
+    def set_secret(self, secret: bytes, key_iv: tuple[bytes, bytes] | None = None) -> None:
+        """Switch to ``secret``; ``key_iv`` is its (key, IV) when the caller derived them already."""
         self.secret = secret
-        key, self.iv = traffic_keys(secret, self.suite)
+        key, self.iv = key_iv if key_iv is not None else traffic_keys(secret, self.suite)
+        if len(self.iv) != self.suite.iv_len:
+            raise TLSError(f"{self.suite.name} needs a {self.suite.iv_len}-byte IV, got {len(self.iv)}")
         self.key = key
         self.aead = Aead(self.suite, key, self.encrypt)
 
@@ -395,7 +478,17 @@ def parse_header(header: bytes) -> int:
 class SessionParams:
     """What the receiver needs to continue a session (``meta.tls`` of the acquire reply)."""
 
-    __slots__ = ("pending_plaintext", "read_secret", "read_seq", "suite", "version", "write_secret", "write_seq")
+    __slots__ = (
+        "pending_plaintext",
+        "read_key_iv",
+        "read_secret",
+        "read_seq",
+        "suite",
+        "version",
+        "write_key_iv",
+        "write_secret",
+        "write_seq",
+    )
 
     def __init__(
         self,
@@ -406,6 +499,8 @@ class SessionParams:
         write_seq: int = 0,
         pending_plaintext: bytes = b"",  # application bytes the manager already decrypted
         version: str = "TLSv1.3",
+        read_key_iv: tuple[bytes, bytes] | None = None,  # derived from read_secret by the sender, if it did
+        write_key_iv: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.suite = suite
         self.read_secret = read_secret
@@ -414,6 +509,8 @@ class SessionParams:
         self.write_seq = write_seq
         self.pending_plaintext = pending_plaintext
         self.version = version
+        self.read_key_iv = read_key_iv
+        self.write_key_iv = write_key_iv
 
     @classmethod
     def from_meta(cls, tls: dict[str, Any]) -> SessionParams:
@@ -430,6 +527,8 @@ class SessionParams:
             read_seq = int(tls["server_seq"])
             write_seq = int(tls["client_seq"])
             pending = bytes.fromhex(tls.get("plaintext", ""))
+            read_key_iv = _key_iv(tls, "server")
+            write_key_iv = _key_iv(tls, "client")
         except KeyError as exc:
             raise TLSError(f"meta.tls lacks {exc.args[0]!r} (a manager without the TLS hand-out hook?)") from None
         except (TypeError, ValueError) as exc:
@@ -437,7 +536,17 @@ class SessionParams:
         for secret in (read_secret, write_secret):
             if len(secret) != suite.hash_len:
                 raise TLSError(f"meta.tls traffic secret has {len(secret)} bytes, {suite.name} needs {suite.hash_len}")
-        return cls(suite, read_secret, write_secret, read_seq, write_seq, pending, version)
+        return cls(suite, read_secret, write_secret, read_seq, write_seq, pending, version, read_key_iv, write_key_iv)
+
+
+def _key_iv(tls: dict[str, Any], side: str) -> tuple[bytes, bytes] | None:
+    """(key, IV) of ``side``'s current secret when the sender put them in meta.tls (``<side>_key``/``_iv``)."""
+    key, iv = tls.get(f"{side}_key"), tls.get(f"{side}_iv")
+    if key is None and iv is None:
+        return None
+    if not isinstance(key, str) or not isinstance(iv, str):
+        raise ValueError(f"{side}_key and {side}_iv go together, as hex")
+    return bytes.fromhex(key), bytes.fromhex(iv)
 
 
 class TLSSession:
@@ -450,8 +559,8 @@ class TLSSession:
     def __init__(self, sock: socket.socket, params: SessionParams) -> None:
         self.sock = sock
         self.suite = params.suite
-        self.reader = Direction(params.suite, params.read_secret, params.read_seq, encrypt=False)
-        self.writer = Direction(params.suite, params.write_secret, params.write_seq, encrypt=True)
+        self.reader = Direction(params.suite, params.read_secret, params.read_seq, False, params.read_key_iv)
+        self.writer = Direction(params.suite, params.write_secret, params.write_seq, True, params.write_key_iv)
         self._plain = bytearray(params.pending_plaintext)
         self._raw = bytearray()
         self._handshake = bytearray()

@@ -507,6 +507,16 @@ def prepare_handout(sock: socket.socket, session: dict[str, Any] | None = None) 
             # The kernel holds the keys now; the caller needs none (and gets none).
             for key in ("client_traffic_secret", "server_traffic_secret"):
                 tls.pop(key)
+        else:
+            # The record keys, derived here already: the cold receiver then needs no HKDF (nor hmac/hashlib).
+            tls.update(
+                {
+                    "client_key": writer.key.hex(),
+                    "client_iv": writer.iv.hex(),
+                    "server_key": reader.key.hex(),
+                    "server_iv": reader.iv.hex(),
+                }
+            )
         meta["tls"] = tls
     return meta
 

@@ -24,6 +24,7 @@ from .gate import GateRule, evaluate_gate
 from .harness_time import connect_breakdown, harness_time
 from .noise import control_warnings, noise_warnings
 from .stats import describe, json_safe, values_by_scenario
+from .tls_connect import tls_connect_table
 from .wire_tables import language_rows, pg_proxy_rows
 
 __all__ = ["AnalysisConfig", "RunAnalysis", "RunReport", "analyse", "report_run", "terminal_lines", "write_report"]
@@ -254,6 +255,9 @@ def analyse(
     spent = harness_time(samples, env, config.plan, alpha=config.alpha)
     if spent:
         summary["harness_time"] = spent
+    tls = tls_connect_table(samples, catalogue)
+    if tls is not None:
+        summary["tls"] = tls
     return RunAnalysis(
         result=RunResult.from_dict(json_safe(summary)),
         gate_results=gate_results,

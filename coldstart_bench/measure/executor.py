@@ -135,6 +135,9 @@ def cold_start_samples(
     observe = getattr(testbed, "observe_cold_starts", None)
     if observe is not None:  # the testbed's balances (hand-outs, server sessions) see every cold start
         observe(scenario, results)
+    count = getattr(testbed, "count_cold_starts", None)
+    if count is not None:  # a testbed that accounts per cold start (e.g. TLS sessions)
+        count(scenario, [r.record for r in results])
     return [
         to_sample(
             r,
@@ -178,6 +181,15 @@ def validate(scenario: Scenario, samples: Sequence[Sample], pool_status: str = "
         leaky = [s for s in samples if s.ok and set(filter(None, s.interfaces.split(";"))) - {"lo"}]
         if leaky:
             problems.append(f"function saw network interfaces {leaky[0].interfaces!r} with network_mode=none")
+    if scenario.transport == "tls":
+        # Every echo went through TLS 1.3: a handshake of the function's own, or the continued session.
+        wanted = {"direct": {"handshake"}, "socket": {"record_layer", "ktls"}}.get(scenario.path, {"handshake"})
+        plain = [s for s in samples if s.ok and (s.tls_version != "TLSv1.3" or s.tls_path not in wanted)]
+        if plain:
+            problems.append(
+                f"{len(plain)} cold starts did not echo over TLS 1.3 as expected ({sorted(wanted)}): "
+                f"version {plain[0].tls_version!r}, path {plain[0].tls_path!r}"
+            )
     ok_connect = [s.connect_us for s in samples if s.ok and s.connect_us == s.connect_us]
     if scenario.delay_ms > 0 and scenario.mode == "direct" and ok_connect:
         median = statistics.median(ok_connect)

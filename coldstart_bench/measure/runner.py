@@ -200,6 +200,11 @@ def _us(record: dict[str, Any], key: str) -> float:
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
+def _seq(record: dict[str, Any], key: str) -> int:
+    value = record.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
 def _ms_between(events: dict[str, int], a: str, b: str) -> float:
     if a in events and b in events:
         return (events[b] - events[a]) / 1e6
@@ -261,4 +266,13 @@ def to_sample(
         position=position,
         after_switch=after_switch,
         **{name: _us(record, name) for name in ACQUIRE_RECORD_FIELDS},
+        ssl_import_us=_us(record, "ssl_import_us"),
+        tls_context_us=_us(record, "tls_context_us"),
+        tls_handshake_us=_us(record, "tls_handshake_us"),
+        tls_setup_us=_us(record, "tls_setup_us"),
+        tls_version=str(record.get("tls_version") or ""),
+        tls_cipher_suite=str(record.get("tls_cipher_suite") or ""),
+        tls_path=str(record.get("tls_path") or ""),
+        tls_server_seq=_seq(record, "tls_server_seq"),
+        tls_client_seq=_seq(record, "tls_client_seq"),
     )

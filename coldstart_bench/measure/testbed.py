@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .delay import SynAckDelay
     from .images import ImageSet
     from .pgbouncer import PgBouncerContainer
+    from .tls_testbed import TlsTestbed
     from .userbed import UserBed
 
 LABEL = "coldstart-bench"
@@ -115,6 +116,8 @@ class Testbed:
         self.delay: SynAckDelay | None = None
         self.delay_ms: float = 0.0
         self.delay_backends: set[str] = set()
+        self.tls: TlsTestbed | None = None  # the TLS backend, certificates and accounting (first TLS scenario)
+        self.tls_echo: DockerContainer | None = None
         from .runtime_axis import RelayTotals, RuntimeSupport
 
         self.runtime_support: RuntimeSupport | None = None
@@ -149,6 +152,10 @@ class Testbed:
             **self.extra_pools,
             **self._pg_pools,
         }
+        if self.tls is not None:
+            from .tls_testbed import TLS_POOL
+
+            pools[TLS_POOL] = self.tls.pool_entry(min(self.config.pool_size, 16))
         config = manager_config(f"{SOCKET_MOUNT}/{SOCKET_NAME}", pools).encode()
         put_files(self.client, self.secret_volume, {"pool.json": VolumeFile(config)}, self.images.pool, self.labels)
 
@@ -236,7 +243,7 @@ class Testbed:
         return f"csb-pg-{self.run_id}"
 
     def pool_command(self) -> list[str]:
-        if self.pg is not None or self.extra_pools:
+        if self.pg is not None or self.extra_pools or self.tls is not None:
             return ["python3", "-m", "components.pool_manager", "--config", f"{SECRET_MOUNT}/pool.json"]
         return [
             "python3", "-m", "components.pool_manager",
@@ -251,12 +258,14 @@ class Testbed:
             return
         # The postgres pool kind needs the driver, which the pgfunction image carries.
         image = self.images.extra["pgfunction"] if self.pg is not None else self.images.pool
-        self.pool = self._start_container(
-            image,
-            self.pool_name,
-            self.pool_command(),
-            volumes=((self.socket_volume, SOCKET_MOUNT, "rw"), (self.secret_volume, SECRET_MOUNT, "ro")),
-        )
+        volumes: list[tuple[str, str, str]] = [
+            (self.socket_volume, SOCKET_MOUNT, "rw"),
+            (self.secret_volume, SECRET_MOUNT, "ro"),
+        ]
+        if self.tls is not None:
+            ca_dir, ca_bind, ca_mode = self.tls.ca_volume()
+            volumes.append((str(ca_dir), ca_bind, ca_mode))
+        self.pool = self._start_container(image, self.pool_name, self.pool_command(), volumes=tuple(volumes))
 
     def stop_pool(self) -> None:
         if self.pool is not None:
@@ -265,6 +274,8 @@ class Testbed:
             relay = stats.get("relay") if stats else None
             if isinstance(relay, dict):
                 self.relay_totals.add(dict(relay))
+            if self.tls is not None:
+                self._tally_tls_pool(stats)
             self.pool.stop()
             self.pool = None
 
@@ -314,6 +325,12 @@ class Testbed:
         self.start_pool()
         return backend
 
+    def _restart_pool_with_config(self) -> None:
+        """The manager with every pool the run needs so far (echo, PostgreSQL, TLS, user backends)."""
+        self._write_pool_config()
+        self.stop_pool()
+        self.start_pool()
+
     def set_delay(self, delay_ms: float, target: str = "echo") -> str | None:
         """Apply the SYN-ACK delay of a scenario to a backend (or remove it); returns the backend used."""
         if delay_ms == self.delay_ms and target == self.delay_target and (self.delay is not None or delay_ms == 0):
@@ -331,6 +348,11 @@ class Testbed:
                 if not isinstance(self.pg, PostgresBackend):
                     raise TestbedError("a SYN-ACK delay needs the database container, not an external server")
                 container_id, port = self.pg.container_id, self.pg.port
+            elif target == "tls":
+                from .tls_testbed import TLS_PORT
+
+                assert self.tls_echo is not None
+                container_id, port = self.tls_echo.get_wrapped_container().id, TLS_PORT
             else:
                 assert self.echo is not None
                 container_id, port = self.echo.get_wrapped_container().id, self.config.echo_port
@@ -343,6 +365,80 @@ class Testbed:
                 self.delay_backends.add(self.delay.backend)
             return self.delay.backend
         return None
+
+    # --- TLS (tls_testbed.py) ------------------------------------------------------------------
+    @property
+    def tls_echo_name(self) -> str:
+        return f"csb-tlsecho-{self.run_id}"
+
+    def ensure_tls(self) -> TlsTestbed:
+        """Make the run's certificates, start the TLS echo backend, and restart the pool manager
+        with a `tls` pool (once)."""
+        if self.tls is not None:
+            return self.tls
+        from .tls_testbed import TlsTestbed, read_backend_sessions
+
+        tls = TlsTestbed(self.run_id, self.tls_echo_name)
+        try:
+            self.tls_echo = self._start_container(
+                self.images.echo,
+                self.tls_echo_name,
+                tls.backend_command(),
+                volumes=tuple((str(src), dst, mode) for src, dst, mode in tls.backend_volumes()),
+            )
+            tls.backend_sessions_before = read_backend_sessions(self.tls_echo.get_wrapped_container())
+        except BaseException:
+            if self.tls_echo is not None:
+                self.tls_echo.stop()
+                self.tls_echo = None
+            tls.close()
+            raise
+        self.tls = tls
+        self._restart_pool_with_config()
+        return tls
+
+    def _delay_target(self, scenario: Scenario) -> str:
+        return "tls" if scenario.transport == "tls" and scenario.backend == "echo" else scenario.backend
+
+    def count_cold_starts(self, scenario: Scenario, records: list[dict[str, Any] | None]) -> None:
+        """Called for every cold start of a round (warm-ups included), for the session accounting."""
+        if scenario.transport == "tls" and self.tls is not None:
+            self.tls.counts.count(scenario.mode, records)
+
+    def _tally_tls_pool(self, stats: dict[str, Any] | None) -> None:
+        from .tls_testbed import TLS_POOL
+
+        assert self.tls is not None
+        try:
+            if stats is None:
+                raise RuntimeError("the pool manager did not answer stats")
+            pool = stats["pools"].get(TLS_POOL)
+            if pool is not None:  # a manager started before the tls pool existed has none
+                self.tls.tally.add(pool)
+        except Exception as exc:  # the session check reports it; stopping goes on
+            self.tls.tally.errors.append(f"cannot read the pool manager's tls counters before stopping it: {exc}")
+
+    def _pool_stats(self) -> dict[str, Any]:
+        stats = self.manager_stats()
+        if stats is None:
+            raise RuntimeError("the pool manager did not answer stats")
+        return stats
+
+    def check_tls_sessions(self) -> tuple[dict[str, Any], list[str]]:
+        """One backend TLS session per TLS cold start (see tls_testbed)."""
+        from .tls_testbed import check_sessions, read_backend_sessions, settled_pool_stats
+
+        if self.tls is None or self.tls_echo is None:
+            return {}, []
+        container = self.tls_echo.get_wrapped_container()
+        live: dict[str, Any] | None = None
+        for _ in range(5):  # the manager may open a session between the two readings: read again
+            live = settled_pool_stats(self._pool_stats) if self.pool is not None else None
+            sessions = read_backend_sessions(container)
+            again = settled_pool_stats(self._pool_stats) if self.pool is not None else None
+            if (live or {}).get("refills") == (again or {}).get("refills"):
+                break
+        return check_sessions(self.tls, sessions, live)
 
     def prepare(self, scenario: Scenario) -> None:
         """Bring the testbed into the state a scenario needs."""
@@ -357,6 +453,9 @@ class Testbed:
         if scenario.proxy:
             self.ensure_pgbouncer()
         self.set_delay(scenario.delay_ms, scenario.backend)
+        if scenario.transport == "tls":
+            self.ensure_tls()
+        self.set_delay(scenario.delay_ms, self._delay_target(scenario))
         if scenario.pool_up:
             self.start_pool()
         else:
@@ -422,13 +521,25 @@ class Testbed:
             return self.user.function_spec(scenario.id)
         if scenario.backend == "pg":
             return self._pg_function_spec(scenario)
+        target, pool = self.target, self.config.pool_name
+        binds: dict[str, dict[str, str]] = {self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}}
+        tls_args: list[str] = []
+        if scenario.transport == "tls":
+            from .tls_testbed import TLS_POOL
+
+            tls = self.ensure_tls()
+            target, pool, tls_args = tls.target, TLS_POOL, tls.function_args()
+            # The CA (public) verifies a handshake of the function's own: direct mode, or a fallback.
+            ca_dir, ca_bind, ca_mode = tls.ca_volume()
+            binds[str(ca_dir)] = {"bind": ca_bind, "mode": ca_mode}
         command = function_specs.echo_command(
             scenario,
-            target=self.target,
+            target=target,
             socket=f"{SOCKET_MOUNT}/{SOCKET_NAME}",
-            pool=self.config.pool_name,
+            pool=pool,
             payload_size=self.config.payload_size,
         )
+        command += tls_args
         image = function_specs.image_key(scenario)
         if scenario.language == "python" and scenario.entrypoint == "in-process":  # flags of function.py
             if scenario.handoff == "relay":
@@ -441,7 +552,7 @@ class Testbed:
             image=getattr(self.images, image, "") or self.images.extra[image],
             command=command,
             network="none" if scenario.network == "none" else self.network_name,
-            binds={self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}},
+            binds=binds,
             labels={**self.labels, "coldstart-bench.role": "function"},
             runtime=scenario.runtime,
         )
@@ -479,6 +590,7 @@ class Testbed:
             self._close_user,
             self._close_pgbouncer,
             self._close_pg,
+            self._close_tls,
             self._close_echo,
             self._close_network,
         )
@@ -511,6 +623,14 @@ class Testbed:
         if isinstance(self.pg, PostgresBackend):
             self.pg.stop()
         self.pg = None
+
+    def _close_tls(self) -> None:
+        if self.tls_echo is not None:
+            self.tls_echo.stop()
+            self.tls_echo = None
+        if self.tls is not None:
+            self.tls.close()  # the run's CA, server certificate and key
+            self.tls = None
 
     def _close_echo(self) -> None:
         if self.echo is not None:

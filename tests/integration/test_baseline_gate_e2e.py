@@ -13,8 +13,8 @@ from .test_bench_e2e import leftovers, run_bench
 
 pytestmark = pytest.mark.integration
 
-SELECT_10MS = "test_cold_start and direct-10ms and not pg"
-SELECT_50MS = "test_cold_start and direct-50ms and not pg"
+SELECT_10MS = "test_cold_start and direct-10ms and not pg and not tls"
+SELECT_50MS = "test_cold_start and direct-50ms and not pg and not tls"
 COMMON = ("--bench-iterations", "8", "--bench-warmup", "1", "-o", "bench_gate=")
 
 

@@ -58,17 +58,28 @@ def test_families_and_axes() -> None:
     assert [s.id for s in cat.family("thesis")] == ["socket", "direct", "direct-10ms", "direct-50ms", "direct-100ms"]
     assert {s.id for s in cat.family("extended")} == {"socket-nonet", "socket-100ms", "fallback", "socket-return"}
     assert [s.id for s in cat.family("control")] == ["direct-aa"]
-    assert {s.family for s in cat} == {"thesis", "extended", "control", "pg", "burst", "runtime", "lang", "pg-proxy"}
+    assert {s.family for s in cat} == {
+        "thesis",
+        "extended",
+        "control",
+        "pg",
+        "burst",
+        "runtime",
+        "lang",
+        "pg-proxy",
+        "tls",
+    }
     for s in cat:
         if s.family in ("runtime", "lang", "pg-proxy"):
             continue  # the hand-off, language, entrypoint and proxy axes have tests of their own
         assert (s.runtime, s.language, s.transport, s.entrypoint, s.handoff) == (
             "runc",
             "python",
-            "tcp",
+            "tls" if s.family == "tls" else "tcp",
             "in-process",
             "fd",
         )
+    assert [s.id for s in cat.family("tls")] == ["tls-direct", "tls-socket", "tls-socket-nonet", "tls-direct-10ms"]
     # the A/A control is direct in every setting, compared with it as the false-positive check
     aa, direct = cat.by_id("direct-aa"), cat.by_id("direct")
     same = ("mode", "delay_ms", "network", "pool_up", "release", "burst", "backend", "expect_path")
@@ -98,7 +109,8 @@ def test_register_refuses_duplicates_and_bad_names() -> None:
 def test_expectations_live_in_the_catalogue() -> None:
     texts = default_catalogue().expectations()
     assert "socket.connect_us.median <= direct.connect_us.median / 2" in texts
-    assert len(texts) == 8 and len(set(texts)) == 8
+    assert len(texts) == 9 and len(set(texts)) == 9  # the thesis seven, node and tls
+    assert "tls-socket.connect_us.median <= tls-direct.connect_us.median / 5" in texts
     assert default_catalogue().expectations(["pg-socket"]) == [
         "pg-socket.connect_us.median <= pg-direct.connect_us.median / 5"
     ]
