@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .options import BenchOptions
 from .run_state import RunState
@@ -33,6 +33,8 @@ def finish_run(
     inputs: AnalysisInputs,
     catalogue: Catalogue | None = None,
     plan: Plan | None = None,
+    *,
+    stopping: dict[str, Any] | None = None,
 ) -> tuple[list[str], bool]:
     """Returns the terminal lines and whether the run must fail (gate, or expectations under 'fail')."""
     from .analyse.baseline import save_baseline
@@ -53,6 +55,7 @@ def finish_run(
         max_regression=inputs.max_regression,
         plan=plan.to_dict() if plan is not None else None,
         deselected=set(inputs.deselected),
+        stopping=stopping,
     )
     if catalogue is not None:
         config.catalogue = catalogue

@@ -90,6 +90,9 @@ class Harness:
         if self.testbed is None or self.runner is None:
             self.testbed, self.runner = self._bring_up()
             self.progress.restart_clock()
+            start = getattr(self._stop_policy, "start", None)
+            if start is not None:  # a time budget counts measuring, not image builds
+                start()
         return self.testbed, self.runner
 
     def _fail_broken(self, message: str) -> None:

@@ -5,7 +5,11 @@ the baseline, the gate, the reports and a later command line (`coldstart-bench r
 can all use it, without pytest or Docker.
 
 Version history: 1 — the first summary.json; 2 — each scenario carries its declared catalogue
-metadata (`declared`) and the run records its campaign plan (`plan`).
+metadata (`declared`) and the run records its campaign plan (`plan`); 3 — findings are judged as one
+family (`findings[]` gain significant, p_value, p_adjusted, ci_adjusted, confidence_adjusted, estimator;
+`family` states the level), warnings also come grouped per rule (`warning_groups`), and the run records
+the lower-variance estimator (`effects`), sample-size plans (`planning`) and its stopping rule
+(`stopping`, when one was set).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ if TYPE_CHECKING:
     from .analyse.expectations import Verdict
     from .analyse.gate import GateResult
 
-SUMMARY_VERSION = 2
-READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+SUMMARY_VERSION = 3
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
 SUMMARY_FILE = "summary.json"
 
 
@@ -174,6 +178,11 @@ class RunResult:
     findings: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] | None = None
     version: int = SUMMARY_VERSION
+    warning_groups: list[dict[str, Any]] = field(default_factory=list)
+    family: dict[str, Any] = field(default_factory=dict)
+    effects: dict[str, Any] = field(default_factory=dict)
+    planning: list[dict[str, Any]] = field(default_factory=list)
+    stopping: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -189,8 +198,17 @@ class RunResult:
             "warnings": self.warnings,
             "findings": self.findings,
         }
+        if self.version >= 3:
+            out |= {
+                "warning_groups": self.warning_groups,
+                "family": self.family,
+                "effects": self.effects,
+                "planning": self.planning,
+            }
         if self.plan is not None:
             out["plan"] = self.plan
+        if self.stopping is not None:
+            out["stopping"] = self.stopping
         return out
 
     def to_json(self) -> str:
@@ -223,6 +241,11 @@ class RunResult:
                 warnings=list(d.get("warnings") or []),
                 findings=list(d.get("findings") or []),
                 plan=d.get("plan"),
+                warning_groups=list(d.get("warning_groups") or []),
+                family=dict(d.get("family") or {}),
+                effects=dict(d.get("effects") or {}),
+                planning=list(d.get("planning") or []),
+                stopping=d.get("stopping"),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None
