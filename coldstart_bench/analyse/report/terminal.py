@@ -30,14 +30,48 @@ def table_lines(scenarios: dict[str, Any]) -> list[str]:
     return lines
 
 
+def finding_lines(summary: dict[str, Any]) -> list[str]:
+    """Findings first (significant ones first), so the verdict comes before the raw numbers."""
+    from ..familywise import order_findings
+
+    findings = summary.get("findings", [])
+    if not findings:
+        return []
+    family = summary.get("family") or {}
+    head = "findings"
+    if family:
+        judged = f"{family.get('significant', 0)} of {family.get('size')} significant"
+        head += f" ({judged} at family-wise alpha {family.get('alpha')}):"
+    lines = [head]
+    for f in order_findings(findings):
+        mark = "" if "significant" not in f else ("[significant] " if f["significant"] else "[not distinguishable] ")
+        lines.append(f"  {mark}{f['text']}")
+    return [*lines, ""]
+
+
+def stopping_line(summary: dict[str, Any]) -> list[str]:
+    stopping = summary.get("stopping")
+    if not stopping:
+        return []
+    reached = ", ".join(stopping.get("reached") or []) or "none"
+    return [
+        "",
+        f"stopping rule: {stopping.get('stop_reason') or 'not stopped (the plan ended)'} after "
+        f"{stopping.get('cold_starts')} measured cold starts; precision reached by: {reached}",
+    ]
+
+
 def render(analysis: RunAnalysis) -> list[str]:
     summary = analysis.summary
-    lines = table_lines(summary.get("scenarios", {}))
+    lines = finding_lines(summary) + table_lines(summary.get("scenarios", {}))
+    lines += stopping_line(summary)
     if analysis.verdicts:
         policy = analysis.expectation_policy
         lines += ["", f"expectations (policy: {policy}):"] + [v.line() for v in analysis.verdicts]
-    if analysis.warnings:
-        lines += [""] + [f"WARNING: {w}" for w in analysis.warnings]
+    groups = summary.get("warning_groups")
+    warnings = [g["line"] for g in groups] if groups else analysis.warnings
+    if warnings:
+        lines += [""] + [f"WARNING: {w}" for w in warnings]
     if analysis.gate_results:
         lines += [""] + [g.line() for g in analysis.gate_results]
     return lines
