@@ -180,10 +180,9 @@ def noise_records(samples: Sequence[Sample], environment: Mapping[str, Any]) -> 
     """Every warning as {rule, scenario, text}, for warning_groups."""
     out = environment_records(environment)
     groups = group_by_scenario(samples)
-    out.extend(
-        _rec("percentile_n", None, w)
-        for w in percentile_warnings({n: sum(s.ok for s in g.samples) for n, g in groups.items()})
-    )
+    counts = {n: sum(s.ok for s in g.samples) for n, g in groups.items()}
+    # One record per percentile: each line already names every scenario it concerns.
+    out.extend(_rec(f"percentile_n:{w.split()[4]}", None, w) for w in percentile_warnings(counts))
     for scenario, group in groups.items():
         out.extend(scenario_records(scenario, group.samples))
     return out
