@@ -144,7 +144,7 @@ def _word(p: _Pending, result: FamilyResult | None, values: Mapping[str, Mapping
         assert result is not None
         metric = RUN_PHASE if p.kind == "run_phase_saving" else LIFECYCLE
         median = float(np.median(values[slow][metric]))
-        subject = p.subject if p.kind == LIFECYCLE_SAVING else f"{p.subject}, on start→die alone,"
+        subject = p.subject if p.kind == LIFECYCLE_SAVING else f"{p.subject} (start→die alone)"
         text = saving_text(result, subject=subject, slow=slow, fast=fast, reference_median=median)
         return base | {"text": text, "estimate": result.estimate, "unit": "ms", "metric": metric}
     if p.kind == CONTROL_TOPIC:
