@@ -162,10 +162,15 @@ def test_a_version_1_run_directory_is_re_analysed(tmp_path: Path, capsys: pytest
     run.mkdir()
     samples = _blocked(thesis_run(25, seed=2), 10)
     write_samples_csv(run / "samples.csv", samples)
-    old = {"version": 1, "scenarios": {}, "environment": {"command": "pytest bench/ --bench-iterations 25"},
-           "analysis": {"alpha": 0.05, "bootstrap_resamples": 50}, "findings": [{"text": "Injection saves 45.7 ms"}]}  # fmt: skip
+    old = {
+        "version": 1,
+        "scenarios": {},
+        "environment": {"command": "pytest bench/ --bench-iterations 25"},
+        "analysis": {"alpha": 0.05, "bootstrap_resamples": 50},
+        "findings": [{"text": "Injection saves 45.7 ms"}],
+    }
     (run / "summary.json").write_text(json.dumps(old))
-    analysis, written = reanalyse(run, out_dir=tmp_path / "out")
+    _analysis, written = reanalyse(run, out_dir=tmp_path / "out")
     out = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert out["version"] == SUMMARY_VERSION and out["analysis"]["reanalysed"]["original_summary_version"] == 1
     assert all("significant" in f for f in out["findings"]) and out["environment"]["command"].startswith("pytest")
