@@ -370,7 +370,8 @@ def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
     """Remove containers and networks of one run (or of every run whose process is gone)."""
     removed: list[str] = []
     label = f"{LABEL_RUN}={run_id}" if run_id else LABEL
-    for container in client.containers.list(all=True, filters={"label": label}):
+    # ignore_removed: another run may remove its containers between the listing and their inspection.
+    for container in client.containers.list(all=True, filters={"label": label}, ignore_removed=True):
         if run_id is None and _owner_alive(container.labels):
             continue
         try:
