@@ -58,6 +58,10 @@ class FindingsResult:
     delay_fit: DelayFit | FitRefused | None = None
 
 
+def _as_list(x: Any) -> list[float] | None:
+    return list(x) if x else None
+
+
 def _ratio_name(slow: str, fast: str, metric: str) -> str:
     return f"{slow} / {fast} {metric}"
 
@@ -297,13 +301,17 @@ def build_findings(
                 if warning:
                     warnings.append(warning)
             ci = result.ci_adjusted
+            if result.unit == LOG_UNIT:
+                entry["ci_adjusted_log"] = list(ci) if ci else None
+                entry["ci_adjusted_ratio"] = entry.get("ratio_ci_adjusted")
             entry |= {
                 "comparison": result.name,
                 "significant": bool(result.significant),
                 "p_value": result.p_value,
                 "p_adjusted": result.p_adjusted,
-                "ci_adjusted": list(ci) if ci else None,
-                "ci": entry.get("ratio_ci_adjusted") or (list(ci) if ci else None),
+                # In the finding's unit: a ratio's interval as a ratio (its log-scale interval kept beside it).
+                "ci_adjusted": _as_list(entry.pop("ratio_ci_adjusted", None)) or (list(ci) if ci else None),
+                "ci": _as_list(entry.get("ci_adjusted_ratio")) or (list(ci) if ci else None),
                 "confidence_adjusted": result.confidence_adjusted,
                 "estimator": result.estimator + (" on log values, shown as a ratio" if result.unit == LOG_UNIT else ""),
                 "design": result.design,
