@@ -130,6 +130,7 @@ def _primary_series(
         if not declared.primary:
             continue
         members = [s for s in values if (sc := catalogue.get(s)) is not None and sc.delay_series == declared.name]
+        members.sort(key=lambda s: delays[s])
         series = {s: (delays[s], values[s]["lifecycle_ms"]) for s in members}
         if not series:
             return None
