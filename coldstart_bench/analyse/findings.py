@@ -295,6 +295,11 @@ def build_findings(
         if p.comparison is not None:
             result = judged[p.comparison.name]
             entry = _word(p, result, values)
+            if "confidence sequence" in result.estimator:
+                entry["text"] += (
+                    " The interval is the confidence sequence of the per-block differences (mean), valid although "
+                    "the stopping rule chose the run's length by looking at it."
+                )
             if p.kind == CONTROL_TOPIC:
                 from .familywise import aa_control_warning
 
