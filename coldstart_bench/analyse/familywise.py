@@ -301,7 +301,7 @@ def _interval_text(result: FamilyResult, digits: int) -> str:
 def _p_text(result: FamilyResult) -> str:
     if not math.isfinite(result.p_adjusted):
         return "not tested"
-    return f"Holm-adjusted p = {result.p_adjusted:.2g} over {result.family_size} comparisons"
+    return f"Holm-adjusted p = {result.p_adjusted:.2g} over {result.family_size} findings"
 
 
 def saving_text(
