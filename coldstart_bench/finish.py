@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .options import BenchOptions
 from .run_state import RunState
@@ -33,6 +33,8 @@ def finish_run(
     inputs: AnalysisInputs,
     catalogue: Catalogue | None = None,
     plan: Plan | None = None,
+    *,
+    stopping: dict[str, Any] | None = None,
 ) -> tuple[list[str], bool]:
     """Returns the terminal lines and whether the run must fail (gate, or expectations under 'fail')."""
     from .analyse.baseline import save_baseline
@@ -54,6 +56,7 @@ def finish_run(
         plan=plan.to_dict() if plan is not None else None,
         deselected=set(inputs.deselected),
         unsupported=[{"scenario": sid, "reason": why} for sid, why in state.unsupported.items()],
+        stopping=stopping,
     )
     if catalogue is not None:
         config.catalogue = catalogue

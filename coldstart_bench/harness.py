@@ -93,6 +93,9 @@ class Harness:
             self.testbed, self.runner = self._bring_up()
             self._apply_runtime_verdicts(self.testbed)
             self.progress.restart_clock()
+            start = getattr(self._stop_policy, "start", None)
+            if start is not None:  # a time budget counts measuring, not image builds
+                start()
         return self.testbed, self.runner
 
     # --- the runtime axis ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, DEFAULT_RUNTIME, parse_burst_sizes
 from .plan import DEFAULT_WARMUP_AFTER, parse_warmup_after
+from .profiles import PROFILES, profile_named
 from .userscenarios import ScenarioFileError, UserScenario, load_scenario_file
 
 # The expectation policies of analyse/expectations.py (kept here so parsing options loads no numpy).
@@ -45,7 +46,7 @@ def addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--bench-interleave",
         action="store_true",
-        default=True,
+        default=None,
         help="run the selected scenarios in seeded randomised blocks (the default): drift of a shared "
         "machine then hits every scenario alike",
     )
@@ -65,7 +66,7 @@ def addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--bench-block-size",
         type=int,
-        default=DEFAULT_BLOCK_SIZE,
+        default=None,
         metavar="N",
         help=f"cold starts per block when interleaving (default {DEFAULT_BLOCK_SIZE})",
     )
@@ -193,6 +194,33 @@ def addoption(parser: pytest.Parser) -> None:
         help="add the scenarios of a TOML scenario file (your own function and backend; "
         "format: examples/redis/README.md); may be given more than once",
     )
+    group.addoption(
+        "--bench-profile",
+        default=None,
+        choices=sorted(PROFILES),
+        help="a named study design: scenario selection, cold starts and order (thesis: the five thesis "
+        "scenarios, 1000 cold starts each, interleaved); options given explicitly override it",
+    )
+    group.addoption(
+        "--bench-precision",
+        default=None,
+        metavar="P",
+        help="keep adding interleaved rounds until every headline comparison's confidence-sequence half-width "
+        "is within P: a share of the reference median (2%%) or a time (5ms); needs --bench-max-time",
+    )
+    group.addoption(
+        "--bench-max-time",
+        default=None,
+        metavar="DURATION",
+        help="time budget of the measuring (600, 90s, 10m, 1h30m): the run stops before another round would overrun it",
+    )
+    group.addoption(
+        "--bench-max-cold-starts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cold-start budget of a run with --bench-precision: stop once this many were measured",
+    )
     parser.addini(
         "bench_gate",
         type="string",
@@ -232,6 +260,15 @@ class BenchOptions:
     warmup_after: frozenset[str] = DEFAULT_WARMUP_AFTER
     group_by_state: bool = True
     prefetch: bool = True
+    profile: str | None = None
+    precision: str | None = None  # --bench-precision, validated by the plugin with the stopping rule
+    max_time: str | None = None
+    max_cold_starts: int | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """A stopping rule decides when the run has measured enough."""
+        return any(x is not None for x in (self.precision, self.max_time, self.max_cold_starts))
 
 
 @dataclass(frozen=True)
@@ -288,8 +325,23 @@ def _positive(name: str, value: int, minimum: int) -> int:
 def from_config(config: pytest.Config) -> BenchOptions:
     """Validate everything up front: a bad option is a usage error before any container starts."""
     opt = config.getoption
+    try:
+        profile = profile_named(opt("bench_profile"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"--bench-profile: {exc}") from None
     iterations_raw = opt("bench_iterations")
+    if iterations_raw is None and profile is not None:
+        iterations_raw = profile.iterations
     iterations = _positive("--bench-iterations", DEFAULT_ITERATIONS if iterations_raw is None else iterations_raw, 1)
+    interleave = opt("bench_interleave")
+    if interleave is None:
+        interleave = profile.interleave if profile is not None and profile.interleave is not None else True
+    block_size = opt("bench_block_size")
+    if block_size is None:
+        block_size = profile.block_size if profile is not None and profile.block_size else DEFAULT_BLOCK_SIZE
+    max_cold_starts = opt("bench_max_cold_starts")
+    if max_cold_starts is not None:
+        _positive("--bench-max-cold-starts", max_cold_starts, 1)
     warmup_raw = opt("bench_warmup")
     warmup = _positive("--bench-warmup", DEFAULT_WARMUP if warmup_raw is None else warmup_raw, 0)
     try:
@@ -319,9 +371,9 @@ def from_config(config: pytest.Config) -> BenchOptions:
         iterations=iterations,
         warmup=warmup,
         report_dir=report_dir,
-        interleave=bool(opt("bench_interleave")),
+        interleave=bool(interleave),
         seed=opt("bench_seed"),
-        block_size=_positive("--bench-block-size", opt("bench_block_size"), 1),
+        block_size=_positive("--bench-block-size", block_size, 1),
         block_warmup=_positive("--bench-block-warmup", opt("bench_block_warmup"), 0),
         bursts=bursts,
         pool_size=_positive("--bench-pool-size", opt("bench_pool_size"), 1),
@@ -338,6 +390,10 @@ def from_config(config: pytest.Config) -> BenchOptions:
         warmup_after=warmup_after,
         group_by_state=bool(opt("bench_group_by_state")),
         prefetch=bool(opt("bench_prefetch")),
+        profile=profile.name if profile is not None else None,
+        precision=opt("bench_precision"),
+        max_time=opt("bench_max_time"),
+        max_cold_starts=max_cold_starts,
     )
 
 

@@ -22,6 +22,8 @@ INPUTS_KEY = pytest.StashKey[AnalysisInputs]()
 LINES_KEY = pytest.StashKey[list[str]]()
 CATALOGUE_KEY = pytest.StashKey[Catalogue]()
 PLAN_KEY = pytest.StashKey[Plan]()
+STOP_OPTIONS_KEY = pytest.StashKey[Any]()  # analyse.sequential.StoppingOptions, when a stopping rule is set
+STOP_POLICY_KEY = pytest.StashKey[Any]()  # stopping.PrecisionStopPolicy of the run
 SCENARIO_ARG = "scenario_id"  # a test of your own measuring one scenario of the catalogue
 CATALOGUE_ARG = "catalogue_scenario_id"  # parametrized with every single-start scenario of the catalogue
 BURST_ARG = "burst_scenario_id"  # parametrized with every burst scenario of the catalogue
@@ -68,6 +70,17 @@ def pytest_configure(config: pytest.Config) -> None:
         baseline = load_baseline(opts.baseline) if opts.baseline is not None else None
     except BaselineError as exc:
         raise pytest.UsageError(f"--bench-baseline: {exc}") from None
+    if opts.stopping:
+        from .analyse.sequential import parse_stopping_options
+
+        try:
+            config.stash[STOP_OPTIONS_KEY] = parse_stopping_options(opts.precision, opts.max_time, opts.max_cold_starts)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if not opts.interleave:
+            raise pytest.UsageError(
+                "a stopping rule adds interleaved rounds: it cannot be used with --bench-sequential"
+            )
     config.stash[INPUTS_KEY] = AnalysisInputs(gate_rules, max_regression, baseline)
     config.stash[OPTIONS_KEY] = opts
     catalogue = default_catalogue(opts.bursts, opts.runtimes)
@@ -115,6 +128,7 @@ def pytest_deselected(items: Sequence[pytest.Item]) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for marker, option in OPT_IN_MARKERS:
         _deselect_unless_asked(config, items, marker, option)
+    _select_profile(config, items)
     catalogue = catalogue_of(config)
     selected: list[str] = []
     expectations: list[str] = []
@@ -172,6 +186,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         run_preflight(config, (lambda m: reporter.write_line(f"[coldstart-bench] {m}")) if reporter else print)
+    if STOP_OPTIONS_KEY in config.stash and run_plan.scenarios:
+        config.stash[STOP_POLICY_KEY] = _stop_policy(config, catalogue, run_plan)
+
+
+def _stop_policy(config: pytest.Config, catalogue: Catalogue, run_plan: Plan) -> Any:
+    from .stopping import PrecisionStopPolicy, headline_pairs
+
+    opts = config.stash[OPTIONS_KEY]
+    headlines = headline_pairs(catalogue, run_plan.ids)
+    if not headlines:
+        raise pytest.UsageError(
+            "the stopping rule needs a headline comparison among the selected scenarios (e.g. socket and direct); "
+            f"selected: {', '.join(run_plan.ids)}"
+        )
+    return PrecisionStopPolicy.from_options(
+        config.stash[STOP_OPTIONS_KEY],
+        headlines,
+        alpha=opts.alpha,
+        seed=run_plan.seed if run_plan.seed is not None else 0,
+        block_size=run_plan.block_size,
+        block_warmup=run_plan.block_warmup,
+    )
+
+
+def _select_profile(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--bench-profile: only the profile's scenarios run (-k/-m may narrow them further)."""
+    from .profiles import profile_named
+
+    profile = profile_named(config.stash[OPTIONS_KEY].profile)
+    if profile is None or not profile.families:
+        return
+    wanted = set(profile.scenario_ids(catalogue_of(config)))
+    deselected = [item for item in items if _scenario_of(item) not in wanted]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if _scenario_of(item) in wanted]
 
 
 # Benchmarks that measure something else than the campaign, at length: they run only when asked
@@ -212,7 +262,10 @@ def coldstart(request: pytest.FixtureRequest) -> Iterator[Harness]:
     run_plan = config.stash[PLAN_KEY] if PLAN_KEY in config.stash else plan(plan_settings(opts), [])
     state = config.stash[STATE_KEY]
     state.notify = write
-    harness = Harness(opts, state, run_plan, write, catalogue_of(config))
+    policy = config.stash.get(STOP_POLICY_KEY, None)
+    if policy is not None:
+        policy.write = write
+    harness = Harness(opts, state, run_plan, write, catalogue_of(config), stop_policy=policy)
     try:
         yield harness
     finally:
@@ -229,8 +282,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from .finish import finish_run
 
     run_plan = config.stash.get(PLAN_KEY, None)
+    policy = config.stash.get(STOP_POLICY_KEY, None)
     lines, failed = finish_run(
-        state, config.stash[OPTIONS_KEY], config.stash[INPUTS_KEY], catalogue_of(config), run_plan
+        state,
+        config.stash[OPTIONS_KEY],
+        config.stash[INPUTS_KEY],
+        catalogue_of(config),
+        run_plan,
+        stopping=policy.record() if policy is not None else None,
     )
     config.stash[LINES_KEY] = config.stash[LINES_KEY] + lines
     if failed and session.exitstatus == pytest.ExitCode.OK:

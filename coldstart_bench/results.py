@@ -5,9 +5,12 @@ the baseline, the gate, the reports and a later command line (`coldstart-bench r
 can all use it, without pytest or Docker.
 
 Version history: 1 — the first summary.json; 2 — each scenario carries its declared catalogue
-metadata (`declared`) and the run records its campaign plan (`plan`). Optional keys added within
-version 2 (readers of 2 ignore what they do not know): `connect_breakdown` (phases of connect_us per
-socket scenario), `harness_time` (wall/lifecycle ratio, where the wall time went, `warmup_evidence`).
+metadata (`declared`) and the run records its campaign plan (`plan`); optional keys within 2:
+`connect_breakdown`, `harness_time`, `languages`, `pg_proxy`, `tls`, `unsupported`; 3 — findings are judged as one
+family (`findings[]` gain significant, p_value, p_adjusted, ci_adjusted, confidence_adjusted, estimator;
+`family` states the level), warnings also come grouped per rule (`warning_groups`), and the run records
+the lower-variance estimator (`effects`), sample-size plans (`planning`) and its stopping rule
+(`stopping`, when one was set).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ if TYPE_CHECKING:
     from .analyse.expectations import Verdict
     from .analyse.gate import GateResult
 
-SUMMARY_VERSION = 2
-READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+SUMMARY_VERSION = 3
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
 SUMMARY_FILE = "summary.json"
 
 
@@ -187,6 +190,11 @@ class RunResult:
     languages: list[dict[str, Any]] = field(default_factory=list)  # the language table (analyse/wire_tables.py)
     pg_proxy: list[dict[str, Any]] = field(default_factory=list)  # direct vs PgBouncer vs injected session
     tls: dict[str, Any] | None = None  # TLS connect set-up (the thesis's Table 1 re-measured), if TLS ran
+    warning_groups: list[dict[str, Any]] = field(default_factory=list)
+    family: dict[str, Any] = field(default_factory=dict)
+    effects: dict[str, Any] = field(default_factory=dict)
+    planning: list[dict[str, Any]] = field(default_factory=list)
+    stopping: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -202,6 +210,13 @@ class RunResult:
             "warnings": self.warnings,
             "findings": self.findings,
         }
+        if self.version >= 3:
+            out |= {
+                "warning_groups": self.warning_groups,
+                "family": self.family,
+                "effects": self.effects,
+                "planning": self.planning,
+            }
         if self.plan is not None:
             out["plan"] = self.plan
         if self.unsupported:
@@ -216,6 +231,8 @@ class RunResult:
             out["harness_time"] = self.harness_time
         if self.tls is not None:
             out["tls"] = self.tls
+        if self.stopping is not None:
+            out["stopping"] = self.stopping
         return out
 
     def to_json(self) -> str:
@@ -254,6 +271,11 @@ class RunResult:
                 connect_breakdown=dict(d.get("connect_breakdown") or {}),
                 harness_time=dict(d.get("harness_time") or {}),
                 tls=d.get("tls"),
+                warning_groups=list(d.get("warning_groups") or []),
+                family=dict(d.get("family") or {}),
+                effects=dict(d.get("effects") or {}),
+                planning=list(d.get("planning") or []),
+                stopping=d.get("stopping"),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

@@ -227,16 +227,21 @@ def _raw_p(c: FamilyComparison) -> float:
     return float(sps.mannwhitneyu(xa, xb, alternative="two-sided", method="asymptotic", use_continuity=True).pvalue)
 
 
-def family_findings(comparisons: Sequence[FamilyComparison], *, alpha: float = DEFAULT_ALPHA) -> list[FamilyResult]:
+def family_findings(
+    comparisons: Sequence[FamilyComparison], *, alpha: float = DEFAULT_ALPHA, family_size: int | None = None
+) -> list[FamilyResult]:
     """Judge every comparison at the family-wise level (see the module docstring); results in input
-    order. The family is the comparisons with enough data; the others are reported untested."""
+    order. The family is the comparisons with enough data; the others are reported untested.
+
+    `family_size`: the family also holds tests not given here (a variance test, a slope): the
+    Bonferroni level is then 1 − alpha/family_size (at least the testable comparisons given)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     names = [c.name for c in comparisons]
     if len(set(names)) != len(names):
         raise ValueError("comparison names must be unique within a family")
     testable = [_testable(c) for c in comparisons]
-    k = sum(testable)
+    k = max(sum(testable), family_size or 0)
     raw = [_raw_p(c) if ok else math.nan for c, ok in zip(comparisons, testable, strict=True)]
     adjusted = holm(raw)
     confidence = 1.0 - alpha / k if k else math.nan
@@ -296,7 +301,7 @@ def _interval_text(result: FamilyResult, digits: int) -> str:
 def _p_text(result: FamilyResult) -> str:
     if not math.isfinite(result.p_adjusted):
         return "not tested"
-    return f"Holm-adjusted p = {result.p_adjusted:.2g} over {result.family_size} comparisons"
+    return f"Holm-adjusted p = {result.p_adjusted:.2g} over {result.family_size} findings"
 
 
 def saving_text(

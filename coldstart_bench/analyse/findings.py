@@ -1,179 +1,482 @@
-"""Findings: plain sentences with their confidence intervals, each naming the scenarios it rests on.
+"""Findings: plain sentences, each judged at the run's family-wise level and naming the scenarios it
+rests on.
 
-Which pairs produce which sentence is declared in the catalogue (a Reference's `findings`); this
-module only knows how each kind of finding is computed and worded."""
+Which pairs produce which sentence is declared in the catalogue (a Reference's `findings`, and its
+`control` flag for the A/A check); this module only knows how each kind of finding is computed and
+worded. Every finding of a run belongs to one family of k tests (`familywise`): location findings get
+a Hodges–Lehmann estimate with a test-inverted interval at the Bonferroni level 1 − alpha/k, ratios
+the same on the log scale, the variance finding a Levene test and the delay slope its regression test;
+p-values are Holm-adjusted over all k. A finding is `significant` only when its family-wise interval
+excludes the null (0, or a ratio of 1) — or, without an interval, when its Holm-adjusted p is below
+alpha — and only a significant finding states a saving.
+
+After a run stopped by the stopping rule, the headline lifecycle findings use the confidence sequence
+(the interval that stays valid under optional stopping) at the same share alpha/k of the family.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..catalogue import CONNECT_SPEEDUP, LIFECYCLE_SAVING, PREDICTABILITY, Catalogue
-from .compare import two_sample_estimate
+from .compare import DelayFit, holm, levene
+from .familywise import FamilyComparison, FamilyResult, FitRefused, checked_delay_fit, family_findings, saving_text
+from .phase_effects import LIFECYCLE, RUN_PHASE, BlocksByScenario, comparison_name, effect_comparisons
 from .stats import json_safe
 
-
-def _ci_text(ci: Sequence[float] | None, unit: str, digits: int = 1) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return "CI n/a"
-    return f"95% CI {ci[0]:.{digits}f} to {ci[1]:.{digits}f}{unit}"
+CONTROL_TOPIC = "control"
+RUN_PHASE_TOPIC_SUFFIX = "-start-to-die"
+LOG_UNIT = "log"
 
 
-class _Findings:
+@dataclass
+class _Pending:
+    """A finding before the family is judged: what it compares and how to word the result."""
+
+    kind: str
+    topic: str
+    slow: str
+    fast: str
+    subject: str = ""
+    comparison: FamilyComparison | None = None  # location / log-ratio findings
+    p_value: float = math.nan  # tests without an interval (variance, slope)
+    role: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FindingsResult:
+    findings: list[dict[str, Any]]
+    family: dict[str, Any]
+    results: dict[str, FamilyResult]  # by comparison name
+    warnings: list[dict[str, str]]  # {rule, scenario, text}
+    delay_fit: DelayFit | FitRefused | None = None
+
+
+def _as_list(x: Any) -> list[float] | None:
+    return list(x) if x else None
+
+
+def _ratio_name(slow: str, fast: str, metric: str) -> str:
+    return f"{slow} / {fast} {metric}"
+
+
+def _log(values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr) & (arr > 0)]
+    return np.log(arr)
+
+
+def _level(result: FamilyResult) -> str:
+    return f"{result.confidence_adjusted:.2%}".replace(".00%", "%")
+
+
+def _holm_text(p_adjusted: float, k: int) -> str:
+    return "not tested" if not math.isfinite(p_adjusted) else f"Holm-adjusted p = {p_adjusted:.2g} over {k} findings"
+
+
+def _ratio_text(result: FamilyResult, slow: str, fast: str, what: str, digits: int = 2) -> tuple[float, Any, str]:
+    """exp of a log-scale shift: the ratio slow/fast and its family-wise interval, and a sentence part."""
+    ratio = math.exp(result.estimate) if math.isfinite(result.estimate) else math.nan
+    ci = tuple(math.exp(x) for x in result.ci_adjusted) if result.ci_adjusted else None
+    ci_text = (
+        f"family-wise {_level(result)} CI {ci[0]:.{digits}f}× to {ci[1]:.{digits}f}×"
+        if ci
+        else f"no family-wise {_level(result)} interval at this sample size"
+    )
+    return ratio, ci, f"{what} {slow}/{fast}: {ci_text}; {_holm_text(result.p_adjusted, result.family_size)}"
+
+
+class _Builder:
     def __init__(
         self,
         values: Mapping[str, Mapping[str, np.ndarray]],
+        blocks: BlocksByScenario | None,
         summary_scenarios: Mapping[str, Any],
-        command: str | None,
-        resamples: int,
-        seed: int,
     ) -> None:
         self.values = values
+        self.blocks = blocks
         self.scenarios = summary_scenarios
-        self.command = command
-        self.resamples = resamples
-        self.seed = seed
-        self.out: list[dict[str, Any]] = []
-
-    def add(self, topic: str, text: str, estimate: float, ci: Any, unit: str, based_on: list[str]) -> None:
-        self.out.append(
-            {"topic": topic, "text": text, "estimate": estimate, "ci": ci, "unit": unit, "scenarios": based_on}
-            | ({"command": self.command} if self.command else {})
-        )
+        self.pending: list[_Pending] = []
 
     def have(self, *names: str) -> bool:
         return all(n in self.values and self.values[n]["lifecycle_ms"].size >= 2 for n in names)
 
-    def lifecycle_saving(self, topic: str, slow: str, fast: str, subject: str) -> None:
-        """What `fast` saves against `slow` (median difference); a negative saving is reported as a cost."""
-        d, ci = two_sample_estimate(
-            self.values[slow]["lifecycle_ms"],
-            self.values[fast]["lifecycle_ms"],
-            "median",
-            "diff",
-            resamples=self.resamples,
-            seed=self.seed,
-        )
-        base = float(np.median(self.values[slow]["lifecycle_ms"]))
-        verb = f"saves {d:.1f} ms" if d >= 0 else f"costs {-d:.1f} ms more"
-        unclear = not ci or ci[0] <= 0 <= ci[1]
-        tail = " — not distinguishable from zero at this sample size" if unclear else ""
-        self.add(
-            topic,
-            f"{subject} {verb} per cold start ({abs(d) / base:.1%} of {slow}'s median lifecycle {base:.1f} ms; "
-            f"median {slow} − median {fast} = {d:.1f} ms, {_ci_text(ci, ' ms')}){tail}.",
-            d,
-            ci,
-            "ms",
-            [slow, fast],
-        )
+    def location(self, kind: str, topic: str, slow: str, fast: str, subject: str, metric: str, role: str = "") -> None:
+        found = effect_comparisons(slow, fast, self.values, self.blocks, metrics=(metric,))
+        if found:
+            self.pending.append(_Pending(kind, topic, slow, fast, subject, comparison=found[0], role=role))
 
-    def connect_speedup(self, topic: str, slow: str, fast: str) -> None:
-        a, b = self.values[fast]["connect_us"], self.values[slow]["connect_us"]
-        if a.size < 2 or b.size < 2:
-            return
-        ratio, ci = two_sample_estimate(b, a, "median", "ratio", resamples=self.resamples, seed=self.seed)
-        self.add(
-            topic,
-            f"Getting a usable connection is {ratio:.1f}× faster with {fast} than {slow} "
-            f"(median connect {np.median(a):.0f} µs vs {np.median(b):.0f} µs, ratio {_ci_text(ci, '×')}).",
-            ratio,
-            ci,
-            "x",
-            [slow, fast],
-        )
+    def ratio(self, kind: str, topic: str, slow: str, fast: str, metric: str, subject: str = "") -> None:
+        a, b = _log(self.values[slow][metric]), _log(self.values[fast][metric])
+        if a.size >= 2 and b.size >= 2:
+            comp = FamilyComparison(_ratio_name(slow, fast, metric), a=a, b=b, unit=LOG_UNIT)
+            self.pending.append(_Pending(kind, topic, slow, fast, subject, comparison=comp))
 
-    def predictability(self, topic: str, slow: str, fast: str, subject: str) -> None:
-        v_d = self.scenarios[slow]["lifecycle_ms"]
-        v_s = self.scenarios[fast]["lifecycle_ms"]
-        self.add(
-            topic,
-            f"Lifecycle variance is {v_s['variance']:.2f} ms² with {subject or fast} vs {v_d['variance']:.2f} ms² "
-            f"{slow}; "
-            f"p99 {v_s['p99']:.1f} vs {v_d['p99']:.1f} ms (see the Levene / Brown–Forsythe comparisons).",
-            (v_s["variance"] or math.nan) / (v_d["variance"] or math.nan) if v_d["variance"] else math.nan,
-            None,
-            "ratio",
-            [slow, fast],
-        )
+    def variance(self, topic: str, slow: str, fast: str, subject: str) -> None:
+        _stat, p = levene(self.values[fast]["lifecycle_ms"], self.values[slow]["lifecycle_ms"], "mean")
+        self.pending.append(_Pending(PREDICTABILITY, topic, slow, fast, subject, p_value=p))
 
-    def delay_slope(self, fit: Mapping[str, Any]) -> None:
-        self.add(
-            "delay",
-            f"Each millisecond of handshake delay adds {fit['slope']:.2f} ms to a direct cold start "
-            f"({_ci_text(fit['slope_ci'], ' ms/ms', 2)}; a slope of 1 means the delay reaches the lifecycle "
-            f"undiminished), fitted over {', '.join(fit['scenarios'])}.",
-            fit["slope"],
-            fit["slope_ci"],
-            "ms/ms",
-            list(fit["scenarios"]),
-        )
 
-    def burst_scaling(self, one: str, top: str, n_top: int) -> None:
-        ratio, ci = two_sample_estimate(
-            self.values[top]["lifecycle_ms"],
-            self.values[one]["lifecycle_ms"],
-            "median",
-            "ratio",
-            resamples=self.resamples,
-            seed=self.seed,
+def _primary_series(
+    catalogue: Catalogue, values: Mapping[str, Mapping[str, np.ndarray]], delays: Mapping[str, float]
+) -> tuple[dict[str, tuple[float, np.ndarray]], tuple[str, np.ndarray] | None] | None:
+    for declared in catalogue.delay_series:
+        if not declared.primary:
+            continue
+        members = [s for s in values if (sc := catalogue.get(s)) is not None and sc.delay_series == declared.name]
+        members.sort(key=lambda s: delays[s])
+        series = {s: (delays[s], values[s]["lifecycle_ms"]) for s in members}
+        if not series:
+            return None
+        ref = (declared.reference, values[declared.reference]["lifecycle_ms"]) if declared.reference in values else None
+        return series, ref
+    return None
+
+
+def _word(p: _Pending, result: FamilyResult | None, values: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
+    """The sentence and the fields of one judged finding."""
+    slow, fast = p.slow, p.fast
+    base: dict[str, Any] = {"topic": p.topic, "kind": p.kind, "scenarios": [slow, fast]} | (
+        {"role": p.role} if p.role else {}
+    )
+    if p.kind in (LIFECYCLE_SAVING, "run_phase_saving"):
+        assert result is not None
+        metric = RUN_PHASE if p.kind == "run_phase_saving" else LIFECYCLE
+        median = float(np.median(values[slow][metric]))
+        subject = p.subject if p.kind == LIFECYCLE_SAVING else f"{p.subject} (start→die alone)"
+        text = saving_text(result, subject=subject, slow=slow, fast=fast, reference_median=median)
+        return base | {"text": text, "estimate": result.estimate, "unit": "ms", "metric": metric}
+    if p.kind == CONTROL_TOPIC:
+        assert result is not None
+        text = saving_text(result, subject=f"A/A control ({slow} is identical to {fast})", slow=slow, fast=fast)
+        verdict = (
+            " The run's false-positive check failed: see the warning."
+            if result.significant
+            else " The run's false-positive check passed."
         )
-        many = float(np.median(self.values[top]["lifecycle_ms"]))
-        alone = float(np.median(self.values[one]["lifecycle_ms"]))
-        self.add(
-            "burst",
-            f"Started {n_top} at once, a direct cold start takes {many:.1f} ms (median) against {alone:.1f} ms "
-            f"alone: {ratio:.2f}× ({_ci_text(ci, '×', 2)}); a ratio well above 1 is the serialised start-up of "
-            "thesis Fig. 2.",
-            ratio,
-            ci,
-            "x",
-            [one, top],
-        )
+        return base | {"text": text + verdict, "estimate": result.estimate, "unit": "ms", "metric": LIFECYCLE}
+    if p.kind in (CONNECT_SPEEDUP, "burst_scaling"):
+        assert result is not None
+        metric = "connect_us" if p.kind == CONNECT_SPEEDUP else LIFECYCLE
+        what = "ratio of connect times" if p.kind == CONNECT_SPEEDUP else "ratio of lifecycles"
+        ratio, ci, tail = _ratio_text(result, slow, fast, what)
+        med_s, med_f = float(np.median(values[slow][metric])), float(np.median(values[fast][metric]))
+        if p.kind == CONNECT_SPEEDUP:
+            medians = f"median connect {med_f:.0f} µs with {fast} vs {med_s:.0f} µs with {slow}"
+            if not result.significant:
+                text = (
+                    f"Connection time: {fast} and {slow} are not distinguishable at this sample size "
+                    f"({medians}; {tail})."
+                )
+            elif ratio >= 1:
+                text = (
+                    f"Getting a usable connection is {ratio:.1f}× faster with {fast} than {slow} ({medians}; {tail})."
+                )
+            else:
+                text = (
+                    f"Getting a usable connection is {1 / ratio:.1f}× slower with {fast} than {slow} "
+                    f"({medians}; {tail})."
+                )
+        else:
+            n_top = p.extra["n"]
+            medians = f"median {med_s:.1f} ms started {n_top} at once against {med_f:.1f} ms alone"
+            if not result.significant:
+                text = (
+                    f"Started {n_top} at once, a direct cold start is not distinguishable from one started alone "
+                    f"at this sample size ({medians}; {tail})."
+                )
+            else:
+                text = (
+                    f"Started {n_top} at once, a direct cold start takes {ratio:.2f}× as long as alone ({medians}; "
+                    f"{tail}); a ratio well above 1 is the serialised start-up of thesis Fig. 2."
+                )
+        if p.kind == "burst_scaling":  # named as the curve runs: alone first
+            base["scenarios"] = [fast, slow]
+        return base | {"text": text, "estimate": ratio, "unit": "x", "metric": metric, "ratio_ci_adjusted": ci}
+    raise ValueError(f"unknown finding kind {p.kind!r}")
 
 
 def build_findings(
     values: Mapping[str, Mapping[str, np.ndarray]],
     summary_scenarios: Mapping[str, Any],
-    fits: Mapping[str, Any],
+    delays: Mapping[str, float],
     environment: Mapping[str, Any],
     catalogue: Catalogue,
     *,
-    resamples: int,
-    seed: int,
-) -> list[dict[str, Any]]:
+    alpha: float = 0.05,
+    blocks: BlocksByScenario | None = None,
+    stopping: Mapping[str, Any] | None = None,
+) -> FindingsResult:
     """Every declared finding whose scenarios ran (with at least two successful starts each), in
-    catalogue order; then the primary delay fit's slope and the burst scaling."""
-    f = _Findings(values, summary_scenarios, environment.get("command"), resamples, seed)
+    catalogue order, then the primary delay slope and the burst scaling; all judged as one family."""
+    b = _Builder(values, blocks, summary_scenarios)
     present = list(values)
     for scenario in catalogue:
         if scenario.id not in values:
             continue
         for ref in catalogue.references_of(scenario.id, present):
+            if not b.have(ref.scenario, scenario.id):
+                continue
+            if ref.control:
+                b.location(CONTROL_TOPIC, CONTROL_TOPIC, scenario.id, ref.scenario, "", LIFECYCLE, role="control")
             for finding in ref.findings:
-                if not f.have(ref.scenario, scenario.id):
-                    continue
                 if finding.kind == LIFECYCLE_SAVING:
-                    f.lifecycle_saving(finding.topic, ref.scenario, scenario.id, finding.subject)
+                    b.location(LIFECYCLE_SAVING, finding.topic, ref.scenario, scenario.id, finding.subject, LIFECYCLE)
+                    if ref.headline:
+                        b.location(
+                            "run_phase_saving",
+                            finding.topic + RUN_PHASE_TOPIC_SUFFIX,
+                            ref.scenario,
+                            scenario.id,
+                            finding.subject,
+                            RUN_PHASE,
+                        )
                 elif finding.kind == CONNECT_SPEEDUP:
-                    f.connect_speedup(finding.topic, ref.scenario, scenario.id)
+                    b.ratio(CONNECT_SPEEDUP, finding.topic, ref.scenario, scenario.id, "connect_us")
                 elif finding.kind == PREDICTABILITY:
-                    f.predictability(finding.topic, ref.scenario, scenario.id, finding.subject)
+                    b.variance(finding.topic, ref.scenario, scenario.id, finding.subject)
                 else:
                     raise ValueError(f"{scenario.id}: unknown finding kind {finding.kind!r}")
-    fit = fits.get("lifecycle_ms")
-    if fit and fit.get("slope") is not None:
-        f.delay_slope(fit)
     for label in catalogue.burst_scaling:
         curve: dict[int, str] = {}
         for name in present:
             s = catalogue.get(name)
-            if s is not None and s.burst_series == label and f.have(name):
+            if s is not None and s.burst_series == label and b.have(name):
                 curve[s.burst] = name
         if 1 in curve and len(curve) > 1:
             top = max(curve)
-            f.burst_scaling(curve[1], curve[top], top)
-    return json_safe(f.out)  # type: ignore[no-any-return]
+            b.ratio("burst_scaling", "burst", curve[top], curve[1], LIFECYCLE)
+            b.pending[-1].extra["n"] = top
+
+    series = _primary_series(catalogue, values, delays)
+    has_slope = series is not None and len({d for d, v in series[0].values() if v.size}) >= 2
+    k = sum(1 for p in b.pending if p.comparison is not None) + sum(
+        1 for p in b.pending if p.comparison is None and math.isfinite(p.p_value)
+    )
+    k += 1 if has_slope else 0
+    k = max(k, 1)
+    confidence = 1.0 - alpha / k
+
+    comps = [p.comparison for p in b.pending if p.comparison is not None]
+    judged = {r.name: r for r in family_findings(comps, alpha=alpha, family_size=k)} if comps else {}
+    fit: DelayFit | FitRefused | None = None
+    if has_slope and series is not None:
+        fit = checked_delay_fit(series[0], LIFECYCLE, reference=series[1], confidence=confidence)
+
+    # Holm over every test of the family: location tests, variance tests and the slope.
+    raw: list[float] = []
+    for p in b.pending:
+        if p.comparison is not None:
+            raw.append(judged[p.comparison.name].p_value)
+        else:
+            raw.append(p.p_value)
+    slope_p = fit.p if isinstance(fit, DelayFit) else math.nan
+    adjusted = holm([*raw, slope_p])
+    for p, p_adj in zip(b.pending, adjusted, strict=False):
+        if p.comparison is not None:
+            judged[p.comparison.name].p_adjusted = p_adj
+            judged[p.comparison.name].family_size = k
+        else:
+            p.extra["p_adjusted"] = p_adj
+    slope_p_adj = adjusted[-1]
+
+    _use_confidence_sequences(judged, stopping, values, blocks, alpha=alpha, k=k)
+
+    out: list[dict[str, Any]] = []
+    command = environment.get("command")
+    warnings: list[dict[str, str]] = []
+    for p in b.pending:
+        if p.comparison is not None:
+            result = judged[p.comparison.name]
+            entry = _word(p, result, values)
+            if "confidence sequence" in result.estimator:
+                entry["text"] += (
+                    " The interval is the confidence sequence of the per-block differences (mean), valid although "
+                    "the stopping rule chose the run's length by looking at it."
+                )
+            if p.kind == CONTROL_TOPIC:
+                from .familywise import aa_control_warning
+
+                warning = aa_control_warning(result, scenario=p.slow)
+                if warning:
+                    warnings.append(warning)
+            ci = result.ci_adjusted
+            if result.unit == LOG_UNIT:
+                entry["ci_adjusted_log"] = list(ci) if ci else None
+                entry["ci_adjusted_ratio"] = entry.get("ratio_ci_adjusted")
+            entry |= {
+                "comparison": result.name,
+                "significant": bool(result.significant),
+                "p_value": result.p_value,
+                "p_adjusted": result.p_adjusted,
+                # In the finding's unit: a ratio's interval as a ratio (its log-scale interval kept beside it).
+                "ci_adjusted": _as_list(entry.pop("ratio_ci_adjusted", None)) or (list(ci) if ci else None),
+                "ci": _as_list(entry.get("ci_adjusted_ratio")) or (list(ci) if ci else None),
+                "confidence_adjusted": result.confidence_adjusted,
+                "estimator": result.estimator + (" on log values, shown as a ratio" if result.unit == LOG_UNIT else ""),
+                "design": result.design,
+                "n": result.n,
+                "family_size": k,
+                "notes": list(result.notes),
+            }
+        else:  # the variance finding
+            entry = _variance_entry(p, summary_scenarios, alpha=alpha, k=k, confidence=confidence)
+        out.append(entry | ({"command": command} if command else {}))
+    if fit is not None:
+        out.append(
+            _slope_entry(fit, slope_p_adj, alpha=alpha, k=k, confidence=confidence)
+            | ({"command": command} if command else {})
+        )
+    family = {
+        "alpha": alpha,
+        "size": k,
+        "confidence_adjusted": confidence,
+        "method": "Bonferroni-level Hodges–Lehmann intervals (Mann–Whitney / Wilcoxon signed-rank inverted); "
+        "Holm-adjusted p over every test of the family",
+        "significant": sum(1 for f in out if f.get("significant")),
+    }
+    return FindingsResult(json_safe(out), json_safe(family), judged, warnings, fit)
+
+
+def _variance_entry(
+    p: _Pending, scenarios: Mapping[str, Any], *, alpha: float, k: int, confidence: float
+) -> dict[str, Any]:
+    v_d, v_s = scenarios[p.slow]["lifecycle_ms"], scenarios[p.fast]["lifecycle_ms"]
+    p_adj = p.extra.get("p_adjusted", math.nan)
+    significant = bool(math.isfinite(p_adj) and p_adj <= alpha)
+    verdict = (
+        "the variances differ at the family-wise level"
+        if significant
+        else "the variances are not distinguishable at this sample size"
+    )
+    who = p.subject or p.fast
+    text = (
+        f"Lifecycle variance is {v_s['variance']:.2f} ms² with {who} vs {v_d['variance']:.2f} ms² {p.slow}; "
+        f"p99 {v_s['p99']:.1f} vs {v_d['p99']:.1f} ms (Levene, mean-centred: p = {p.p_value:.2g}, "
+        f"{_holm_text(p_adj, k)}): {verdict}."
+    )
+    ratio = v_s["variance"] / v_d["variance"] if v_d["variance"] else math.nan
+    return {
+        "topic": p.topic,
+        "kind": PREDICTABILITY,
+        "scenarios": [p.slow, p.fast],
+        "text": text,
+        "estimate": ratio,
+        "unit": "ratio",
+        "metric": LIFECYCLE,
+        "significant": significant,
+        "p_value": p.p_value,
+        "p_adjusted": p_adj,
+        "ci_adjusted": None,
+        "ci": None,
+        "confidence_adjusted": confidence,
+        "estimator": "ratio of lifecycle variances (Levene test, mean-centred)",
+        "family_size": k,
+    }
+
+
+def _slope_entry(
+    fit: DelayFit | FitRefused, p_adj: float, *, alpha: float, k: int, confidence: float
+) -> dict[str, Any]:
+    level = f"{confidence:.2%}".replace(".00%", "%")
+    if isinstance(fit, FitRefused):
+        return {
+            "topic": "delay",
+            "kind": "delay_slope",
+            "scenarios": fit.scenarios,
+            "text": f"No delay slope: {fit.reason}.",
+            "estimate": None,
+            "unit": "ms/ms",
+            "metric": LIFECYCLE,
+            "significant": False,
+            "p_value": None,
+            "p_adjusted": None,
+            "ci_adjusted": None,
+            "ci": None,
+            "confidence_adjusted": confidence,
+            "estimator": "least-squares slope over individual cold starts",
+            "family_size": k,
+            "refused": fit.reason,
+        }
+    ci = fit.slope_ci
+    significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    ci_text = f"family-wise {level} CI {ci[0]:.2f} to {ci[1]:.2f} ms/ms" if ci else f"no family-wise {level} interval"
+    where = ", ".join(fit.scenarios)
+    if significant:
+        text = (
+            f"Each millisecond of handshake delay adds {fit.slope:.2f} ms to a direct cold start ({ci_text}; "
+            f"{_holm_text(p_adj, k)}; a slope of 1 means the delay reaches the lifecycle undiminished), "
+            f"fitted over {where}."
+        )
+    else:
+        text = (
+            f"The lifecycle's growth with the handshake delay is not distinguishable from zero at this sample size "
+            f"({ci_text}, which includes 0; {_holm_text(p_adj, k)}), fitted over {where}."
+        )
+    return {
+        "topic": "delay",
+        "kind": "delay_slope",
+        "scenarios": list(fit.scenarios),
+        "text": text,
+        "estimate": fit.slope,
+        "unit": "ms/ms",
+        "metric": LIFECYCLE,
+        "significant": bool(significant),
+        "p_value": fit.p,
+        "p_adjusted": p_adj,
+        "ci_adjusted": list(ci) if ci else None,
+        "ci": list(ci) if ci else None,
+        "confidence_adjusted": confidence,
+        "estimator": "least-squares slope over individual cold starts (t interval)",
+        "family_size": k,
+        "levels": sorted({float(r["delay_ms"]) for r in fit.table if r.get("delay_ms") is not None}),
+    }
+
+
+def _use_confidence_sequences(
+    judged: dict[str, FamilyResult],
+    stopping: Mapping[str, Any] | None,
+    values: Mapping[str, Mapping[str, np.ndarray]],
+    blocks: BlocksByScenario | None,
+    *,
+    alpha: float,
+    k: int,
+) -> None:
+    """A stopped run chose its size by looking at the headline comparisons: their findings take the
+    confidence sequence (valid under optional stopping) at the family's share alpha/k."""
+    if not stopping or not stopping.get("headline") or blocks is None:
+        return
+    from .phase_effects import block_differences
+    from .sequential import DEFAULT_MIN_BLOCKS, DEFAULT_TARGET_BLOCKS, Look, StoppingRule
+
+    rule_record = stopping.get("rule") or {}
+    headline = [h for h in stopping["headline"] if h.get("metric") == LIFECYCLE]
+    looks = {}
+    for h in headline:
+        name = comparison_name(h["b"], h["a"], LIFECYCLE)  # findings compare reference − scenario
+        diffs = block_differences(h["b"], h["a"], LIFECYCLE, blocks)
+        if name in judged and diffs is not None:
+            looks[name] = Look(diffs, float(np.median(values[h["b"]][LIFECYCLE])), "ms")
+    if not looks:
+        return
+    rule = StoppingRule(
+        None,
+        max_time_s=1.0,
+        alpha=min(0.5, alpha * len(looks) / k),  # alpha_each = alpha / k, the finding's share of the family
+        min_blocks=int(rule_record.get("min_blocks") or DEFAULT_MIN_BLOCKS),
+        target_blocks=float(rule_record.get("target_blocks") or DEFAULT_TARGET_BLOCKS),
+    )
+    rule.update(looks, cold_starts=0, elapsed_s=0.0)
+    for name, cs in rule.family_results().items():
+        cs.family_size = k
+        cs.alpha = alpha
+        cs.confidence_adjusted = 1.0 - alpha / k
+        cs.p_adjusted = min(1.0, cs.p_value * k) if math.isfinite(cs.p_value) else math.nan
+        cs.notes.append("the run was stopped by the stopping rule: interval from the confidence sequence")
+        judged[name] = cs

@@ -37,21 +37,40 @@ def _num(env: Mapping[str, Any], key: str) -> float | None:
     return f if math.isfinite(f) else None
 
 
+Record = dict[str, Any]  # {rule, scenario, text}: see warning_groups
+
+
+def _rec(rule: str, scenario: str | None, text: str) -> Record:
+    return {"rule": rule, "scenario": scenario, "text": text}
+
+
 def environment_warnings(env: Mapping[str, Any]) -> list[str]:
+    return [r["text"] for r in environment_records(env)]
+
+
+def environment_records(env: Mapping[str, Any]) -> list[Record]:
     out = []
     cpus = _num(env, "cpu_count")
     for key, when in (("loadavg_start", "at the start"), ("loadavg_end", "at the end")):
         load = _num(env, key)
         if load is not None and cpus and load > cpus:
             out.append(
-                f"CPU contention: load average {load:.2f} {when} of the run exceeds the {cpus:g} CPUs; "
-                "timings include waiting for a CPU (rule: load > CPU count)"
+                _rec(
+                    "cpu_contention",
+                    None,
+                    f"CPU contention: load average {load:.2f} {when} of the run exceeds the {cpus:g} CPUs; "
+                    "timings include waiting for a CPU (rule: load > CPU count)",
+                )
             )
     steal = _num(env, "steal_pct")
     if steal is not None and steal > STEAL_LIMIT_PCT:
         out.append(
-            f"CPU contention: {steal:.1f}% steal time — the hypervisor took CPU from this VM "
-            f"(rule: steal > {STEAL_LIMIT_PCT:g}%)"
+            _rec(
+                "cpu_contention",
+                None,
+                f"CPU contention: {steal:.1f}% steal time — the hypervisor took CPU from this VM "
+                f"(rule: steal > {STEAL_LIMIT_PCT:g}%)",
+            )
         )
     return out
 
@@ -64,14 +83,22 @@ def _in_run_order(samples: Sequence[Sample]) -> list[Sample]:
 
 
 def scenario_warnings(scenario: str, samples: Sequence[Sample]) -> list[str]:
+    return [r["text"] for r in scenario_records(scenario, samples)]
+
+
+def scenario_records(scenario: str, samples: Sequence[Sample]) -> list[Record]:
     out = []
     failed = [s for s in samples if not s.ok]
     if failed:
         errors = sorted({s.error for s in failed if s.error})
         detail = f" (e.g. {errors[0]!r})" if errors else ""
         out.append(
-            f"{scenario}: {len(failed)} of {len(samples)} cold starts failed and are excluded from the statistics"
-            + detail
+            _rec(
+                "failed",
+                scenario,
+                f"{scenario}: {len(failed)} of {len(samples)} cold starts failed and are excluded from the statistics"
+                + detail,
+            )
         )
     ok = [s for s in samples if s.ok]
     ordered = _in_run_order(ok)
@@ -84,21 +111,35 @@ def scenario_warnings(scenario: str, samples: Sequence[Sample]) -> list[str]:
         limit = CV_LIMIT[metric]
         if mean > 0 and sd / mean > limit:
             out.append(
-                f"{scenario} {metric}: stdev is {sd / mean:.0%} of the mean (rule: > {limit:.0%}); "
-                "the run is unstable, compare medians and use more iterations"
+                _rec(
+                    "unstable",
+                    scenario,
+                    f"{scenario} {metric}: stdev is {sd / mean:.0%} of the mean (rule: > {limit:.0%}); "
+                    "the run is unstable, compare medians and use more iterations",
+                )
             )
         extreme = count_outside(arr, 3.0)
         if extreme:
-            out.append(f"{scenario} {metric}: {extreme} extreme outlier(s) beyond 3×IQR from the quartiles")
+            out.append(
+                _rec(
+                    "extreme_outliers",
+                    scenario,
+                    f"{scenario} {metric}: {extreme} extreme outlier(s) beyond 3×IQR from the quartiles",
+                )
+            )
         if arr.size >= DRIFT_MIN_N:
             half = arr.size // 2
             first, second = arr[:half], arr[half:]
             _u, p = mann_whitney(first, second)
             if p < DRIFT_ALPHA:
                 out.append(
-                    f"{scenario} {metric}: drift — median {np.median(first):.4g} in the first half vs "
-                    f"{np.median(second):.4g} in the second (Mann–Whitney p={p:.2g} < {DRIFT_ALPHA}); "
-                    "something changed during the run"
+                    _rec(
+                        "drift",
+                        scenario,
+                        f"{scenario} {metric}: drift — median {np.median(first):.4g} in the first half vs "
+                        f"{np.median(second):.4g} in the second (Mann–Whitney p={p:.2g} < {DRIFT_ALPHA}); "
+                        "something changed during the run",
+                    )
                 )
     return out
 
@@ -132,9 +173,16 @@ def control_warnings(comparisons: Sequence[Any], alpha: float) -> list[str]:
 
 
 def noise_warnings(samples: Sequence[Sample], environment: Mapping[str, Any]) -> list[str]:
-    out = environment_warnings(environment)
+    return [r["text"] for r in noise_records(samples, environment)]
+
+
+def noise_records(samples: Sequence[Sample], environment: Mapping[str, Any]) -> list[Record]:
+    """Every warning as {rule, scenario, text}, for warning_groups."""
+    out = environment_records(environment)
     groups = group_by_scenario(samples)
-    out.extend(percentile_warnings({name: sum(s.ok for s in g.samples) for name, g in groups.items()}))
+    counts = {n: sum(s.ok for s in g.samples) for n, g in groups.items()}
+    # One record per percentile: each line already names every scenario it concerns.
+    out.extend(_rec(f"percentile_n:{w.split()[4]}", None, w) for w in percentile_warnings(counts))
     for scenario, group in groups.items():
-        out.extend(scenario_warnings(scenario, group.samples))
+        out.extend(scenario_records(scenario, group.samples))
     return out

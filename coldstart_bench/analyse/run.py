@@ -19,12 +19,15 @@ from ..samples import ALL_METRICS, PRIMARY_METRICS, Sample, group_by_scenario
 from .baseline import Baseline
 from .compare import Comparison, adjust, compare, delay_fit, paired_blocks
 from .expectations import Expectation, evaluate
+from .familywise import MIN_DELAY_LEVELS, shift_interval
 from .findings import build_findings
 from .gate import GateRule, evaluate_gate
 from .harness_time import connect_breakdown, harness_time
-from .noise import control_warnings, noise_warnings
+from .noise import noise_records
+from .report_sections import lower_variance, sample_size_plans
 from .stats import describe, json_safe, values_by_scenario
 from .tls_connect import tls_connect_table
+from .warning_groups import group_warnings
 from .wire_tables import language_rows, pg_proxy_rows
 
 __all__ = ["AnalysisConfig", "RunAnalysis", "RunReport", "analyse", "report_run", "terminal_lines", "write_report"]
@@ -44,6 +47,7 @@ class AnalysisConfig:
     plan: dict[str, Any] | None = None  # the campaign plan, recorded in summary.json
     deselected: set[str] = field(default_factory=set)  # scenarios -k/-m left out (gate notes say so)
     unsupported: list[dict[str, str]] = field(default_factory=list)  # [{scenario, reason}]: never measured
+    stopping: dict[str, Any] | None = None  # the stopping rule's record (stopping.PrecisionStopPolicy.record)
 
 
 def _scenario_delay(samples: Sequence[Sample]) -> float:
@@ -162,6 +166,50 @@ def _paired_blocks(
     return out
 
 
+def _too_few_levels(levels: Sequence[float]) -> str:
+    shown = ", ".join(f"{x:g} ms" for x in levels)
+    return (
+        f"a delay slope needs at least {MIN_DELAY_LEVELS} delay levels with data, this run has {len(levels)} "
+        f"({shown}); a line through two points fits exactly and says nothing about linearity"
+    )
+
+
+def blocks_by_scenario(groups: Mapping[str, Sequence[Sample]]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """{scenario: {metric: {block: values}}} of the successful cold starts, for paired comparisons."""
+    out: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for name, samples in groups.items():
+        per_metric = out.setdefault(name, {})
+        for s in samples:
+            if not s.ok:
+                continue
+            for metric in ALL_METRICS:
+                v = s.value(metric)
+                if v == v:
+                    per_metric.setdefault(metric, {}).setdefault(s.block, []).append(v)
+    return out
+
+
+def _adjusted_shifts(
+    comparisons: Sequence[Comparison], values: Mapping[str, Mapping[str, np.ndarray]], alpha: float
+) -> list[dict[str, Any]]:
+    """Per comparison: the Hodges–Lehmann shift a − b with its Mann–Whitney interval at the Bonferroni
+    level over all comparisons of the table (the bootstrap intervals beside it are 95 % each)."""
+    k = max(1, sum(1 for c in comparisons if math.isfinite(c.mannwhitney_p)))
+    level = 1.0 - alpha / k
+    out = []
+    for c in comparisons:
+        estimate, ci = shift_interval(values[c.a][c.metric], values[c.b][c.metric], level)
+        out.append(
+            {
+                "shift": estimate,
+                "shift_ci_adjusted": list(ci) if ci else None,
+                "confidence_adjusted": level,
+                "significant": bool(ci is not None and (ci[0] > 0 or ci[1] < 0)),
+            }
+        )
+    return out
+
+
 def _delay_fits(
     values: Mapping[str, Mapping[str, np.ndarray]], delays: Mapping[str, float], catalogue: Catalogue
 ) -> dict[str, Any]:
@@ -178,7 +226,11 @@ def _delay_fits(
             ref = (ref_name, values[ref_name][metric]) if ref_name in values else None
             fit = delay_fit(series, metric, reference=ref)
             if fit is not None:
-                per_metric[metric] = fit.to_dict()
+                entry = fit.to_dict()
+                levels = sorted({d for d, v in series.values() if v.size})
+                if len(levels) < MIN_DELAY_LEVELS:  # a line through two points fits exactly
+                    entry.update(slope=None, slope_ci=None, refused=_too_few_levels(levels))
+                per_metric[metric] = entry
         if per_metric:
             per_metric["family"] = family
             fits[family] = per_metric
@@ -208,7 +260,9 @@ def analyse(
     delays = {name: float(entry["delay_ms"]) for name, entry in scenarios.items()}
     comparisons, roles = _comparisons(values, catalogue, resamples, seed)
     fits = _delay_fits(values, delays, catalogue)
-    blocks = _paired_blocks({k: g.samples for k, g in groups.items()}, catalogue, resamples, seed)
+    sample_groups = {k: g.samples for k, g in groups.items()}
+    blocks = _paired_blocks(sample_groups, catalogue, resamples, seed)
+    by_block = blocks_by_scenario(sample_groups)
     verdicts = evaluate(config.expectations, values, alpha=config.alpha, resamples=resamples, seed=seed)
     gate_results = evaluate_gate(
         config.gate_rules,
@@ -218,10 +272,16 @@ def analyse(
         alpha=config.alpha,
         deselected=config.deselected,
     )
-    control = [c for i, c in enumerate(comparisons) if roles.get(i) == "control"]
-    warnings = noise_warnings(samples, env) + control_warnings(control, config.alpha)
-    findings = build_findings(values, scenarios, fits, env, catalogue, resamples=resamples, seed=seed)
-    comparison_dicts = [c.to_dict() | ({"role": roles[i]} if i in roles else {}) for i, c in enumerate(comparisons)]
+    judged = build_findings(
+        values, scenarios, delays, env, catalogue, alpha=config.alpha, blocks=by_block, stopping=config.stopping
+    )
+    # The A/A control is judged with the findings (at the family-wise level), not per comparison.
+    records = noise_records(samples, env) + judged.warnings
+    warnings = [r["text"] for r in records]
+    shifts = _adjusted_shifts(comparisons, values, config.alpha)
+    comparison_dicts = [
+        c.to_dict() | shifts[i] | ({"role": roles[i]} if i in roles else {}) for i, c in enumerate(comparisons)
+    ]
     summary: dict[str, Any] = {
         "version": SUMMARY_VERSION,
         "scenarios": scenarios,
@@ -241,7 +301,11 @@ def analyse(
         "verdicts": [v.to_dict() for v in verdicts],
         "gate": [g.to_dict() for g in gate_results],
         "warnings": list(warnings),
-        "findings": findings,
+        "warning_groups": [g.to_dict() | {"line": g.line()} for g in group_warnings(records)],
+        "findings": judged.findings,
+        "family": judged.family,
+        "effects": lower_variance(catalogue, values, judged.results, alpha=config.alpha),
+        "planning": sample_size_plans(catalogue, values, by_block, judged.family, alpha=config.alpha),
     }
     if config.plan is not None:
         summary["plan"] = config.plan
@@ -258,6 +322,8 @@ def analyse(
     tls = tls_connect_table(samples, catalogue)
     if tls is not None:
         summary["tls"] = tls
+    if config.stopping is not None:
+        summary["stopping"] = config.stopping
     return RunAnalysis(
         result=RunResult.from_dict(json_safe(summary)),
         gate_results=gate_results,

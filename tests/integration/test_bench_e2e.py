@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,12 @@ def test_thesis_run_passes_and_writes_the_report(thesis_run: tuple[Path, str, in
         assert env.get(key) not in (None, ""), key
     assert "GATE OK" in out
     assert "cold starts" in out  # live progress lines
+    # Findings are judged as one family; the A/A control ran; nothing not significant claims a saving.
+    findings = summary["findings"]
+    assert findings and all({"significant", "p_adjusted", "ci_adjusted"} <= set(f) for f in findings)
+    assert "direct-aa" in ids and any(f["kind"] == "control" for f in findings)
+    claim = re.compile(r"\b(saves|costs|faster|slower|adds)\b")
+    assert [f["text"] for f in findings if not f["significant"] and claim.search(f["text"])] == []
 
 
 def test_nonet_and_fallback_samples_say_what_happened(thesis_run: tuple[Path, str, int, int]) -> None:

@@ -92,7 +92,7 @@ def test_findings(result: RunAnalysis) -> None:
     topics = {f["topic"] for f in result.summary["findings"]}
     assert {"connection", "injection", "predictability", "delay"} <= topics
     injection = next(f for f in result.summary["findings"] if f["topic"] == "injection")
-    assert injection["ci"][0] > 0 and "95% CI" in injection["text"] and "saves" in injection["text"]
+    assert injection["ci"][0] > 0 and "family-wise" in injection["text"] and "saves" in injection["text"]
 
 
 def test_phase_attribution_adds_up() -> None:

@@ -150,3 +150,57 @@ def test_a_conftest_extends_the_catalogue_and_its_scenario_is_collected(
     result = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*test_c[[]direct-aa[]]*", "*test_c[[]socket-mine[]]*"])
+
+
+_PROFILE_TEST = """
+from coldstart_bench.plugin import OPTIONS_KEY
+
+def test_cold_start(catalogue_scenario_id, request):
+    o = request.config.stash[OPTIONS_KEY]
+    print("OPTS", catalogue_scenario_id, o.iterations, o.block_size, o.interleave, o.profile)
+"""
+
+
+def _opts(result: pytest.RunResult) -> list[list[str]]:
+    return [line.split("OPTS", 1)[1].split() for line in result.stdout.lines if "OPTS " in line]
+
+
+def test_the_thesis_profile_selects_its_scenarios_and_settings(
+    pytester: pytest.Pytester, plugin: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_p=_PROFILE_TEST)
+    result = pytester.runpytest_subprocess(*plugin, "-p", "no:cacheprovider", "-s", "--bench-profile", "thesis")
+    result.assert_outcomes(passed=5)
+    lines = _opts(result)
+    assert sorted(line[0] for line in lines) == sorted(
+        ["socket", "direct", "direct-10ms", "direct-50ms", "direct-100ms"]
+    )
+    assert {tuple(line[1:]) for line in lines} == {("1000", "10", "True", "thesis")}
+
+
+def test_explicit_options_override_the_profile(pytester: pytest.Pytester, plugin: tuple[str, ...]) -> None:
+    pytester.makepyfile(test_p=_PROFILE_TEST)
+    result = pytester.runpytest_subprocess(
+        *plugin, "-p", "no:cacheprovider", "-s", "--bench-profile", "thesis", "--bench-iterations", "7",
+        "--bench-block-size", "3", "--bench-sequential", "-k", "socket",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    assert _opts(result) == [["socket", "7", "3", "False", "thesis"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--bench-precision", "5%"), "--bench-precision needs --bench-max-time"),
+        (("--bench-precision", "five", "--bench-max-time", "10m"), "--bench-precision: precision must be"),
+        (("--bench-max-time", "ten minutes"), "--bench-max-time: duration must look like"),
+        (("--bench-precision", "5%", "--bench-max-time", "1m", "--bench-sequential"), "--bench-sequential"),
+        (("--bench-profile", "nope"), "--bench-profile"),
+    ],
+)
+def test_bad_stopping_options_are_usage_errors(
+    pytester: pytest.Pytester, plugin: tuple[str, ...], args: tuple[str, ...], message: str
+) -> None:
+    result = _run(pytester, plugin, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{message}*"])

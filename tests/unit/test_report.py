@@ -104,7 +104,7 @@ def test_markdown_report_content(written: Path) -> None:
         assert text in md, text
     for name in (*PLOTS, "burst.png"):
         assert f"]({name})" in md
-    assert "Injection saves" in md and "95% CI" in md
+    assert "Injection saves" in md and "family-wise" in md
 
 
 def test_html_is_self_contained(written: Path) -> None:
@@ -115,9 +115,16 @@ def test_html_is_self_contained(written: Path) -> None:
 
 def test_terminal_lines(analysis: RunAnalysis) -> None:
     lines = terminal_lines(analysis)
-    assert lines[0].split()[:3] == ["scenario", "n", "failed"]
-    assert "connect_us median" in lines[0] and "lifecycle_ms median" in lines[0] and "p99" in lines[0]
-    rows = {line.split()[0]: line for line in lines[2:] if line and line.split()[0] in analysis.summary["scenarios"]}
+    # The findings come first, significant ones before the rest, then the raw table.
+    assert lines[0].startswith("findings (")
+    marks = [line.split("]")[0] for line in lines[1:] if line.startswith("  [")]
+    assert marks and marks == sorted(marks, key=lambda m: m != "  [significant")
+    head = next(i for i, line in enumerate(lines) if line.startswith("scenario "))
+    assert lines[head].split()[:3] == ["scenario", "n", "failed"]
+    assert "connect_us median" in lines[head] and "lifecycle_ms median" in lines[head] and "p99" in lines[head]
+    rows = {
+        line.split()[0]: line for line in lines[head + 2 :] if line and line.split()[0] in analysis.summary["scenarios"]
+    }
     assert set(rows) == set(analysis.summary["scenarios"])
     median = analysis.summary["scenarios"]["socket"]["connect_us"]["median"]
     assert f"{median:.1f}" in rows["socket"]

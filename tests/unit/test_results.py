@@ -33,7 +33,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_summary_has_a_version_and_each_scenario_its_declared_metadata(written: Path) -> None:
     data = json.loads((written / "summary.json").read_text())
-    assert data["version"] == SUMMARY_VERSION == 2
+    assert data["version"] == SUMMARY_VERSION == 3
     socket = data["scenarios"]["socket"]["declared"]
     assert socket["family"] == "thesis" and socket["mode"] == "socket" and socket["runtime"] == "runc"
     assert socket["references"][0] == {

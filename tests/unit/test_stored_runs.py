@@ -16,7 +16,7 @@ from coldstart_bench.analyse.expectations import parse_expectation
 from coldstart_bench.analyse.gate import parse_gate_rules
 from coldstart_bench.analyse.run import AnalysisConfig, report_run, terminal_lines
 from coldstart_bench.catalogue import default_catalogue
-from coldstart_bench.results import EnvironmentRecord
+from coldstart_bench.results import READABLE_VERSIONS, SUMMARY_VERSION, EnvironmentRecord
 from coldstart_bench.samples import Sample, write_samples_csv
 from coldstart_bench.userscenarios import load_scenario_file, register_user_scenarios
 
@@ -113,7 +113,8 @@ def test_show_prints_what_the_end_of_the_run_printed(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("run abc: 2026-12-01T10:00:00+00:00")
     assert out[1:] == end_of_run
-    assert out[1].startswith("scenario") and any(line.startswith("redis-socket ") for line in out)
+    # findings first (significant first), then the raw table
+    assert any(line.startswith("scenario") for line in out) and any(line.startswith("redis-socket ") for line in out)
     assert "GATE SKIP fallback connect_us median" in "\n".join(out)
 
 
@@ -135,20 +136,29 @@ def test_compare_reproduces_the_gate(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli.main(["compare", str(base), str(run), "--max-regression", "500%"]) == cli.EXIT_OK
 
 
-def test_the_committed_version_1_baseline_stays_readable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert json.loads((BASELINE / "summary.json").read_text())["version"] == 1
-    assert cli.main(["show", str(BASELINE)]) == cli.EXIT_OK
+V1_RUN = Path(__file__).resolve().parents[1] / "data" / "baseline-v1"  # the n = 20 baseline of version 1
+
+
+def test_a_version_1_run_stays_readable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert json.loads((V1_RUN / "summary.json").read_text())["version"] == 1
+    assert cli.main(["show", str(V1_RUN)]) == cli.EXIT_OK
     assert "socket-nonet" in capsys.readouterr().out
-    assert cli.main(["compare", str(BASELINE), str(BASELINE)]) == cli.EXIT_OK
+    assert cli.main(["compare", str(V1_RUN), str(V1_RUN)]) == cli.EXIT_OK
     assert "GATE OK socket connect_us median" in capsys.readouterr().out
     copy = tmp_path / "baseline"
-    shutil.copytree(BASELINE, copy)
+    shutil.copytree(V1_RUN, copy)
     assert cli.main(["report", str(copy)]) == cli.EXIT_OK
     rewritten = json.loads((copy / "summary.json").read_text())
-    assert rewritten["version"] == 2 and (copy / "report.html").is_file()
-    original = json.loads((BASELINE / "summary.json").read_text())
+    assert rewritten["version"] == SUMMARY_VERSION and (copy / "report.html").is_file()
+    original = json.loads((V1_RUN / "summary.json").read_text())
     assert rewritten["gate"] == original["gate"]
     assert [v["status"] for v in rewritten["verdicts"]] == [v["status"] for v in original["verdicts"]]
+
+
+def test_the_committed_baseline_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert json.loads((BASELINE / "summary.json").read_text())["version"] in READABLE_VERSIONS
+    assert cli.main(["show", str(BASELINE)]) == cli.EXIT_OK
+    assert "direct-100ms" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", [["report"], ["show"], ["compare", "reports/baseline"]])

@@ -11,6 +11,16 @@ from typing import Any
 from ..textfmt import pvalue
 from .blocks import Bullets, Document, Heading, Image, Para, Table, num
 from .declared import burst_points, diff_reference, is_burst, primary_reference, thesis_pair
+from .judgement import (
+    control_blocks,
+    effects_blocks,
+    family_para,
+    finding_lines,
+    planning_blocks,
+    shift_cell,
+    stopping_blocks,
+    warning_lines,
+)
 from .plots import PHASES
 from .wire_sections import wire_sections
 
@@ -165,6 +175,7 @@ def comparisons_table(comparisons: Sequence[Mapping[str, Any]]) -> Table:
                 f"{num(c['median_a'], 1)} / {num(c['median_b'], 1)}",
                 f"{num(c['ratio_median'], 3)} {ci(c['ratio_median_ci'], 3)}",
                 f"{num(c['diff_median'], 1)} {ci(c['diff_median_ci'], 1)}",
+                shift_cell(c),
                 f"{pval(c['mannwhitney_p'])} ({pval(c['mannwhitney_p_holm'])})",
                 f"{num(c['cliffs_delta'], 2)} {c['effect']}",
                 f"{pval(c['levene_mean_p'])} ({pval(c['levene_mean_p_holm'])})",
@@ -179,6 +190,7 @@ def comparisons_table(comparisons: Sequence[Mapping[str, Any]]) -> Table:
             "median a / b",
             "ratio of medians [95% CI]",
             "a − b median [95% CI]",
+            "Hodges–Lehmann a − b [family-wise CI]",
             "Mann–Whitney p (Holm)",
             "Cliff's δ",
             "Levene p (Holm)",
@@ -187,7 +199,9 @@ def comparisons_table(comparisons: Sequence[Mapping[str, Any]]) -> Table:
         ],
         rows,
         "Ratio < 1 and negative δ: the first scenario is faster. Holm correction within each test "
-        "across all comparisons of the run. Bold: the headline pairs (injection against its direct twin).",
+        "across all comparisons of the run. The bootstrap intervals are 95 % each; the Hodges–Lehmann shift's "
+        "Mann–Whitney interval is at the Bonferroni level over all comparisons of this table. "
+        "Bold: the headline pairs (injection against its direct twin).",
     )
 
 
@@ -211,6 +225,8 @@ def delay_table(fits: Mapping[str, Any]) -> list[Heading | Para | Bullets | Tabl
             )
         lines = []
         for label, fit, unit in (("lifecycle", life, "ms per ms"), ("connect", conn, "µs per ms")):
+            if fit and fit.get("refused"):
+                lines.append(f"{label}: no slope — {fit['refused']}")
             if fit and fit.get("slope") is not None:
                 lines.append(
                     f"{label}: slope {num(fit['slope'], 3)} {unit} (95% CI {ci(fit['slope_ci'], 3)}), "
@@ -518,12 +534,20 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     findings = summary.get("findings", [])
     b.append(Heading("Findings"))
     if findings:
-        b.append(Bullets([f["text"] for f in findings]))
+        family = family_para(summary.get("family") or {})
+        if family:
+            b.append(family)
+        b.append(Bullets(finding_lines(findings)))
         cmd = next((f["command"] for f in findings if f.get("command")), None)
         if cmd:
             b.append(Para(f"Produced by: `{cmd}`"))
     else:
         b.append(Para("No findings: the run lacks the scenario pairs they compare (e.g. socket and direct)."))
+    if findings:
+        b.extend(control_blocks(findings))
+    b.extend(effects_blocks(summary.get("effects") or {}))
+    b.extend(planning_blocks(summary.get("planning") or []))
+    b.extend(stopping_blocks(summary.get("stopping")))
     verdicts = summary.get("verdicts", [])
     b.append(Heading("Expectations"))
     if verdicts:
@@ -553,8 +577,8 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     b.append(Heading("Gate"))
     b.append(Bullets([g["line"] for g in gate]) if gate else Para("No gate rules and no baseline."))
     b.append(Heading("Noise warnings"))
-    warnings = summary.get("warnings", [])
-    b.append(Bullets(list(warnings)) if warnings else Para("None."))
+    warnings = warning_lines(summary)
+    b.append(Bullets(warnings) if warnings else Para("None."))
     b.append(Heading("Comparisons"))
     comps = summary.get("comparisons", [])
     b.append(comparisons_table(comps) if comps else Para("Fewer than two comparable scenarios."))

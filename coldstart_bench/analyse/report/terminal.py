@@ -30,6 +30,37 @@ def table_lines(scenarios: dict[str, Any]) -> list[str]:
     return lines
 
 
+def finding_lines(summary: dict[str, Any]) -> list[str]:
+    """Findings first (significant ones first), so the verdict comes before the raw numbers."""
+    from ..familywise import order_findings
+
+    findings = summary.get("findings", [])
+    if not findings:
+        return []
+    family = summary.get("family") or {}
+    head = "findings"
+    if family:
+        judged = f"{family.get('significant', 0)} of {family.get('size')} significant"
+        head += f" ({judged} at family-wise alpha {family.get('alpha')}):"
+    lines = [head]
+    for f in order_findings(findings):
+        mark = "" if "significant" not in f else ("[significant] " if f["significant"] else "[not distinguishable] ")
+        lines.append(f"  {mark}{f['text']}")
+    return [*lines, ""]
+
+
+def stopping_line(summary: dict[str, Any]) -> list[str]:
+    stopping = summary.get("stopping")
+    if not stopping:
+        return []
+    reached = ", ".join(stopping.get("reached") or []) or "none"
+    return [
+        "",
+        f"stopping rule: {stopping.get('stop_reason') or 'not stopped (the plan ended)'} after "
+        f"{stopping.get('cold_starts')} measured cold starts; precision reached by: {reached}",
+    ]
+
+
 def harness_time_lines(spent: dict[str, Any]) -> list[str]:
     """The wall/lifecycle ratio of the run and the switches that perturbed the next cold start."""
     ratio = spent.get("wall_lifecycle_ratio")
@@ -58,15 +89,18 @@ def render(analysis: RunAnalysis) -> list[str]:
 
 def render_result(result: RunResult, expectation_policy: str | None = None) -> list[str]:
     """The summary from the result alone (as summary.json holds it): `coldstart-bench show` prints
-    what the end of the run printed."""
+    what the end of the run printed. Findings come first, then the raw table."""
     summary = result.to_dict()
-    lines = table_lines(summary.get("scenarios", {}))
+    lines = finding_lines(summary) + table_lines(summary.get("scenarios", {}))
     lines += harness_time_lines(summary.get("harness_time") or {})
+    lines += stopping_line(summary)
     if result.verdicts:
         policy = expectation_policy or result.analysis.get("expectation_policy", "report")
         lines += ["", f"expectations (policy: {policy}):"] + [str(v.get("line", "")) for v in result.verdicts]
-    if result.warnings:
-        lines += [""] + [f"WARNING: {w}" for w in result.warnings]
+    groups = summary.get("warning_groups")
+    warnings = [g["line"] for g in groups] if groups else list(result.warnings)
+    if warnings:
+        lines += [""] + [f"WARNING: {w}" for w in warnings]
     if result.gate:
         lines += [""] + [str(g.get("line", "")) for g in result.gate]
     return lines
