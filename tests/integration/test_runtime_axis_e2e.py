@@ -16,8 +16,9 @@ from tests.integration.test_bench_e2e import leftovers, run_bench
 
 pytestmark = pytest.mark.integration
 
-# socket-nonet and socket-relay-nonet, each on runc and on runsc.
-SELECT = "test_cold_start and (socket-nonet or socket-relay-nonet) and not pg"
+# socket-nonet and socket-relay-nonet, each on runc and on runsc: "[id" matches "[id]" and "[id@runsc]"
+# (-k cannot spell "@"), not node-socket-nonet, c-socket-nonet, tls-socket-nonet or pg-socket-nonet.
+SELECT = "test_cold_start[socket-nonet or test_cold_start[socket-relay-nonet"
 
 
 def test_runsc_injection_unsupported_relay_measured(docker_client: Any, tmp_path: Path) -> None:
