@@ -17,7 +17,7 @@ from coldstart_bench.measure.database import DEFAULT_PASSWORD, READY_LINE
 from coldstart_bench.measure.images import ensure_images
 from coldstart_bench.measure.testbed import run_labels
 
-from .test_bench_e2e import leftovers, run_bench
+from .test_bench_e2e import cold_starts, leftovers, run_bench
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_pg_scenarios_against_your_own_postgres(external_pg: str, tmp_path: Path
     code, out, pid = run_bench(
         tmp_path / "reports",
         "--bench-iterations", "3", "--bench-warmup", "1",
-        "-k", "test_cold_start and pg and not nonet",
+        "-k", cold_starts("pg-direct", "pg-socket", "pg-direct-10ms"),
         "--bench-pg-target", external_pg, "--bench-pg-password-file", str(password_file),
     )  # fmt: skip
     assert code == 0, out[-3000:]

@@ -22,11 +22,12 @@ import pytest
 from coldstart_bench.measure.testbed import LABEL, LABEL_PID
 
 from .engine2 import EngineStartError, SecondEngine
+from .test_bench_e2e import cold_starts
 
 REPO = Path(__file__).resolve().parents[2]
 # Images built from nothing on the second engine (three mmdebstrap bases) plus the run itself.
 RUN_TIMEOUT_S = 1500
-SELECTION = "test_cold_start and (socket or direct) and not ms and not nonet and not return and not pg"
+SELECTION = cold_starts("socket", "direct")
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,15 @@ import pytest
 
 from coldstart_bench.samples import read_samples_csv
 
-from .test_bench_e2e import clean_env, leftovers, run_bench
+from .test_bench_e2e import clean_env, cold_starts, leftovers, run_bench
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS = "examples/redis/scenarios.toml"
-# The Redis scenarios (by -k on their ids) and the baseline's socket scenario, for compare.
-SELECT = "redis or (test_cold_start and socket and not pg and not nonet and not ms and not return)"
+# The Redis scenarios (by -k on their ids) and the baseline's socket scenario, for compare. Exactly
+# socket: "socket" alone also selects socket-fd3 (which pulls in direct), node-, c-, tls-socket, ...
+SELECT = "redis or " + cold_starts("socket")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
