@@ -11,7 +11,6 @@ Also here: the pool manager's relay totals over the run (its ``stats`` op, summe
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,13 +105,3 @@ class RelayTotals:
         out["cpu_us_per_relay"] = round(self.totals["cpu_s"] * 1e6 / relays, 1) if relays else None
         out["zero_copy"] = self.zero_copy
         return out
-
-
-def read_relay_stats(socket_path: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The running manager's ``stats.relay``; None when it cannot be asked (stopped, not listening)."""
-    from components import protocol
-
-    with contextlib.suppress(protocol.PoolError, OSError):
-        relay = protocol.request(socket_path, "stats", timeout=timeout).get("relay")
-        return dict(relay) if isinstance(relay, dict) else None
-    return None

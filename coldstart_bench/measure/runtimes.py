@@ -39,7 +39,7 @@ RELOAD_HINT = (
     "then reload the engine's configuration: sudo kill -HUP $(pidof dockerd) (running containers are untouched)"
 )
 PROBE_LABEL = "coldstart-bench.runtime-probe"
-PROBE_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 120.0  # a tiny container; generous because a loaded engine (image builds) starts it slowly
 
 # What to register for the runtimes this project knows. runsc: its own sandbox networking
 # cannot start in the root network namespace of a VM like this one ("cannot run with network
