@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .lifecycle import StartStop
+
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -118,7 +120,7 @@ def _psql_flags(sql: str, database: str) -> list[str]:
     return ["-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql]
 
 
-class PostgresBackend(_Admin):
+class PostgresBackend(_Admin, StartStop):
     """The ``images/postgres`` container on a docker network, as a context manager.
 
     Functions and the pool manager reach it as ``name:5432`` on ``network_name``; the host reaches
@@ -224,16 +226,6 @@ class PostgresBackend(_Admin):
             with contextlib.suppress(Exception):
                 self._container.stop()  # force-removes the container and closes its client
             self._container = None
-
-    def __enter__(self) -> PostgresBackend:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- admin -----------------------------------------------------------------------------
     def psql(self, sql: str, database: str | None = None, timeout: float = 30.0) -> str:

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from .lifecycle import StartStop
+
 PGBOUNCER_PORT = 6432
 ADMIN_USER = "pgbouncer"
 CONTAINER_CONFIG_DIR = "/etc/pgbouncer/bench"
@@ -148,7 +150,7 @@ class _Counters:
         return sessions_opened(self.db)
 
 
-class LocalPgBouncer(_Counters):
+class LocalPgBouncer(_Counters, StartStop):
     """The host's ``pgbouncer`` in front of a local cluster (``tests.support.pg_cluster.LocalCluster``)."""
 
     def __init__(self, db: Any, pool_size: int = DEFAULT_POOL_SIZE, port: int | None = None) -> None:
@@ -232,18 +234,8 @@ class LocalPgBouncer(_Counters):
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
 
-    def __enter__(self) -> LocalPgBouncer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class PgBouncerContainer(_Counters):
+class PgBouncerContainer(_Counters, StartStop):
     """The ``images/pgbouncer`` container next to a ``PostgresBackend``, as a context manager.
 
     Functions reach it as ``name:6432`` on the database's network (``target``), or with no
@@ -368,16 +360,6 @@ class PgBouncerContainer(_Counters):
         if self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
             self.base = None
-
-    def __enter__(self) -> PgBouncerContainer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _free_port() -> int:

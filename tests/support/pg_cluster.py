@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coldstart_bench.measure.database import DEFAULT_PASSWORD, SCHEMA_PATH, PgBackendError, _Admin, _psql_flags
+from coldstart_bench.measure.lifecycle import StartStop
 
 
 def find_pg_bindir() -> Path | None:
@@ -38,7 +39,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class LocalCluster(_Admin):
+class LocalCluster(_Admin, StartStop):
     """initdb + pg_ctl under a temp directory, on 127.0.0.1 with scram-sha-256 for the benchmark
     role and trust only on its private Unix socket. Run as the ``postgres`` user when root."""
 
@@ -127,16 +128,6 @@ class LocalCluster(_Admin):
                 self._cmd([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(self.base, ignore_errors=True)
         self.base = None
-
-    def __enter__(self) -> LocalCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def session_config(self, **extra: Any) -> dict[str, Any]:
         """A postgres pool config (what the manager passes to ``open_session``)."""
