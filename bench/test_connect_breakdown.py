@@ -42,19 +42,16 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench.samples import ACQUIRE_PHASES
+
 pytestmark = [pytest.mark.integration, pytest.mark.connect_breakdown]
 
-ACQUIRE_PHASES = ("uds_connect_us", "request_write_us", "reply_recv_us", "reply_parse_us", "sock_wrap_us")
 LABEL = "coldstart-bench.connect-breakdown"
 SOCKET_MOUNT = "/run/cpm"
 REFILL_LATER_SOCKET = "pool-later.sock"
 PHASES = (
     "connect_us",
-    "uds_connect_us",
-    "request_write_us",
-    "reply_recv_us",
-    "reply_parse_us",
-    "sock_wrap_us",
+    *ACQUIRE_PHASES,
     "fd_check_us",
     "protocol_import_us",
     "prefetch_us",

@@ -9,6 +9,24 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The phases of connect_us for socket scenarios, in the order the acquire runs them.
+ACQUIRE_PHASES: tuple[str, ...] = (
+    "uds_connect_us",
+    "request_write_us",
+    "reply_recv_us",
+    "reply_parse_us",
+    "sock_wrap_us",
+)
+# Those phases (connect_us = their sum + call overhead) and the function's work outside the connect
+# clock (components/function.py, components/prefetch.py): record fields copied into the Sample as
+# they are (µs, bytes; NaN when the function did not report them).
+ACQUIRE_RECORD_FIELDS: tuple[str, ...] = (
+    *ACQUIRE_PHASES,
+    "fd_check_us",
+    "protocol_import_us",
+    "prefetch_us",
+    "prefetch_bytes",
+)
 # Metrics that statistics, gates and reports know about (all numeric columns of a Sample).
 PRIMARY_METRICS: tuple[str, ...] = ("connect_us", "lifecycle_ms")
 PHASE_METRICS: tuple[str, ...] = (
@@ -24,25 +42,7 @@ PHASE_METRICS: tuple[str, ...] = (
     "start_to_ready_ms",
     "start_to_die_ms",
     "die_to_destroy_ms",
-    # The injected acquire's phases (socket mode; connect_us = the first five + call overhead) and
-    # the function's work outside the connect clock (components/function.py, components/prefetch.py).
-    "uds_connect_us",
-    "request_write_us",
-    "reply_recv_us",
-    "reply_parse_us",
-    "sock_wrap_us",
-    "fd_check_us",
-    "protocol_import_us",
-    "prefetch_us",
-    "prefetch_bytes",
-)
-# The phases of connect_us for socket scenarios, in the order the acquire runs them.
-ACQUIRE_PHASES: tuple[str, ...] = (
-    "uds_connect_us",
-    "request_write_us",
-    "reply_recv_us",
-    "reply_parse_us",
-    "sock_wrap_us",
+    *ACQUIRE_RECORD_FIELDS,
 )
 # Other languages and the PostgreSQL arms (issue 13): the runtime's start-up, per-query latency.
 RUNTIME_QUERY_METRICS: tuple[str, ...] = ("runtime_startup_us", "runtime_init_us", "query_first_us", "query_p50_us")

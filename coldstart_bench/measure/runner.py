@@ -14,21 +14,8 @@ import docker
 import docker.errors
 from docker.utils.socket import STDOUT, frames_iter
 
-from ..samples import Sample
+from ..samples import ACQUIRE_RECORD_FIELDS, Sample
 from .events import EventTimeout, LifecycleEvents
-
-# Record fields copied into the Sample as they are (µs, bytes; NaN when the function did not report them).
-ACQUIRE_RECORD_FIELDS: tuple[str, ...] = (
-    "uds_connect_us",
-    "request_write_us",
-    "reply_recv_us",
-    "reply_parse_us",
-    "sock_wrap_us",
-    "fd_check_us",
-    "protocol_import_us",
-    "prefetch_us",
-    "prefetch_bytes",
-)
 
 
 @dataclass(frozen=True)
