@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..catalogue import Scenario
@@ -91,6 +91,12 @@ class CampaignTiming:
     warmup_starts: int = 0
     blocks: int = 0
     unknown_rounds: int = 0  # rounds without lifecycle events: their time counts as harness time
+    # Testbed.prepare time by what opened the block ("delay+pool", "scenario", ...): which switches cost.
+    prepare_by_switch: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_prepare(self, switch: Sequence[str], seconds: float) -> None:
+        self.prepare_s += seconds
+        self.prepare_by_switch.setdefault("+".join(switch) or "none", []).append(seconds)
 
     @property
     def harness_s(self) -> float:
@@ -112,6 +118,10 @@ class CampaignTiming:
             "blocks": self.blocks,
             "unknown_rounds": self.unknown_rounds,
             "wall_lifecycle_ratio": round(self.wall_lifecycle_ratio, 4) if self.measured_s > 0 else None,
+            "prepare_by_switch": {
+                kind: {"blocks": len(spans), "s": round(sum(spans), 3), "max_s": round(max(spans), 3)}
+                for kind, spans in sorted(self.prepare_by_switch.items(), key=lambda kv: -sum(kv[1]))
+            },
         }
 
 
@@ -251,7 +261,7 @@ class Executor:
         except Exception as exc:
             raise PrepareError(scenario, exc) from exc
         finally:
-            timing.prepare_s += time.perf_counter() - t_prepare
+            timing.add_prepare(block.switch, time.perf_counter() - t_prepare)
         self.on_prepared(scenario)
         switch = ";".join(block.switch)
         for w in range(block.warmup):

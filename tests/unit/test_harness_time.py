@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import time
 from collections import Counter
 from typing import Any
 
@@ -204,6 +205,32 @@ def test_executor_times_its_blocks_and_marks_position_and_switch() -> None:
         assert in_block == list(range(b.warmup, b.warmup + b.count))
         assert all(s.after_switch == ";".join(b.switch) for s in out[b.scenario] if s.block == b.index)
     assert round_span_s([]) == 0.0
+
+
+class _SlowPoolSwitch(FakeTestbed):
+    """Preparing the pool-less scenario costs time, as stopping a real pool manager does."""
+
+    def prepare(self, scenario: Scenario) -> None:
+        super().prepare(scenario)
+        if scenario.id == "fallback":
+            time.sleep(0.03)
+
+
+def test_testbed_switch_time_is_named_by_what_opened_the_block() -> None:
+    scenarios = _scenarios(["socket", "direct", "fallback"])
+    p = plan(PlanSettings(4, warmup=0, block_size=2, block_warmup=0, seed=3), scenarios)
+    timing = CampaignTiming()
+    Executor(p, _SlowPoolSwitch(), FakeRunner(_ids=itertools.count(1)), timing=timing).run()
+    recorded = timing.to_dict()["prepare_by_switch"]
+    opened = Counter("+".join(b.switch) or "none" for b in p.blocks)
+    assert {k: e["blocks"] for k, e in recorded.items()} == dict(opened)
+    assert sum(e["s"] for e in recorded.values()) == pytest.approx(timing.prepare_s, abs=0.005)
+    slow = sorted({"+".join(b.switch) or "none" for b in p.blocks if b.scenario == "fallback"})
+    assert slow and recorded[slow[0]]["max_s"] >= 0.03
+    assert next(iter(recorded)) in slow  # most expensive first
+    spent = harness_time([], {"campaign_timing": timing.to_dict()}, None)
+    line = harness_time_lines(spent)[1]
+    assert line.startswith("testbed switches by what opened the block") and slow[0] in line
 
 
 def _socket_sample(i: int, recv: float) -> Sample:

@@ -413,6 +413,16 @@ def harness_time_blocks(spent: Mapping[str, Any]) -> list[Heading | Para | Bulle
                 f"equal testbed states grouped: {spent.get('group_by_state')}."
             )
         )
+    by_switch = spent.get("prepare_by_switch") or {}
+    if by_switch:
+        out.append(
+            Table(
+                ["block opened by", "blocks", "testbed switch s", "longest s"],
+                [[kind, str(e["blocks"]), num(e["s"], 1), num(e["max_s"], 2)] for kind, e in by_switch.items()],
+                "Time in Testbed.prepare by what changed since the previous block (a scenario's first block "
+                "also starts its backend: PostgreSQL, PgBouncer, the TLS server).",
+            )
+        )
     evidence = spent.get("warmup_evidence") or {}
     if evidence:
         out.append(

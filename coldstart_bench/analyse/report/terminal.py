@@ -72,6 +72,10 @@ def harness_time_lines(spent: dict[str, Any]) -> list[str]:
         f"in {spent['warmup_starts']} starts, testbed switches {spent['prepare_s']:.1f} s, "
         f"harness {spent['harness_s']:.1f} s)"
     ]
+    by_switch = spent.get("prepare_by_switch") or {}
+    if by_switch:
+        costly = [f"{kind} {e['s']:.1f} s / {e['blocks']}" for kind, e in list(by_switch.items())[:5]]
+        lines.append("testbed switches by what opened the block (s / blocks): " + ", ".join(costly))
     evidence = spent.get("warmup_evidence") or {}
     if evidence:
         parts = [
