@@ -91,6 +91,9 @@ class SessionLedger:
         self._sleep = sleep
         self.open_scenario: str | None = None
         self._baseline = 0
+        # The stable reading that closed the last window, while nothing can have opened a session
+        # since (see touch): the next window's baseline, saving a settle and a stable read.
+        self._closed_value: int | None = None
         self.tallies: dict[str, dict[str, int]] = {}
 
     def _stable_read(self) -> tuple[int, bool]:
@@ -105,9 +108,18 @@ class SessionLedger:
 
     def open(self, scenario_id: str) -> None:
         self.close()
-        self._settle()
-        self._baseline, _ = self._stable_read()
+        if self._closed_value is not None:
+            self._baseline = self._closed_value
+        else:
+            self._settle()
+            self._baseline, _ = self._stable_read()
+        self._closed_value = None
         self.open_scenario = scenario_id
+
+    def touch(self) -> None:
+        """Something outside any arm may open sessions now (a pool manager starting, PgBouncer, the
+        harness's own psql): the next window takes a fresh baseline."""
+        self._closed_value = None
 
     def count(self, scenario_id: str, cold_starts: int) -> None:
         if self.open_scenario == scenario_id:
@@ -123,6 +135,7 @@ class SessionLedger:
         tally["sessions"] += value - self._baseline
         tally["blocks"] += 1
         tally["unstable"] += not stable
+        self._closed_value = value if stable else None
 
     def _tally(self, scenario_id: str) -> dict[str, int]:
         return self.tallies.setdefault(scenario_id, {"sessions": 0, "cold_starts": 0, "blocks": 0, "unstable": 0})

@@ -128,13 +128,13 @@ def test_handout_ledger_counts_fd3_and_socket_paths_as_injected() -> None:
 
 
 def test_session_ledger_attributes_each_window_and_waits_for_a_stable_counter() -> None:
-    counter = iter([10, 10, 13, 14, 14, 14, 14, 20, 20])
+    counter = iter([10, 10, 13, 14, 14, 20, 20])
     settles: list[int] = []
     ledger = SessionLedger(lambda: next(counter), lambda: settles.append(1), stable_wait=0, sleep=lambda _s: None)
     ledger.open("a")  # reads 10, 10
     ledger.count("a", 3)
     ledger.count("b", 5)  # not the open window: ignored
-    ledger.open("b")  # closes a (13, 14, 14 -> 4 sessions), opens b at 14 (14, 14)
+    ledger.open("b")  # closes a (13, 14, 14 -> 4 sessions); b starts from that reading, nothing read again
     ledger.count("b", 2)
     ledger.close()  # 20, 20 -> 6
     ledger.close()  # nothing open: no reading
@@ -142,7 +142,23 @@ def test_session_ledger_attributes_each_window_and_waits_for_a_stable_counter() 
         "a": {"sessions": 4, "cold_starts": 3, "blocks": 1, "unstable": 0},
         "b": {"sessions": 6, "cold_starts": 2, "blocks": 1, "unstable": 0},
     }
-    assert len(settles) == 4  # before every reading: refills finish first
+    assert len(settles) == 3  # before every reading: refills finish first
+
+
+def test_session_ledger_takes_a_fresh_baseline_after_a_touch_or_an_unstable_close() -> None:
+    counter = iter([0, 0, 2, 2, 5, 5, 7, 8, 9, 9, 11, 11, 12, 12])
+    ledger = SessionLedger(lambda: next(counter), lambda: None, stable_wait=0, stable_reads=2, sleep=lambda _s: None)
+    ledger.open("a")  # 0, 0
+    ledger.close()  # 2, 2 -> a: 2
+    ledger.touch()  # e.g. a pool manager starts and opens 3 sessions of its own
+    ledger.open("b")  # fresh baseline 5, 5: the manager's sessions are no arm's
+    ledger.close()  # 7, 8: not stable after two reads -> b: 3, flagged
+    ledger.open("c")  # an unstable reading is no baseline: 9, 9
+    ledger.close()  # 11, 11 -> c: 2
+    ledger.open("d")  # reuses 11
+    ledger.close()  # 12, 12 -> d: 1
+    sessions = {k: (v["sessions"], v["unstable"]) for k, v in ledger.tallies.items()}
+    assert sessions == {"a": (2, 0), "b": (3, 1), "c": (2, 0), "d": (1, 0)}
 
 
 def test_pools_settled() -> None:
