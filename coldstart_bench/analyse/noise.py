@@ -7,7 +7,10 @@ Each rule is stated in its warning so a reader can judge it:
 - extreme outliers lie beyond 3×IQR from the quartiles;
 - CPU contention: load average above the CPU count, or steal time above 5 %;
 - failed cold starts are excluded from every statistic;
-- drift: the first and second half of a scenario differ (Mann–Whitney U, p < 0.01).
+- drift: the first and second half of a scenario differ (Mann–Whitney U, p < 0.01);
+- a disturbed block: in an interleaved run, one block's median lifecycle is at least 1.5× the
+  median of the scenario's other blocks; a slowdown that lasts about one block lands on whichever
+  scenario ran then, and few blocks per scenario cannot average it out.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ CV_LIMIT: dict[str, float] = {"lifecycle_ms": 0.10, "connect_us": 0.50}
 STEAL_LIMIT_PCT = 5.0
 DRIFT_ALPHA = 0.01
 DRIFT_MIN_N = 20  # at least 10 per half
+BLOCK_RATIO_LIMIT = 1.5
+BLOCK_MIN_N = 3  # samples a block needs for its median to count
 
 
 def _num(env: Mapping[str, Any], key: str) -> float | None:
@@ -172,6 +177,36 @@ def control_warnings(comparisons: Sequence[Any], alpha: float) -> list[str]:
     return out
 
 
+def disturbed_block_records(scenario: str, samples: Sequence[Sample]) -> list[Record]:
+    """Blocks whose median lifecycle is far above the median of the scenario's other blocks (only
+    slow ones: a disturbance slows cold starts down, and with two blocks the other one is the
+    reference)."""
+    blocks: dict[int, list[float]] = {}
+    for s in samples:
+        if s.ok and math.isfinite(s.lifecycle_ms):
+            blocks.setdefault(s.block, []).append(s.lifecycle_ms)
+    medians = {b: float(np.median(v)) for b, v in blocks.items() if len(v) >= BLOCK_MIN_N}
+    if len(medians) < 2:
+        return []
+    out = []
+    for block, median in sorted(medians.items()):
+        others = float(np.median([v for b, vals in blocks.items() if b != block for v in vals]))
+        if others <= 0:
+            continue
+        ratio = median / others
+        if ratio >= BLOCK_RATIO_LIMIT:
+            out.append(
+                _rec(
+                    "disturbed_block",
+                    scenario,
+                    f"{scenario} lifecycle_ms: block {block} has median {median:.4g} ms against {others:.4g} ms in "
+                    f"its other blocks ({ratio:.2f}×; rule: >= {BLOCK_RATIO_LIMIT:g}×); something "
+                    "disturbed the machine during that block — comparisons involving it are noise-level",
+                )
+            )
+    return out
+
+
 def noise_warnings(samples: Sequence[Sample], environment: Mapping[str, Any]) -> list[str]:
     return [r["text"] for r in noise_records(samples, environment)]
 
@@ -185,4 +220,6 @@ def noise_records(samples: Sequence[Sample], environment: Mapping[str, Any]) -> 
     out.extend(_rec(f"percentile_n:{w.split()[4]}", None, w) for w in percentile_warnings(counts))
     for scenario, group in groups.items():
         out.extend(scenario_records(scenario, group.samples))
+    for scenario, group in groups.items():
+        out.extend(disturbed_block_records(scenario, group.samples))
     return out

@@ -19,6 +19,7 @@ RULE_SUMMARIES: dict[str, str] = {
     "unstable": "unstable: stdev above the limit of the mean (10 % lifecycle, 50 % connect)",
     "extreme_outliers": "extreme outliers beyond 3×IQR from the quartiles",
     "drift": "drift: first and second half of the scenario differ (Mann–Whitney p < 0.01)",
+    "disturbed_block": "disturbed block: one block's median lifecycle >= 1.5× the scenario's other blocks",
     "percentile_n": "too few samples for the percentile (p95 needs >= 20, p99 >= 100)",
     "cpu_contention": "CPU contention (load above the CPU count, or steal above 5 %)",
     "aa_significant": "the A/A control came out significant: the machine is not stable enough for the findings",

@@ -54,3 +54,32 @@ def test_noise_warnings_combines_everything() -> None:
     samples = scenario_samples("socket", 10, 260, 338, sigma_connect=0.1, sigma_life=0.01)
     out = noise_warnings(samples, {"cpu_count": 1, "loadavg_end": 2.0})
     assert out[0].startswith("CPU contention") and any("p95 needs >= 20" in w for w in out)
+
+
+def _in_blocks(samples: list, size: int) -> list:  # type: ignore[type-arg]
+    for i, s in enumerate(samples):
+        s.block = i // size
+    return samples
+
+
+def test_a_block_much_slower_than_the_scenarios_others_is_named() -> None:
+    samples = _in_blocks(scenario_samples("direct-aa", 15, 951, 600, sigma_connect=0.1, sigma_life=0.03, seed=2), 5)
+    for s in samples[5:10]:  # block 1: the machine was busy
+        s.lifecycle_ms *= 1.9
+    out = noise_warnings(samples, {})
+    flagged = [w for w in out if "block" in w and "disturbed" in w]
+    assert len(flagged) == 1, out
+    assert flagged[0].startswith("direct-aa lifecycle_ms: block 1 has median") and "rule: >= 1.5×" in flagged[0]
+
+
+def test_steady_blocks_a_fast_block_and_a_sequential_run_are_not_flagged() -> None:
+    steady = _in_blocks(scenario_samples("direct", 15, 951, 600, sigma_connect=0.1, sigma_life=0.03, seed=3), 5)
+    assert not [w for w in noise_warnings(steady, {}) if "disturbed" in w]
+    fast = _in_blocks(scenario_samples("direct", 10, 951, 600, sigma_connect=0.1, sigma_life=0.03, seed=3), 5)
+    for s in fast[:5]:
+        s.lifecycle_ms *= 0.6  # a block faster than the other is no disturbance; the other is 1/0.6 = 1.67× it
+    flagged = [w for w in noise_warnings(fast, {}) if "disturbed" in w]
+    assert len(flagged) == 1 and "block 1 has median" in flagged[0]
+    sequential = scenario_samples("direct", 15, 951, 600, sigma_connect=0.1, sigma_life=0.5, seed=3)
+    assert all(s.block == 0 for s in sequential)
+    assert not [w for w in noise_warnings(sequential, {}) if "disturbed" in w]
