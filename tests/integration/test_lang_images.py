@@ -3,7 +3,6 @@ the fd-3 entrypoint (with and without networking), and PgBouncer in front of the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ import pytest
 
 from coldstart_bench.measure.database import PostgresBackend
 from coldstart_bench.measure.pgbouncer import CONTAINER_SOCKET_DIR, PGBOUNCER_PORT, PgBouncerContainer
-from coldstart_bench.measure.testbed import run_labels, sweep
+from coldstart_bench.measure.testbed import run_labels
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +28,6 @@ NODE_FUNCTION = ["node", "/app/components/node/function.js"]
 @pytest.fixture(scope="module")
 def run_id() -> str:
     return f"langtest-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def network(docker_client: Any, run_id: str) -> Iterator[str]:
-    name = f"csb-net-{run_id}"
-    net = docker_client.networks.create(name, driver="bridge", labels=run_labels(run_id))
-    try:
-        yield name
-    finally:
-        sweep(docker_client, run_id)  # containers first, then the network
-        with contextlib.suppress(Exception):
-            net.remove()
 
 
 @pytest.fixture(scope="module")

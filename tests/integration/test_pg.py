@@ -3,7 +3,6 @@ authenticated sessions, and function containers in direct, socket and no-network
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import tempfile
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from coldstart_bench.measure.database import POOL_NAME, PostgresBackend
-from coldstart_bench.measure.testbed import run_labels, sweep
+from coldstart_bench.measure.testbed import run_labels
 from components import pg_pool, pg_wire
 
 pytestmark = pytest.mark.integration
@@ -36,18 +35,6 @@ def pg_images(docker_client: Any) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def run_id() -> str:
     return f"pgtest-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def network(docker_client: Any, run_id: str) -> Iterator[str]:
-    name = f"csb-net-{run_id}"
-    net = docker_client.networks.create(name, driver="bridge", labels=run_labels(run_id))
-    try:
-        yield name
-    finally:
-        sweep(docker_client, run_id)  # containers first, then the network
-        with contextlib.suppress(Exception):
-            net.remove()
 
 
 @pytest.fixture(scope="module")
