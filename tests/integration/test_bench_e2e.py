@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ def leftovers(client: Any, pid: int) -> list[str]:
     names = [c.name for c in client.containers.list(all=True, filters={"label": label})]
     names += [n.name for n in client.networks.list(filters={"label": label})]
     return names
+
+
+def plan_warmups(summary: dict[str, Any]) -> Counter[str]:
+    """Discarded warm-up cold starts per scenario: which blocks open with them is the plan's
+    decision (--bench-warmup-after), recorded in summary.json."""
+    plan, out = summary["plan"], Counter[str]()
+    for (_, scenario, _), warmups in zip(plan["order"], plan["warmups"], strict=True):
+        out[scenario] += warmups
+    return out
 
 
 @pytest.fixture(scope="module")

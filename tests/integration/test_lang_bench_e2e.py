@@ -12,7 +12,7 @@ import pytest
 
 from coldstart_bench.samples import read_samples_csv
 
-from .test_bench_e2e import leftovers, run_bench
+from .test_bench_e2e import leftovers, plan_warmups, run_bench
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +43,7 @@ def test_node_and_pgbouncer_arms_end_to_end(docker_client: Any, tmp_path: Path) 
     assert node["direct"] == "node-direct" and node["connect_speedup"] > 1
     arms = {r["scenario"]: r for r in summary["pg_proxy"]}
     assert set(arms) == {"pg-pgbouncer-unix", "pg-direct", "pg-socket"}
-    plan = summary["plan"]  # blocks after a testbed switch may open with a warm-up (--bench-warmup-after)
-    warmups = {sid: 0 for sid in arms}
-    for (_, sid, _), w in zip(plan["order"], plan["warmups"], strict=True):
-        warmups[sid] = warmups.get(sid, 0) + w
+    warmups = plan_warmups(summary)
     for sid, r in arms.items():  # the ledger counts every cold start of the arm's blocks, warm-ups included
         assert r["query_p50_us"], r
         assert r["cold_starts_counted"] == 2 + warmups[sid], (sid, r, warmups)

@@ -14,7 +14,7 @@ import pytest
 
 from coldstart_bench.samples import read_samples_csv
 
-from .test_bench_e2e import leftovers, run_bench
+from .test_bench_e2e import leftovers, plan_warmups, run_bench
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +39,9 @@ def test_tls_family_counts_one_backend_session_per_cold_start(docker_client: Any
     summary = json.loads((run_dir / "summary.json").read_text())
     counted = summary["environment"]["tls_sessions_checked"]
     assert counted["holds"] is True
-    plan = summary["plan"]  # which blocks opened with warm-ups is the plan's decision (--bench-warmup-after)
-    warmups = sum(plan["warmups"])
-    socket_warmups = sum(w for (_, sid, _), w in zip(plan["order"], plan["warmups"], strict=True) if "socket" in sid)
+    per_scenario = plan_warmups(summary)
+    warmups = sum(per_scenario.values())
+    socket_warmups = sum(w for sid, w in per_scenario.items() if "socket" in sid)
     assert counted["tls_cold_starts"] == len(samples) + warmups
     assert counted["manager_handed_out"] == counted["socket_cold_starts_served"] == 2 * 3 + socket_warmups
     assert counted["backend_sessions"] == counted["direct_handshakes"] + counted["manager_opened"]
