@@ -191,6 +191,15 @@ class ScenarioSamples:
                 out.append(v)
         return out
 
+    def values_by_block(self, metric: str) -> dict[int, list[float]]:
+        """The successful cold starts' values of a metric, per block (NaN left out, as in values)."""
+        out: dict[int, list[float]] = {}
+        for s in self.samples:
+            v = s.value(metric)
+            if s.ok and not math.isnan(v):
+                out.setdefault(s.block, []).append(v)
+        return out
+
 
 def group_by_scenario(samples: Sequence[Sample]) -> dict[str, ScenarioSamples]:
     """Group in first-seen order (the run order), which reports keep."""

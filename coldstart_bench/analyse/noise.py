@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..samples import PRIMARY_METRICS, Sample, group_by_scenario
+from ..samples import PRIMARY_METRICS, Sample, ScenarioSamples, group_by_scenario
 from .compare import mann_whitney
 from .stats import MIN_N_FOR_PERCENTILE, as_array, count_outside
 
@@ -177,14 +177,11 @@ def control_warnings(comparisons: Sequence[Any], alpha: float) -> list[str]:
     return out
 
 
-def disturbed_block_records(scenario: str, samples: Sequence[Sample]) -> list[Record]:
+def disturbed_block_records(group: ScenarioSamples) -> list[Record]:
     """Blocks whose median lifecycle is far above the median of the scenario's other blocks (only
     slow ones: a disturbance slows cold starts down, and with two blocks the other one is the
     reference)."""
-    blocks: dict[int, list[float]] = {}
-    for s in samples:
-        if s.ok and math.isfinite(s.lifecycle_ms):
-            blocks.setdefault(s.block, []).append(s.lifecycle_ms)
+    scenario, blocks = group.scenario, group.values_by_block("lifecycle_ms")
     medians = {b: float(np.median(v)) for b, v in blocks.items() if len(v) >= BLOCK_MIN_N}
     if len(medians) < 2:
         return []
@@ -220,6 +217,6 @@ def noise_records(samples: Sequence[Sample], environment: Mapping[str, Any]) -> 
     out.extend(_rec(f"percentile_n:{w.split()[4]}", None, w) for w in percentile_warnings(counts))
     for scenario, group in groups.items():
         out.extend(scenario_records(scenario, group.samples))
-    for scenario, group in groups.items():
-        out.extend(disturbed_block_records(scenario, group.samples))
+    for group in groups.values():
+        out.extend(disturbed_block_records(group))
     return out

@@ -86,17 +86,20 @@ class CampaignTiming:
     wall_s: float = 0.0
     measured_s: float = 0.0  # sum over measured rounds of round_span_s
     warmup_s: float = 0.0  # the same for discarded warm-up rounds
-    prepare_s: float = 0.0  # Testbed.prepare: switching the testbed between blocks
     measured_starts: int = 0
     warmup_starts: int = 0
     blocks: int = 0
     unknown_rounds: int = 0  # rounds without lifecycle events: their time counts as harness time
-    # Testbed.prepare time by what opened the block ("delay+pool", "scenario", ...): which switches cost.
+    # Testbed.prepare (switching the testbed between blocks), by what opened the block
+    # ("delay+pool", "scenario", ...): which switches cost.
     prepare_by_switch: dict[str, list[float]] = field(default_factory=dict)
 
     def add_prepare(self, switch: Sequence[str], seconds: float) -> None:
-        self.prepare_s += seconds
         self.prepare_by_switch.setdefault("+".join(switch) or "none", []).append(seconds)
+
+    @property
+    def prepare_s(self) -> float:
+        return sum(sum(spans) for spans in self.prepare_by_switch.values())
 
     @property
     def harness_s(self) -> float:

@@ -176,8 +176,8 @@ def test_warmup_evidence_flags_a_switch_whose_first_start_is_slower() -> None:
 
 def test_harness_time_ratio_gaps_and_terminal_line() -> None:
     samples = _block_samples("direct", 0, [400.0] * 5, "start")
-    timing = CampaignTiming(wall_s=2.5, measured_s=2.0, warmup_s=0.4, prepare_s=0.05, measured_starts=5,
-                            warmup_starts=1, blocks=1)  # fmt: skip
+    timing = CampaignTiming(wall_s=2.5, measured_s=2.0, warmup_s=0.4, measured_starts=5, warmup_starts=1, blocks=1)
+    timing.add_prepare(("start",), 0.05)
     plan_record = {"warmup_after": ["start"], "block_warmup": 1, "group_by_state": True, "switches": [["start"]]}
     spent = harness_time(samples, {"campaign_timing": timing.to_dict()}, plan_record)
     assert spent["wall_lifecycle_ratio"] == pytest.approx(1.25)
