@@ -272,6 +272,72 @@ def coldstart(request: pytest.FixtureRequest) -> Iterator[Harness]:
         harness.close()
 
 
+# --- the parts as fixtures, for benchmarks of your own (containers/) ------------------------------
+@pytest.fixture(scope="session")
+def bench_parts() -> Iterator[Any]:
+    """The engine, run labels and images the part fixtures share; skips when no engine answers."""
+    from .containers.fixture_run import FixtureRun
+    from .measure.engine import EngineUnavailable
+
+    try:
+        run = FixtureRun()
+    except EngineUnavailable as exc:
+        pytest.skip(f"needs a Docker engine: {str(exc).splitlines()[0]}")
+    try:
+        yield run
+    finally:
+        run.close()
+
+
+@pytest.fixture(scope="session")
+def bench_network(bench_parts: Any) -> Iterator[Any]:
+    """The run's Docker bridge network (`.name`)."""
+    from .containers import BenchNetwork
+
+    with BenchNetwork(bench_parts.client, labels=bench_parts.labels) as network:
+        yield network
+
+
+@pytest.fixture(scope="session")
+def echo_server(bench_parts: Any, bench_network: Any) -> Iterator[Any]:
+    """A started echo server; `.host`, `.port` (and `.target`) as seen from `bench_network`."""
+    from .containers import EchoServer
+
+    with EchoServer(bench_parts.image("echo"), network=bench_network.name, labels=bench_parts.labels) as echo:
+        yield echo
+
+
+@pytest.fixture(scope="session")
+def pool_manager(bench_parts: Any, bench_network: Any, echo_server: Any) -> Iterator[Any]:
+    """A started pool manager with one pool `echo` for `echo_server`; `.socket_dir` (host side), `.pool`."""
+    from .containers import PoolManager
+
+    pools = {"echo": {"target": echo_server.target, "size": 4}}
+    with PoolManager(
+        bench_parts.image("pool"), network=bench_network.name, pools=pools, labels=bench_parts.labels
+    ) as manager:
+        yield manager
+
+
+@pytest.fixture(scope="session")
+def function_image(bench_parts: Any) -> Any:
+    """The Python echo function image (`.tag`)."""
+    from .containers import FunctionImage
+
+    return FunctionImage(bench_parts.image("function"))
+
+
+@pytest.fixture(scope="session")
+def cold_start(bench_parts: Any, bench_network: Any) -> Iterator[Any]:
+    """`cold_start(function_image, mode="direct", target=echo_server)` or
+    `cold_start(function_image, mode="socket", pool=pool_manager[, network="none"])`: one fresh
+    function container, its Sample (`ok`, `connect_us`, `lifecycle_ms`, the phases)."""
+    from .containers import ColdStart
+
+    with ColdStart(bench_parts.client, network=bench_network.name, labels=bench_parts.labels) as run:
+        yield run
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if STATE_KEY not in config.stash or hasattr(config, "workerinput"):
@@ -305,4 +371,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(line)
 
 
-__all__ = ["ReportWriteError", "catalogue_of", "coldstart"]
+__all__ = [
+    "ReportWriteError",
+    "bench_network",
+    "catalogue_of",
+    "cold_start",
+    "coldstart",
+    "echo_server",
+    "function_image",
+    "pool_manager",
+]

@@ -201,7 +201,11 @@ class PostgresBackend(_Admin, StartStop):
         try:
             self._container = container.start()
         except Exception as exc:
-            wrapped = container._container
+            from testcontainers.core.exceptions import ContainerStartException
+
+            wrapped = None
+            with contextlib.suppress(ContainerStartException):  # raised when it was never created
+                wrapped = container.get_wrapped_container()
             logs = _tail(wrapped)
             with contextlib.suppress(Exception):
                 if wrapped is not None:

@@ -1,35 +1,37 @@
-"""The long-lived parts of a run: network, echo server, pool manager, SYN-ACK delay.
+"""The long-lived parts of a run: network, echo server, pool manager, SYN-ACK delay, and the
+backends scenarios pull in (PostgreSQL, PgBouncer, TLS echo, user backends).
 
-Built on testcontainers (Ryuk off: no image can be pulled for it, and the harness removes
-everything it created itself, labelled with the run id, even after Ctrl-C).
+A composition of the part classes in coldstart_bench/containers/ (testcontainers, Ryuk off: no
+image can be pulled for it, and the harness removes everything it created itself, labelled with
+the run id, even after Ctrl-C).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import docker
-import docker.errors
-from testcontainers.core.container import DockerContainer
-from testcontainers.core.network import Network
-from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
 from ..catalogue import Scenario
+from ..containers.echo import EchoServer
+from ..containers.labels import LABEL as LABEL
+from ..containers.labels import LABEL_HOST as LABEL_HOST
+from ..containers.labels import LABEL_PID as LABEL_PID
+from ..containers.labels import LABEL_RUN as LABEL_RUN
+from ..containers.labels import run_labels as run_labels
+from ..containers.labels import sweep as sweep
+from ..containers.network import BenchNetwork
+from ..containers.pool_manager import PoolManager
+from ..containers.service import ContainerError, ServiceContainer, Volume
 from . import function_specs
 from .accounting import HandoutLedger, SessionLedger, wait_settled
 from .runner import ColdStartResult, FunctionSpec
-from .volumes import VolumeFile, create_volume, put_files, remove_volume
+from .volumes import VolumeFile, create_volume, put_files
 
 if TYPE_CHECKING:
-    from ..options import ExternalPg
     from ..userscenarios import UserScenario
     from .database import ExternalPostgres, PostgresBackend
     from .delay import SynAckDelay
@@ -38,24 +40,26 @@ if TYPE_CHECKING:
     from .tls_testbed import TlsTestbed
     from .userbed import UserBed
 
-LABEL = "coldstart-bench"
-LABEL_RUN = "coldstart-bench.run"
-LABEL_PID = "coldstart-bench.pid"
-# The pid is only meaningful on the machine that created the resource: a remote engine may be
-# shared by harnesses on several hosts, and one must not sweep another's live run.
-LABEL_HOST = "coldstart-bench.host"
 SOCKET_MOUNT = "/run/cpm"
 SOCKET_NAME = "pool.sock"
 # Credentials and the manager's config live apart from the socket: functions that get an
 # injected session never see them (only the pool manager and direct-mode functions mount it).
 SECRET_MOUNT = "/run/cpm-secret"
-READY = r'"event":\s*"ready"'
-STATS_SNIPPET = (
-    "import json, sys; from components.protocol import request; print(json.dumps(request(sys.argv[1], 'stats')))"
-)
-# The pool manager restarts between blocks (fallback scenarios): the wait strategy's default 1 s poll
-# would round every restart up to whole seconds of wall time with nothing measured.
-READY_POLL_S = 0.05
+
+
+class ExternalPg(Protocol):
+    """Your own PostgreSQL for the pg-* scenarios (the plugin's options.ExternalPg)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def database(self) -> str: ...
+    @property
+    def password_file(self) -> Path: ...
 
 
 class TestbedError(RuntimeError):
@@ -75,18 +79,6 @@ class TestbedConfig:
     runtimes: tuple[str, ...] = ("runc",)  # probed at start (measure/runtime_axis.py)
     requests: int = 1  # echo round trips per cold start
     prefetch: bool = True  # the echo function pages in its code before any clock (components/prefetch.py)
-
-
-def run_labels(run_id: str) -> dict[str, str]:
-    return {LABEL: "1", LABEL_RUN: run_id, LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname()}
-
-
-def _tail(container: Any, lines: int = 15) -> str:
-    try:
-        raw = container.logs(tail=lines)
-        return raw.decode("utf-8", "replace").strip() if isinstance(raw, bytes) else str(raw)
-    except Exception:
-        return "(no logs)"
 
 
 class Testbed:
@@ -110,14 +102,14 @@ class Testbed:
         self.pg_cold_starts_ok = 0  # successful pg function runs, warm-ups included: each commits one transfer
         self.pg_transfers_before = 0  # transfers already in the database when the run started
         self.delay_target = "echo"
-        self.network: Network | None = None
-        self.echo: DockerContainer | None = None
-        self.pool: DockerContainer | None = None
+        self.network: BenchNetwork | None = None
+        self.echo: EchoServer | None = None
+        self.pool: PoolManager | None = None
         self.delay: SynAckDelay | None = None
         self.delay_ms: float = 0.0
         self.delay_backends: set[str] = set()
         self.tls: TlsTestbed | None = None  # the TLS backend, certificates and accounting (first TLS scenario)
-        self.tls_echo: DockerContainer | None = None
+        self.tls_echo: ServiceContainer | None = None
         from .runtime_axis import RelayTotals, RuntimeSupport
 
         self.runtime_support: RuntimeSupport | None = None
@@ -180,21 +172,16 @@ class Testbed:
     def start(self) -> Testbed:
         create_volume(self.client, self.socket_volume, self.labels)
         create_volume(self.client, self.secret_volume, self.labels)
-        net = Network(docker_network_kw={"driver": "bridge", "labels": self.labels})
-        net.name = self.network_name
-        self.network = net.create()
-        self.echo = self._start_container(
-            self.images.echo,
-            self.echo_name,
-            [
-                "python3",
-                "-m",
-                "components.echo_server",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(self.config.echo_port),
-            ],
+        self.network = BenchNetwork(self.client, name=self.network_name, labels=self.labels).start()
+        self.echo = self._started(
+            EchoServer(
+                self.images.echo,
+                network=self.network_name,
+                port=self.config.echo_port,
+                name=self.echo_name,
+                labels=self.labels,
+                start_timeout=self.config.start_timeout,
+            )
         )
         self.start_pool()
         self.probe_runtimes()
@@ -206,68 +193,69 @@ class Testbed:
 
         self.runtime_support = probe_selected(self.client, self.config.runtimes, self.images.base, self.labels)
 
+    def _started(self, part: ServiceContainer) -> Any:
+        """Start a long-lived part; one that does not become ready is removed and named in the error."""
+        try:
+            return part.start()
+        except ContainerError as exc:
+            raise TestbedError(str(exc)) from exc
+
     def _start_container(
         self,
         image: str,
         name: str,
         command: list[str],
-        volumes: tuple[tuple[str, str, str], ...] = (),
-    ) -> DockerContainer:
+        volumes: tuple[Volume, ...] = (),
+    ) -> ServiceContainer:
         """Start a long-lived component on the run's network and wait for its readiness line; on
         failure remove it and raise with its last log lines."""
-        container = (
-            DockerContainer(image)
-            .with_name(name)
-            .with_command(command)
-            .with_kwargs(labels=self.labels, network=self.network_name)
-            .waiting_for(
-                LogMessageWaitStrategy(READY)
-                .with_startup_timeout(int(self.config.start_timeout))
-                .with_poll_interval(READY_POLL_S)
-            )
+        part = ServiceContainer(
+            image,
+            command,
+            network=self.network_name,
+            name=name,
+            labels=self.labels,
+            volumes=volumes,
+            start_timeout=self.config.start_timeout,
         )
-        for source, bind, mode in volumes:
-            container = container.with_volume_mapping(source, bind, mode)
-        try:
-            return container.start()
-        except Exception as exc:
-            wrapped = container._container
-            logs = _tail(wrapped) if wrapped is not None else "(container not created)"
-            if wrapped is not None:
-                with contextlib.suppress(docker.errors.APIError):
-                    wrapped.remove(force=True)
-            raise TestbedError(f"{name} ({image}) did not become ready: {exc}\nlast log lines:\n{logs}") from exc
+        started: ServiceContainer = self._started(part)
+        return started
 
     @property
     def pg_name(self) -> str:
         return f"csb-pg-{self.run_id}"
 
+    def _pool_manager(self, image: str, volumes: tuple[Volume, ...]) -> PoolManager:
+        """The manager with every pool the run needs so far: one echo pool on its command line, or
+        the whole config written to the secret volume (PostgreSQL, TLS, user backends)."""
+        with_config = self.pg is not None or bool(self.extra_pools) or self.tls is not None
+        return PoolManager(
+            image,
+            network=self.network_name,
+            pools={self.config.pool_name: {"target": self.target, "size": self.config.pool_size}},
+            socket_volume=self.socket_volume,
+            config_path=f"{SECRET_MOUNT}/pool.json" if with_config else None,
+            volumes=volumes,
+            name=self.pool_name,
+            labels=self.labels,
+            start_timeout=self.config.start_timeout,
+        )
+
     def pool_command(self) -> list[str]:
-        if self.pg is not None or self.extra_pools or self.tls is not None:
-            return ["python3", "-m", "components.pool_manager", "--config", f"{SECRET_MOUNT}/pool.json"]
-        return [
-            "python3", "-m", "components.pool_manager",
-            "--target", self.target,
-            "--size", str(self.config.pool_size),
-            "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}",
-            "--pool", self.config.pool_name,
-        ]  # fmt: skip
+        return self._pool_manager(self.images.pool, ()).command
 
     def start_pool(self) -> None:
         if self.pool is not None:
             return
         # The postgres pool kind needs the driver, which the pgfunction image carries.
         image = self.images.extra["pgfunction"] if self.pg is not None else self.images.pool
-        volumes: list[tuple[str, str, str]] = [
-            (self.socket_volume, SOCKET_MOUNT, "rw"),
-            (self.secret_volume, SECRET_MOUNT, "ro"),
-        ]
+        volumes: list[Volume] = [(self.secret_volume, SECRET_MOUNT, "ro")]
         if self.tls is not None:
             ca_dir, ca_bind, ca_mode = self.tls.ca_volume()
             volumes.append((str(ca_dir), ca_bind, ca_mode))
         if self.sessions is not None:
             self.sessions.touch()  # a starting manager opens its pool's sessions
-        self.pool = self._start_container(image, self.pool_name, self.pool_command(), volumes=tuple(volumes))
+        self.pool = self._started(self._pool_manager(image, tuple(volumes)))
 
     def stop_pool(self) -> None:
         if self.pool is not None:
@@ -283,17 +271,7 @@ class Testbed:
 
     def pool_status(self) -> str:
         """'running', or what happened to the pool manager, with its last log lines."""
-        if self.pool is None:
-            return "stopped by the harness"
-        wrapped = self.pool.get_wrapped_container()
-        try:
-            wrapped.reload()
-        except docker.errors.NotFound:
-            return "container is gone (removed outside the harness)"
-        state = wrapped.attrs.get("State", {})
-        if state.get("Running"):
-            return "running"
-        return f"exited with code {state.get('ExitCode')} ({state.get('Error') or 'no error'}); logs:\n{_tail(wrapped)}"
+        return self.pool.status() if self.pool is not None else "stopped by the harness"
 
     def ensure_pg(self) -> PostgresBackend | ExternalPostgres:
         """Start (or reach) the database once, then restart the pool manager with an
@@ -489,16 +467,7 @@ class Testbed:
     def manager_stats(self) -> dict[str, Any] | None:
         """The running pool manager's stats reply, or None (not running, not answering). Asked from
         inside its container: the socket lives in a volume on the engine's host, maybe remote."""
-        if self.pool is None:
-            return None
-        try:
-            code, out = self.pool.get_wrapped_container().exec_run(
-                ["python3", "-c", STATS_SNIPPET, f"{SOCKET_MOUNT}/{SOCKET_NAME}"], demux=False
-            )
-            reply = json.loads(out) if code == 0 else None
-        except (docker.errors.APIError, ValueError):
-            return None
-        return reply if isinstance(reply, dict) else None
+        return self.pool.stats() if self.pool is not None else None
 
     def _settle_pools(self) -> None:
         if self.pool is not None:
@@ -645,7 +614,7 @@ class Testbed:
 
     def _close_network(self) -> None:
         if self.network is not None:
-            self.network.remove()
+            self.network.stop()
             self.network = None
 
     def __enter__(self) -> Testbed:
@@ -657,57 +626,3 @@ class Testbed:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def sweep(client: docker.DockerClient, run_id: str | None = None) -> list[str]:
-    """Remove containers, networks and volumes of one run (or of every run whose process is gone)."""
-    removed: list[str] = []
-    label = f"{LABEL_RUN}={run_id}" if run_id else LABEL
-    # ignore_removed: on a shared engine a listed container may be gone before it is inspected.
-    for container in client.containers.list(all=True, filters={"label": label}, ignore_removed=True):
-        if run_id is None and _owner_alive(container.labels):
-            continue
-        try:
-            container.remove(force=True)
-            removed.append(container.name)
-        except docker.errors.NotFound:
-            pass
-    for network in client.networks.list(filters={"label": label}):
-        if run_id is None and _owner_alive(network.attrs.get("Labels") or {}):
-            continue
-        try:
-            network.remove()
-            removed.append(network.name)
-        except docker.errors.NotFound:
-            pass
-    # Volumes last: the engine refuses to remove one a container still uses.
-    for volume in client.volumes.list(filters={"label": label}):
-        if run_id is None and _owner_alive(volume.attrs.get("Labels") or {}):
-            continue
-        try:
-            remove_volume(client, volume.name)
-        except docker.errors.APIError:
-            continue  # still in use by a container being removed; the next sweep takes it
-        removed.append(volume.name)
-    return removed
-
-
-def _owner_alive(labels: dict[str, str]) -> bool:
-    """Whether the process that created a resource still runs; without a pid label, or when
-    another host created it, we cannot tell, so the resource is left alone."""
-    host = labels.get(LABEL_HOST)
-    if host is not None and host != socket.gethostname():
-        return True
-    try:
-        pid = int(labels.get(LABEL_PID, ""))
-    except ValueError:
-        return True
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -5,7 +5,8 @@ import socket
 import subprocess
 import sys
 
-from coldstart_bench.measure.testbed import LABEL_HOST, LABEL_PID, _owner_alive
+from coldstart_bench.containers.labels import LABEL_HOST, LABEL_PID
+from coldstart_bench.containers.labels import owner_alive as _owner_alive
 
 
 def test_live_owner_is_alive() -> None:
