@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.procs import REPO, Echo, Manager, cpu_seconds
+from coldstart_bench.measure.host_processes import REPO, Echo, Manager, cpu_seconds
 
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 

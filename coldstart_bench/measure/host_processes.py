@@ -1,4 +1,5 @@
-"""Local helper processes (echo server, pool manager) started by benchmarks and tests."""
+"""The components as host processes (echo server, pool manager), for benchmarks and tests that
+measure them without containers: readiness line, CPU time, open fds, RSS, clean stop."""
 
 from __future__ import annotations
 

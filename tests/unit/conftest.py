@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from coldstart_bench.measure.host_processes import Echo
 from tests.support.pg_cluster import LocalCluster, start_local_cluster
-from tests.support.procs import Echo
 
 
 @pytest.fixture(scope="module")

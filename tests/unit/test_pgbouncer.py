@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench.measure.host_processes import REPO, env
 from coldstart_bench.measure.pgbouncer import LocalPgBouncer, PgBouncerError, pgbouncer_ini, userlist
 from tests.support.pg_cluster import LocalCluster
-from tests.support.procs import REPO, env
 
 HAVE_PGBOUNCER = shutil.which("pgbouncer") is not None or Path("/usr/sbin/pgbouncer").exists()
 needs_pgbouncer = pytest.mark.skipif(

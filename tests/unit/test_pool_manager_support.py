@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # The process helpers live in the package, where the load benchmarks use them too.
-from tests.support.procs import REPO, Echo, Manager, env, read_json_line, stop  # noqa: F401
+from coldstart_bench.measure.host_processes import REPO, Echo, Manager, env, read_json_line, stop  # noqa: F401
 
 
 @contextlib.contextmanager
