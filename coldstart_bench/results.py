@@ -18,14 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .analyse.compare import Comparison
-    from .analyse.expectations import Verdict
-    from .analyse.gate import GateResult
+from typing import Any
 
 SUMMARY_VERSION = 3
 READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
@@ -295,34 +289,3 @@ def load_result(path: Path) -> RunResult:
     except ValueError as exc:
         raise ResultFormatError(f"{path} is not valid JSON: {exc}") from None
     return RunResult.from_dict(data, source=str(path))
-
-
-@dataclass
-class RunAnalysis:
-    """A run's result plus the live objects the plugin acts on (gate, verdicts, comparisons)."""
-
-    result: RunResult
-    gate_results: list[GateResult]
-    verdicts: list[Verdict]
-    warnings: list[str]
-    comparisons: list[Comparison] = field(default_factory=list)
-    expectation_policy: str = "report"
-
-    @cached_property
-    def summary(self) -> dict[str, Any]:
-        """summary.json's content."""
-        return self.result.to_dict()
-
-    @property
-    def gate_failed(self) -> bool:
-        return any(not g.passed for g in self.gate_results)
-
-    @property
-    def expectations_failed(self) -> bool:
-        from .analyse.expectations import verdicts_fail
-
-        return verdicts_fail(self.verdicts, self.expectation_policy)
-
-    @property
-    def failed(self) -> bool:
-        return self.gate_failed or self.expectations_failed

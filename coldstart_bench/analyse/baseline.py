@@ -21,7 +21,7 @@ from .report.files import ReportWriteError, ensure_dir, write_text_atomic
 from .stats import values_by_scenario
 
 if TYPE_CHECKING:
-    from ..results import RunAnalysis
+    from .analysis import RunAnalysis
 
 SAMPLES_FILE = "samples.csv"
 SUMMARY_FILE = "summary.json"

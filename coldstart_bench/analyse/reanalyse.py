@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..catalogue import Catalogue, default_catalogue
-from ..results import SUMMARY_FILE, RunAnalysis, load_result
+from ..results import SUMMARY_FILE, load_result
 from ..samples import read_samples_csv
+from .analysis import RunAnalysis
 from .baseline import SAMPLES_FILE
 from .expectations import parse_expectation
 from .run import AnalysisConfig, analyse, write_report

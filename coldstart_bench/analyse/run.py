@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..catalogue import Catalogue, default_catalogue
-from ..results import SUMMARY_VERSION, EnvironmentRecord, RunAnalysis, RunResult
+from ..results import SUMMARY_VERSION, EnvironmentRecord, RunResult
 from ..samples import ALL_METRICS, PRIMARY_METRICS, Sample, group_by_scenario
+from .analysis import RunAnalysis
 from .baseline import Baseline
 from .compare import Comparison, adjust, compare, delay_fit, paired_blocks
 from .expectations import Expectation, evaluate

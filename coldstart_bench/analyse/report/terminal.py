@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ...results import RunAnalysis, RunResult
+    from ...results import RunResult
+    from ..analysis import RunAnalysis
 
 
 def _n(x: Any, digits: int) -> str:
