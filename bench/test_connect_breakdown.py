@@ -34,7 +34,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,6 @@ from coldstart_bench.samples import ACQUIRE_PHASES
 
 pytestmark = [pytest.mark.integration, pytest.mark.connect_breakdown]
 
-LABEL = "coldstart-bench.connect-breakdown"
 SOCKET_MOUNT = "/run/cpm"
 REFILL_LATER_SOCKET = "pool-later.sock"
 PHASES = (
@@ -79,7 +77,7 @@ class Arm:
 @dataclass
 class Bed:
     client: Any
-    run_id: str
+    labels: dict[str, str]
     network: str
     echo_target: str
     socket_dir: Path
@@ -89,71 +87,39 @@ class Bed:
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Bed]:
-    docker = pytest.importorskip("docker")
+    """A throwaway network, echo server and two pool managers (one deferring its refill) sharing a
+    socket directory, all labelled with one run and removed at the end."""
+    from coldstart_bench.containers import BenchNetwork, EchoServer, PoolManager
+    from coldstart_bench.containers.labels import LABEL_RUN, new_run_id, run_labels, sweep
+    from coldstart_bench.measure.engine import EngineUnavailable, connect
+    from coldstart_bench.measure.events import LifecycleEvents
     from coldstart_bench.measure.images import ensure_images
+    from coldstart_bench.measure.runner import ColdStartRunner
 
     try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker engine: {exc}")
+        client = connect()
+    except EngineUnavailable as exc:
+        pytest.skip(f"no Docker engine: {str(exc).splitlines()[0]}")
     images = ensure_images(client, ["function", "pool", "echo"])
-    run_id = uuid.uuid4().hex[:10]
-    labels = {LABEL: run_id}
+    run_id = new_run_id()
+    labels = run_labels(run_id)
     socket_dir = Path(tempfile.mkdtemp(prefix=f"csb-cb-{run_id}-", dir="/tmp"))
     socket_dir.chmod(0o755)
-    net_name, echo_name = f"csb-cb-net-{run_id}", f"csb-cb-echo-{run_id}"
     try:
-        client.networks.create(net_name, driver="bridge", labels=labels)
-        echo = client.containers.run(
-            images.echo,
-            ["python3", "-m", "components.echo_server", "--host", "0.0.0.0", "--port", "7000"],
-            name=echo_name, network=net_name, labels=labels, detach=True,
-        )  # fmt: skip
-        _wait_ready(echo)
-        pool = client.containers.run(
-            images.pool,
-            ["python3", "-m", "components.pool_manager", "--target", f"{echo_name}:7000", "--size", "32",
-             "--socket", f"{SOCKET_MOUNT}/pool.sock", "--pool", "echo"],
-            name=f"csb-cb-pool-{run_id}", network=net_name, labels=labels, detach=True,
-            volumes={str(socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
-        )  # fmt: skip
-        _wait_ready(pool)
-        pool_later = client.containers.run(
-            images.pool,
-            ["python3", "-m", "components.pool_manager", "--target", f"{echo_name}:7000", "--size", "32",
-             "--socket", f"{SOCKET_MOUNT}/{REFILL_LATER_SOCKET}", "--pool", "echo", "--refill-defer-ms", "2"],
-            name=f"csb-cb-poollater-{run_id}", network=net_name, labels=labels, detach=True,
-            volumes={str(socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
-        )  # fmt: skip
-        _wait_ready(pool_later)
-        from coldstart_bench.measure.events import LifecycleEvents
-        from coldstart_bench.measure.runner import ColdStartRunner
-
-        with LifecycleEvents(client, f"{LABEL}={run_id}") as events:
-            yield Bed(
-                client, run_id, net_name, f"{echo_name}:7000", socket_dir, images, ColdStartRunner(client, events)
-            )
+        with (
+            BenchNetwork(client, labels=labels) as net,
+            EchoServer(images.echo, network=net.name, labels=labels) as echo,
+            PoolManager(images.pool, network=net.name, pools={"echo": {"target": echo.target, "size": 32}},
+                        socket_dir=socket_dir, labels=labels),
+            PoolManager(images.pool, network=net.name, pools={"echo": {"target": echo.target, "size": 32}},
+                        socket_dir=socket_dir, socket_name=REFILL_LATER_SOCKET, labels=labels,
+                        extra_args=("--refill-defer-ms", "2")),
+            LifecycleEvents(client, f"{LABEL_RUN}={run_id}") as events,
+        ):  # fmt: skip
+            yield Bed(client, labels, net.name, echo.target, socket_dir, images, ColdStartRunner(client, events))
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"{LABEL}={run_id}"}):
-            with contextlib.suppress(Exception):
-                c.remove(force=True)
-        for n in client.networks.list(filters={"label": f"{LABEL}={run_id}"}):
-            with contextlib.suppress(Exception):
-                n.remove()
+        sweep(client, run_id)
         shutil.rmtree(socket_dir, ignore_errors=True)
-
-
-def _wait_ready(container: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if b'"ready"' in container.logs():
-            return
-        container.reload()
-        if container.status == "exited":
-            break
-        time.sleep(0.1)
-    raise RuntimeError(f"{container.name} not ready: {container.logs(tail=10)!r}")
 
 
 def _manager_latency_counts(bed: Bed, arm: Arm) -> list[int]:
@@ -176,7 +142,7 @@ def _cold_start(bed: Bed, arm: Arm) -> dict[str, Any]:
         command=command,
         network="none" if arm.network == "none" else bed.network,
         binds={str(bed.socket_dir): {"bind": SOCKET_MOUNT, "mode": "rw"}},
-        labels={LABEL: bed.run_id},
+        labels={**bed.labels, "coldstart-bench.role": "function"},
     )
     before = _manager_latency_counts(bed, arm) if arm.mode == "socket" else None
     result = bed.runner.run(spec)

@@ -34,7 +34,8 @@ class PoolManager(ServiceContainer):
 
     One plain TCP pool is passed on the command line; anything else (several pools, other kinds)
     as a config file: written to a temporary directory, or already in a mounted volume
-    (``config_path``, the path inside the container, with ``volumes`` mounting it).
+    (``config_path``, the path inside the container, with ``volumes`` mounting it). Several
+    managers may share one ``socket_dir`` under different ``socket_name``s.
     """
 
     role = "pool"
@@ -48,6 +49,8 @@ class PoolManager(ServiceContainer):
         socket_dir: str | Path | None = None,
         socket_volume: str | None = None,
         config_path: str | None = None,
+        socket_name: str = SOCKET_NAME,
+        extra_args: Sequence[str] = (),
         volumes: Sequence[Volume] = (),
         name: str | None = None,
         labels: dict[str, str] | None = None,
@@ -63,7 +66,8 @@ class PoolManager(ServiceContainer):
         if socket_volume is None and socket_dir is None:
             socket_dir = self._temp_dir("sock")
         self.socket_dir = Path(socket_dir) if socket_dir is not None else None
-        self.socket_path = f"{SOCKET_MOUNT}/{SOCKET_NAME}"
+        self.socket_name = socket_name
+        self.socket_path = f"{SOCKET_MOUNT}/{socket_name}"
         mounts: list[Volume] = [(self.socket_source, SOCKET_MOUNT, "rw"), *volumes]
         single = len(self.pools) == 1 and set(next(iter(self.pools.values()))) <= _FLAG_KEYS
         if config_path is None and not single:
@@ -79,6 +83,7 @@ class PoolManager(ServiceContainer):
             pool, entry = next(iter(self.pools.items()))
             command += ["--target", str(entry["target"]), "--size", str(entry.get("size", 4))]
             command += ["--socket", self.socket_path, "--pool", pool]
+        command += extra_args  # e.g. --socket-mode 0666 for functions of another uid, --refill-defer-ms
         super().__init__(
             image or project_image("pool"),
             command,

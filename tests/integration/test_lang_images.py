@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,30 +31,25 @@ def run_id() -> str:
 
 @pytest.fixture(scope="module")
 def pool_dir(docker_client: Any, network: str, run_id: str) -> Iterator[Path]:
-    """An echo server (alias ``echo``) and a pool manager whose socket directory is returned."""
+    """An echo server and a pool manager (socket open to any uid) whose socket directory is returned."""
+    from coldstart_bench.containers import EchoServer, PoolManager
     from coldstart_bench.measure.images import ensure_images
 
     images = ensure_images(docker_client, ["echo", "pool"], log=lambda _msg: None)
-    base = Path(tempfile.mkdtemp(prefix="csb-lang-", dir="/tmp"))
-    base.chmod(0o777)
     labels = run_labels(run_id)
-    echo = docker_client.containers.create(images.echo, name=f"csb-echo-{run_id}", labels=labels)
-    docker_client.networks.get(network).connect(echo, aliases=["echo"])
-    echo.start()
-    docker_client.containers.run(
-        images.pool, name=f"csb-pool-{run_id}", detach=True, labels=labels, network=network,
-        command=["python3", "-m", "components.pool_manager", "--target", "echo:7000", "--size", "4",
-                 "--socket", f"{POOL_MOUNT}/pool.sock", "--socket-mode", "0666"],
-        volumes={str(base): {"bind": POOL_MOUNT, "mode": "rw"}},
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not (base / "pool.sock").exists():
-        assert time.monotonic() < deadline, "pool manager socket never appeared"
-        time.sleep(0.1)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with (
+        EchoServer(images.echo, network=network, name=echo_name(run_id), labels=labels) as echo,
+        PoolManager(
+            images.pool, network=network, pools={"echo": {"target": echo.target, "size": 4}}, labels=labels,
+            extra_args=("--socket-mode", "0666"),
+        ) as manager,
+    ):  # fmt: skip
+        assert manager.socket_dir is not None
+        yield manager.socket_dir
+
+
+def echo_name(run_id: str) -> str:
+    return f"csb-echo-{run_id}"
 
 
 def run_function(client: Any, image: str, argv: list[str], run_id: str, **kwargs: Any) -> dict[str, Any]:
@@ -83,7 +77,7 @@ def test_function_image_adopts_fd3_from_the_entrypoint(
     where: dict[str, Any] = {"network": network} if networked else {"network_mode": "none"}
     mounts = {str(pool_dir): {"bind": POOL_MOUNT, "mode": "rw"}}
     rec = run_function(
-        docker_client, tag, [*ENTRYPOINT, *argv, "--mode", "fd3", "--target", "echo:7000"], run_id,
+        docker_client, tag, [*ENTRYPOINT, *argv, "--mode", "fd3", "--target", f"{echo_name(run_id)}:7000"], run_id,
         volumes=mounts, **where,
     )  # fmt: skip
     assert rec["ok"] is True and rec["path"] == "fd3", rec
@@ -92,7 +86,8 @@ def test_function_image_adopts_fd3_from_the_entrypoint(
     if not networked:
         assert rec["interfaces"] == ["lo"]
     if networked:
-        direct = run_function(docker_client, tag, [*argv, "--mode", "direct", "--target", "echo:7000"], run_id, **where)
+        argv_direct = [*argv, "--mode", "direct", "--target", f"{echo_name(run_id)}:7000"]
+        direct = run_function(docker_client, tag, argv_direct, run_id, **where)
         assert direct["ok"] is True and direct["path"] == "direct" and direct["resolve_us"] > 0, direct
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import docker
 import pytest
 
+from coldstart_bench.containers import PoolManager
 from coldstart_bench.measure.images import ensure_images
 from coldstart_bench.measure.testbed import run_labels, sweep
 from coldstart_bench.measure.volumes import create_volume
@@ -42,15 +43,12 @@ def redis_bed(docker_client: docker.DockerClient, redis_images: dict[str, str]) 
         )
         _wait_for_log(server, "Ready to accept connections")
         target = f"{server.name}:6379"
-        pool = docker_client.containers.run(
-            redis_images["pool"],
-            ["python3", "-m", "components.pool_manager", "--target", target, "--size", "4",
-             "--socket", "/run/cpm/pool.sock", "--pool", "redis"],
-            name=f"csb-pool-{run_id}", network=net.name, labels=labels, detach=True,
-            volumes={volume: {"bind": "/run/cpm", "mode": "rw"}},
-        )  # fmt: skip
-        _wait_for_log(pool, '"event": "ready"', '"event":"ready"')
-        yield {"net": net.name, "volume": volume, "target": target, "server": server, "labels": labels}
+        with PoolManager(
+            redis_images["pool"], network=net.name, pools={"redis": {"target": target, "size": 4}},
+            socket_volume=volume, name=f"csb-pool-{run_id}", labels=labels,
+        ) as manager:  # fmt: skip
+            assert manager.socket_path == "/run/cpm/pool.sock"  # where the function asks
+            yield {"net": net.name, "volume": volume, "target": target, "server": server, "labels": labels}
     finally:
         sweep(docker_client, run_id)
         assert sweep(docker_client, run_id) == []
