@@ -32,6 +32,32 @@ HEADLINE = "headline"  # bold in the comparisons table: the question the scenari
 CONTROL = "control"  # an A/A pair: a significant difference is a false positive of the run
 
 DEFAULT_RUNTIME = "runc"
+RUNTIME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class RuntimeConfigError(ValueError):
+    """A bad --bench-runtimes value."""
+
+
+def parse_runtimes(value: str | None) -> tuple[str, ...]:
+    """``"runc,runsc, crun"`` -> ``("runc", "runsc", "crun")``; empty or None -> ``("runc",)``.
+
+    Order is kept (the first is the default runtime of the run), duplicates dropped.
+    """
+    if value is None or not value.strip():
+        return (DEFAULT_RUNTIME,)
+    names: list[str] = []
+    for raw in value.split(","):
+        name = raw.strip()
+        if not name:
+            raise RuntimeConfigError(f"--bench-runtimes {value!r}: empty runtime name")
+        if not RUNTIME_NAME.match(name):
+            raise RuntimeConfigError(
+                f"--bench-runtimes {value!r}: {name!r} is not a runtime name (letters, digits, '.', '_', '-')"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 @dataclass(frozen=True)

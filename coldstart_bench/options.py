@@ -398,7 +398,7 @@ def from_config(config: pytest.Config) -> BenchOptions:
 
 
 def _runtimes(value: str | None) -> tuple[str, ...]:
-    from .measure.runtimes import RuntimeConfigError, parse_runtimes
+    from .catalogue import RuntimeConfigError, parse_runtimes
 
     try:
         return parse_runtimes(value)

@@ -6,7 +6,8 @@ host sockets and silently drops a TCP one, so there the manager must relay inste
 that cannot start a container here (crun on a cgroup v1 hybrid host) is reported with the
 engine's error. ``probe_runtime`` finds all this out with one tiny container per runtime.
 
-Self-contained: depends only on the docker SDK (imported lazily) and the standard library.
+Self-contained: depends only on the docker SDK (imported lazily), the standard library and the
+catalogue's runtime names (standard library only).
 Command line (used by .ci/run, no docker SDK needed for the first two)::
 
     python3 -m coldstart_bench.measure.runtimes daemon-json --merge /etc/docker/daemon.json runsc crun
@@ -21,7 +22,6 @@ import array
 import contextlib
 import json
 import os
-import re
 import shutil
 import socket
 import sys
@@ -33,7 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RUNTIME = "runc"
+from ..catalogue import DEFAULT_RUNTIME as DEFAULT_RUNTIME
+from ..catalogue import RuntimeConfigError as RuntimeConfigError
+from ..catalogue import parse_runtimes as parse_runtimes
+
 DAEMON_JSON = "/etc/docker/daemon.json"
 RELOAD_HINT = (
     "then reload the engine's configuration: sudo kill -HUP $(pidof dockerd) (running containers are untouched)"
@@ -54,8 +57,6 @@ DEBIAN_PACKAGES = {"runsc": "runsc", "crun": "crun"}
 # Registered by every engine; never needs configuration.
 BUILTIN_RUNTIMES = frozenset({"runc", "io.containerd.runc.v2"})
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
 # Fd hand-off kinds the probe tries.
 TCP = "tcp"
 UNIX = "unix"
@@ -64,31 +65,6 @@ UNIX = "unix"
 INJECTED = "injected"  # the pooled TCP fd itself arrives
 RELAY = "relay"  # only an AF_UNIX fd arrives: hand over a socketpair end and relay
 NOT_POSSIBLE = "not possible"
-
-
-class RuntimeConfigError(ValueError):
-    """A bad --bench-runtimes value."""
-
-
-def parse_runtimes(value: str | None) -> tuple[str, ...]:
-    """``"runc,runsc, crun"`` -> ``("runc", "runsc", "crun")``; empty or None -> ``("runc",)``.
-
-    Order is kept (the first is the default runtime of the run), duplicates dropped.
-    """
-    if value is None or not value.strip():
-        return (DEFAULT_RUNTIME,)
-    names: list[str] = []
-    for raw in value.split(","):
-        name = raw.strip()
-        if not name:
-            raise RuntimeConfigError(f"--bench-runtimes {value!r}: empty runtime name")
-        if not _NAME_RE.match(name):
-            raise RuntimeConfigError(
-                f"--bench-runtimes {value!r}: {name!r} is not a runtime name (letters, digits, '.', '_', '-')"
-            )
-        if name not in names:
-            names.append(name)
-    return tuple(names)
 
 
 def scenario_id(scenario: str, runtime: str, default: str = DEFAULT_RUNTIME) -> str:
