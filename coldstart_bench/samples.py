@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .phases import DERIVED, PHASES, STAMPS
+
 # The phases of connect_us for socket scenarios, in the order the acquire runs them.
 ACQUIRE_PHASES: tuple[str, ...] = (
     "uds_connect_us",
@@ -49,7 +51,11 @@ RUNTIME_QUERY_METRICS: tuple[str, ...] = ("runtime_startup_us", "runtime_init_us
 # TLS phases (transport "tls"): the cold function's ssl import, context and handshake (direct),
 # or continuing the injected session (socket: import, libcrypto binding, keys).
 TLS_METRICS: tuple[str, ...] = ("ssl_import_us", "tls_context_us", "tls_handshake_us", "tls_setup_us")
-ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + RUNTIME_QUERY_METRICS + TLS_METRICS
+# The phases named alike in every arm and what follows from them (coldstart_bench/phases.py).
+FOOTING_METRICS: tuple[str, ...] = PHASES + DERIVED
+ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + RUNTIME_QUERY_METRICS + TLS_METRICS + FOOTING_METRICS
+# The function's raw CLOCK_REALTIME stamps (ns; 0 when it did not report one).
+STAMP_FIELDS: tuple[str, ...] = STAMPS
 
 
 @dataclass
@@ -116,6 +122,23 @@ class Sample:
     tls_path: str = ""  # handshake (direct) | record_layer | ktls (injected)
     tls_server_seq: int = -1  # read sequence number at hand-out
     tls_client_seq: int = -1
+    library: str = ""  # the client code the connection ran through, as the function names it
+    # One clock origin, the same phases in every arm (coldstart_bench/phases.py documents them).
+    t_entry_ns: int = 0
+    t_main_ns: int = 0
+    t_connected_ns: int = 0
+    t_first_reply_ns: int = 0
+    t_end_ns: int = 0
+    library_load_us: float = math.nan
+    acquire_us: float = math.nan
+    verify_us: float = math.nan
+    session_setup_us: float = math.nan
+    first_request_us: float = math.nan
+    pre_main_us: float = math.nan
+    runtime_start_us: float = math.nan
+    time_to_first_reply_us: float = math.nan
+    function_us: float = math.nan
+    connection_total_us: float = math.nan
 
     def value(self, metric: str) -> float:
         return float(getattr(self, metric))
