@@ -5,7 +5,7 @@ Modes:
   socket  acquire a pooled connection from the pool manager over its Unix socket
           (acquire_us = fd_recv_us; its steps protocol.ACQUIRE_PHASES: uds_connect_us,
           request_write_us, reply_recv_us, reply_parse_us, sock_wrap_us), after loading the pool
-          client (library_load_us = protocol_import_us).
+          client components/pool_acquire.py (library_load_us = protocol_import_us).
   fd3     adopt the connection components/c/fd3_entrypoint.c placed at fd 3 (LISTEN_FDS=1);
           acquire_us = fd_recv_us is the entrypoint's acquire, verify_us adds its fd check to
           this one, session_setup_us is the adoption here. Without it (COLDSTART_FD3_FALLBACK
@@ -21,7 +21,8 @@ If socket mode fails (manager unreachable, refusing, exhausted, bad fd, fd dropp
 and fallback is on, the function connects directly and reports path "fallback"; then connect_us
 also counts the failed attempt (socket_attempt_us), because that is what the caller waited. A
 dropped fd is reported to the manager after the measured work (fd_drop_reported).
-Before any of this, the function pages in its own executable mappings (prefetch_us; see
+Before any of this, the function pages in its own executable mappings and the compiled modules
+any of its modes may import for the connection (CONNECT_MODULES; prefetch_us; see
 components/prefetch.py), the same for every mode; --no-prefetch turns that off.
 
 Prints exactly one JSON line on stdout; exit status 0 iff ok. Imports are kept minimal
@@ -63,6 +64,10 @@ USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--ta
   --handoff       socket mode: ask for the fd itself (inject, default) or a relayed AF_UNIX end (relay)
   --requests      echo round trips on the connection; request_rtt_us is their median   default 1
 """
+
+
+# The project's modules any mode may import on the way to a connection: paged in for every mode.
+CONNECT_MODULES = ("pool_acquire", "listen_fds", "function_tls", "tls13")
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:
@@ -319,18 +324,25 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
     dropped: Any = None  # the reply of a grant whose fd never arrived, reported after the timed part
     try:
         if opts["mode"] == "socket":
+            # The lean client (components/pool_acquire.py); a pool name needing JSON escaping
+            # takes the full protocol module instead.
             t_import = time.perf_counter_ns()
-            from components import protocol
+            from components import pool_acquire as client
 
+            asked = "relay" if opts["handoff"] == "relay" else None
+            line = None
+            if not client.plain_name(opts["pool"]):
+                from components.protocol import encode_request
+
+                line = encode_request("acquire", pool=opts["pool"], **({"handoff": asked} if asked else {}))
             rec["protocol_import_us"] = rec["library_load_us"] = (time.perf_counter_ns() - t_import) / 1000
-            rec["library"] = protocol.__name__
+            rec["library"] = client.__name__
             phases: dict[str, float] = {}
             t0 = time.perf_counter_ns()
             try:
-                asked = "relay" if opts["handoff"] == "relay" else None
                 try:
-                    sock, reply = protocol.acquire(
-                        opts["socket"], opts["pool"], timeout, phases=phases, report_dropped=False, handoff=asked
+                    sock, reply = client.acquire(
+                        opts["socket"], opts["pool"], timeout, phases=phases, handoff=asked, line=line
                     )
                 finally:
                     rec.update(phases)
@@ -346,7 +358,7 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
                 if relayed:
                     rec["peer"] = reply.get("peer")  # the backend the relay carries the bytes to
                 if not rec["fd_check"]["ok"]:
-                    raise protocol.PoolError("bad_fd", json.dumps(rec["fd_check"]))
+                    raise client.PoolError("bad_fd", json.dumps(rec["fd_check"]))
                 rec["session_setup_us"] = 0.0
                 if opts["transport"] == "tls":
                     t_tls = time.perf_counter_ns()  # the TLS module's import counts, too
@@ -360,12 +372,12 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
                     rec["session_setup_us"] = tls_info["tls_setup_us"] - tls_library
                 rec["connect_us"] = rec["acquire_us"] + rec["verify_us"] + rec["session_setup_us"]
                 rec["t_connected_ns"] = time.time_ns()
-            except protocol.PoolError as exc:
+            except client.PoolError as exc:
                 attempt_ns = time.perf_counter_ns() - t0
                 if sock is not None:
                     sock.close()
                     sock = None
-                if isinstance(exc, protocol.FdDroppedError):
+                if isinstance(exc, client.FdDroppedError):
                     dropped = exc.reply
                 rec["fd_recv_us"] = rec["connect_us"] = rec["t_connected_ns"] = None
                 rec["acquire_us"] = rec["verify_us"] = rec["session_setup_us"] = None
@@ -456,9 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     if opts["prefetch"]:
         # Same for every mode and before any connection clock: see components/prefetch.py.
         t0 = time.perf_counter_ns()
-        from components.prefetch import prefetch
+        from components.prefetch import prefetch, prefetch_modules
 
         _files, covered = prefetch()
+        covered += prefetch_modules(CONNECT_MODULES, os.path.dirname(__file__))
         prefetched = {"prefetch_us": (time.perf_counter_ns() - t0) / 1000, "prefetch_bytes": covered}
     rec = run(opts, t_main_ns)
     rec.update(prefetched)

@@ -111,7 +111,7 @@ def test_socket_mode(echo: Echo, manager: Manager) -> None:
     check_common(rec)
     assert rec["fd_recv_us"] == rec["acquire_us"] > 0
     assert rec["connect_us"] == pytest.approx(rec["acquire_us"] + rec["verify_us"], rel=1e-6)
-    assert rec["library_load_us"] == rec["protocol_import_us"] > 0 and rec["library"] == "components.protocol"
+    assert rec["library_load_us"] == rec["protocol_import_us"] > 0 and rec["library"] == "components.pool_acquire"
     assert rec["resolve_us"] is None and rec["handshake_us"] is None
     assert rec["peer"] == echo.target
     check = rec["fd_check"]
