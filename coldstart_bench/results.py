@@ -185,6 +185,7 @@ class RunResult:
     # Scenarios a runtime cannot run (e.g. an injected TCP fd on gVisor): [{scenario, reason}], never measured.
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     connect_breakdown: dict[str, Any] = field(default_factory=dict)
+    arm_phases: dict[str, Any] = field(default_factory=dict)  # the phases every arm reports alike, per scenario
     harness_time: dict[str, Any] = field(default_factory=dict)
     version: int = SUMMARY_VERSION
     languages: list[dict[str, Any]] = field(default_factory=list)  # the language table (analyse/wire_tables.py)
@@ -227,6 +228,8 @@ class RunResult:
             out["pg_proxy"] = self.pg_proxy
         if self.connect_breakdown:
             out["connect_breakdown"] = self.connect_breakdown
+        if self.arm_phases:
+            out["arm_phases"] = self.arm_phases
         if self.harness_time:
             out["harness_time"] = self.harness_time
         if self.tls is not None:
@@ -269,6 +272,7 @@ class RunResult:
                 languages=list(d.get("languages") or []),
                 pg_proxy=list(d.get("pg_proxy") or []),
                 connect_breakdown=dict(d.get("connect_breakdown") or {}),
+                arm_phases=dict(d.get("arm_phases") or {}),
                 harness_time=dict(d.get("harness_time") or {}),
                 tls=d.get("tls"),
                 warning_groups=list(d.get("warning_groups") or []),
