@@ -81,7 +81,8 @@ def test_function_image_adopts_fd3_from_the_entrypoint(
 ) -> None:
     from coldstart_bench.measure.images import ensure_images
 
-    tag = ensure_images(docker_client, [image], log=lambda _msg: None).extra[image]
+    images = ensure_images(docker_client, [image], log=lambda _msg: None)
+    tag = images.extra.get(image) or getattr(images, image)  # "function" is a core image
     where: dict[str, Any] = {"network": network} if networked else {"network_mode": "none"}
     mounts = {str(pool_dir): {"bind": POOL_MOUNT, "mode": "rw"}}
     rec = run_function(
