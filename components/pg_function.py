@@ -3,7 +3,7 @@
 ``--mode direct`` resolves, connects and lets pg8000 (a mainstream pure-Python driver) do the
 startup and SCRAM-SHA-256 authentication, each phase timed on the wire. ``--mode socket``
 acquires an already authenticated session from the pool manager and adopts it at
-ReadyForQuery (``fd_recv_us`` = ``connect_us``); it needs no credentials. Both then run the same
+ReadyForQuery (``fd_recv_us`` = ``acquire_us``); it needs no credentials. Both then run the same
 transaction with the same client (``components.pg_wire``, one round trip per statement), so
 ``request_rtt_us`` compares the sessions, not two client libraries.
 
@@ -125,30 +125,68 @@ def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
         # What libpq does too; keepalive as the pool sets it, so both sessions are configured alike.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    conn, trace, traced = pg_pool.traced_handshake(
-        sock,
-        user=args.user,
-        password=password,
-        database=args.database,
-        application_name="coldstart-function",
-        startup_params={"client_encoding": "UTF8"},
-    )
+    tls_us = 0.0
+    if args.tls_ca:
+        # libpq's sslmode=verify-full with TLS 1.3: SSLRequest, handshake, certificate and host name.
+        t_ssl = time.perf_counter_ns()
+        import ssl
+
+        t_ctx = time.perf_counter_ns()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_verify_locations(cafile=args.tls_ca)
+        t_req = time.perf_counter_ns()
+        pg_pool.ssl_request(sock)
+        tls_sock = ctx.wrap_socket(sock, server_hostname=args.tls_server_name or args.host)
+        t_tls = time.perf_counter_ns()
+        cipher = tls_sock.cipher()
+        rec.update(
+            ssl_import_us=_us(t_ssl, t_ctx),
+            tls_context_us=_us(t_ctx, t_req),
+            tls_handshake_us=_us(t_req, t_tls),
+            tls_version=tls_sock.version(),
+            tls_cipher_suite=cipher[0] if cipher else None,
+            tls_path="handshake",
+        )
+        tls_us = (t_tls - t_ssl) / 1e3
+        conn, trace = pg_pool.traced_handshake_over(
+            tls_sock,
+            user=args.user,
+            password=password,
+            database=args.database,
+            application_name="coldstart-function",
+            startup_params={"client_encoding": "UTF8"},
+        )
+        plain: Any = tls_sock
+    else:
+        conn, trace, traced = pg_pool.traced_handshake(
+            sock,
+            user=args.user,
+            password=password,
+            database=args.database,
+            application_name="coldstart-function",
+            startup_params={"client_encoding": "UTF8"},
+        )
+        plain = pg_pool._take_socket(conn, traced)
     key = conn._backend_key_data or b""
     params = {str(k): str(v) for k, v in conn.parameter_statuses.items()}
-    plain = pg_pool._take_socket(conn, traced)
     session = pg_wire.Session(plain, parameters=params)
     if len(key) >= 8:
         session.backend_pid, session.secret_key = struct.unpack("!ii", key[:8])
     t_ready = time.perf_counter_ns()
+    # `import ssl` is library load, like the driver's; the rest of the TLS set-up is session set-up.
+    ssl_import_us = float(rec.get("ssl_import_us") or 0.0) if args.tls_ca else 0.0
+    rec["library_load_us"] = round((rec.get("library_load_us") or 0.0) + ssl_import_us, 1)
     rec.update(
         resolve_us=_us(t0, t_resolved),
         handshake_us=_us(t_resolved, t_tcp),
         acquire_us=_us(t0, t_tcp),
         verify_us=0.0,
-        session_setup_us=_us(t_tcp, t_ready),
+        session_setup_us=round(_us(t_tcp, t_ready) - ssl_import_us, 1),
         startup_us=round(trace.startup_us, 1),
         auth_us=round(trace.auth_us, 1),
-        connect_us=_us(t0, t_ready),
+        connect_us=round(_us(t0, t_ready) - ssl_import_us, 1),
+        tls_us=round(tls_us, 1) if args.tls_ca else None,
         auth_method={10: "sasl", 0: "trust", 5: "md5", 3: "password"}.get(trace.auth_method, str(trace.auth_method)),
     )
     return session, plain
@@ -159,16 +197,29 @@ def connect_socket(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
     from components import pg_wire, protocol
 
     t0 = time.perf_counter_ns()
-    sock, reply = protocol.acquire(args.socket, pool=args.pool, timeout=args.timeout)
-    t_acquired = time.perf_counter_ns()
-    session = pg_wire.Session.adopt(sock, reply.get("meta") or {})
+    sock, reply = protocol.acquire(args.socket, pool=args.pool, timeout=args.timeout, handoff=args.handoff)
+    t_fd = time.perf_counter_ns()
+    meta = reply.get("meta") or {}
+    rec["handoff"] = "relay" if meta.get("handoff") == "relay" else "fd"
+    transport: Any = sock
+    tls_library_us = 0.0
+    if isinstance(meta.get("tls"), dict):
+        # A session over TLS: continued with the handed-over keys, or plaintext (kernel TLS, relay).
+        from components.function_tls import continue_injected
+
+        transport, tls_info = continue_injected(sock, reply, t_fd)
+        rec.update(tls_info)
+        tls_library_us = tls_info.get("tls_library_us") or 0.0
+    session = pg_wire.Session.adopt(transport, meta)
     t1 = time.perf_counter_ns()
+    # The TLS library's load (import, libcrypto binding) is library load, like the driver's.
+    rec["library_load_us"] = round((rec.get("library_load_us") or 0.0) + tls_library_us, 1)
     rec.update(
-        fd_recv_us=_us(t0, t_acquired),
-        acquire_us=_us(t0, t_acquired),
+        fd_recv_us=_us(t0, t_fd),
+        acquire_us=_us(t0, t_fd),
         verify_us=0.0,
-        session_setup_us=_us(t_acquired, t1),
-        connect_us=_us(t0, t1),
+        session_setup_us=round(_us(t_fd, t1) - tls_library_us, 1),
+        connect_us=round(_us(t0, t1) - tls_library_us, 1),
     )
     rec["pool_setup_us"] = (reply.get("meta") or {}).get("setup_us")
     return session, sock
@@ -256,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", default="/run/cpm/pool.sock", help="pool manager socket (socket mode)")
     p.add_argument("--pool", default="pg", help="pool name (socket mode)")
     p.add_argument("--fallback", action="store_true", help="connect directly when the manager fails")
+    p.add_argument("--handoff", choices=("inject", "relay"), help="ask the pool for this hand-off (socket mode)")
+    p.add_argument("--tls-ca", help="CA file: connect over TLS 1.3 verifying the server (direct mode)")
+    p.add_argument("--tls-server-name", help="name the server certificate must carry (default: --host)")
     p.add_argument("--accounts", type=int, default=DEFAULT_ACCOUNTS, help="accounts in the schema")
     p.add_argument("--queries", type=int, default=DEFAULT_QUERIES, help="timed point reads after the transfer (>= 0)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for acquire, connect and each reply")
@@ -314,6 +368,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "query_us": [],
         "query_first_us": None,
         "query_p50_us": None,
+        "handoff": None,
+        "tls_us": None,
+        "tls_path": None,
+        "tls_version": None,
     }
     session = None
     if not args.no_prefetch:
