@@ -77,6 +77,7 @@ class Conn:
         "reply_tail",
         "session",
         "sock",
+        "traffic",
     )
 
     def __init__(self, sock: _socket.socket, peer: str, key: Any, meta: bytes, now: float, expires: float) -> None:
@@ -94,6 +95,8 @@ class Conn:
         # the reply after the hand-out id.
         self.anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", self.fd))]
         self.reply_tail = b',"meta":' + meta + b"}\n"
+        # (bytes acked, bytes received) when pooled: a release compares against it (release_check).
+        self.traffic = (-1, -1)
 
 
 class Client:
@@ -106,6 +109,7 @@ class Client:
         "fd",
         "fds",
         "gid",
+        "half_closed",
         "handoff",
         "pid",
         "pool",
@@ -126,6 +130,7 @@ class Client:
         self.allowed = False
         self.pool: Pool | None = None  # set while waiting for a connection
         self.handoff: Any = None  # the hand-off strategy the request asked for; None: the pool's
+        self.half_closed = False  # the caller shut down its sending side while waiting for its reply
         try:
             self.pid, self.uid, self.gid = PEERCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
@@ -157,7 +162,10 @@ class Pool:
         self.next_attempt = 0.0
         self.last_error = ""
         self.last_acquire = time.monotonic()  # start full; shrink to min_idle only after max_idle unused
-        self.handed: OrderedDict[Any, float] = OrderedDict()
+        # Handed-out connections that may come back: key -> (created, traffic at hand-out).
+        self.handed: OrderedDict[Any, tuple[float, tuple[int, int]]] = OrderedDict()
+        # What a fresh socket of this pool looks like, per address family (release_check.baseline).
+        self.release_baseline: dict[int, dict[str, Any]] = {}
         self.peer_names: dict[tuple[Any, ...], str] = {}
         self.reply_head = ('{"ok":true,"pool":' + json.dumps(cfg.name) + ',"peer":"').encode()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -180,6 +188,7 @@ class Pool:
                 "send_failures",
                 "relayed",
                 "relay_refused",
+                "release_reset",
             ),
             0,
         )

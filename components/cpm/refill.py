@@ -26,6 +26,7 @@ from components.cpm.model import (
     run_open,
     unhealthy_reason,
 )
+from components.cpm.release_check import traffic
 from components.pool_config import apply_socket_options
 from components.pool_connector import ANC_SPACE as CONNECTOR_ANC_SPACE
 from components.protocol import format_peer
@@ -174,7 +175,7 @@ class RefillRoom(ManagerCore):
         cfg = pool.cfg
         if pool.plugin is not None:
             pool.connecting += 1
-            self.submit("opened", pool, run_open, pool.plugin, cfg.as_dict())
+            self.submit("opened", pool, run_open, pool.plugin, cfg.session_dict())
             return True
         if self.connector_chan is not None:
             # The connector process connects (and resolves); demands go out once per loop round.
@@ -279,20 +280,30 @@ class RefillRoom(ManagerCore):
         self.next_settle = min((p.settling[0].eligible_at for p in self.tcp_pools if p.settling), default=float("inf"))
 
     def conn_ready(self, pool: Pool, conn: Conn, now: float) -> None:
+        if conn.key is not None and pool.plugin is None:
+            # The byte counters a release is compared with (nothing moves while it is pooled).
+            try:
+                conn.traffic = traffic(conn.sock)
+            except OSError:
+                conn.traffic = (-1, -1)
         pool.idle.append(conn)
         if pool.plugin is not None:
             self.serve_plugin_waiters(pool)
         elif pool.waiters:
             self.serve_waiters(pool, now)
 
-    def connect_failed(self, pool: Pool, now: float, error: str) -> None:
+    def connect_failed(self, pool: Pool, now: float, error: str, retry_after: float = 0.0) -> None:
+        """A connect (or session open) failed; ``retry_after``: the least wait before the next
+        attempt (a refused login waits the pool's login_retry, like PgBouncer's server_login_retry)."""
         pool.stats["connect_failures"] += 1
         pool.last_error = error
         if now >= pool.next_attempt:
             # One backoff step per failed round, however many connects were in flight.
             pool.level += 1
             delay = min(pool.cfg.backoff_max, pool.cfg.backoff_initial * (2 ** (pool.level - 1)))
-            pool.next_attempt = now + delay * (0.5 + random.random() / 2)
+            delay *= 0.5 + random.random() / 2
+            delay = max(delay, retry_after)
+            pool.next_attempt = now + delay
             if pool._literal is None:
                 pool.addrs_expire = 0.0  # re-resolve: the backend may have moved
             self.log("connect_failed", level="warning", pool=pool.name, error=error, retry_in_s=round(delay, 3))
@@ -321,7 +332,8 @@ class RefillRoom(ManagerCore):
             elif kind == "opened":
                 pool.connecting -= 1
                 if not ok:
-                    self.connect_failed(pool, now, f"{type(value).__name__}: {value}")
+                    retry = pool.cfg.login_retry if getattr(value, "login_refused", False) else 0.0
+                    self.connect_failed(pool, now, f"{type(value).__name__}: {value}", retry)
                     continue
                 sock, meta = value
                 try:
