@@ -157,6 +157,11 @@ class Pool:
         self.addrs: list[tuple[int, tuple[Any, ...]]] = []
         self.addrs_expire = 0.0
         self.resolving = False
+        self.resolved_at = -float("inf")  # when the addresses were last resolved (kept through outages)
+        self.addr_index = 0  # the address connects go to: the first, until it fails
+        self.addrs_failed = 0  # addresses that failed in a row since the last connection
+        self.connect_addr: dict[int, int] = {}  # fd of a connect in flight -> its address index
+        self.address = ""  # the backend address the last connection reached (stats, log)
         self.tcp_index = -1
         self.level = 0  # backoff level: consecutive failed connect rounds
         self.next_attempt = 0.0
@@ -189,6 +194,7 @@ class Pool:
                 "relayed",
                 "relay_refused",
                 "release_reset",
+                "address_failures",
             ),
             0,
         )
@@ -203,6 +209,7 @@ class Pool:
                 self._literal = (family, (host, port))
                 self.addrs = [self._literal]
                 self.addrs_expire = float("inf")
+                self.resolved_at = float("inf")
                 break
 
     @property

@@ -168,8 +168,10 @@ class RefillRoom(ManagerCore):
             if deadline <= now:
                 del self.connecting[fd]
                 pool.connecting -= 1
+                index = pool.connect_addr.pop(fd, pool.addr_index)
                 sock.close()  # closing drops it from epoll
-                self.connect_failed(pool, now, "connect timed out")
+                if self.address_failed(pool, index, now, "connect timed out"):
+                    self.refill(pool, now)
 
     def start_connect(self, pool: Pool, now: float) -> bool:
         cfg = pool.cfg
@@ -184,12 +186,15 @@ class RefillRoom(ManagerCore):
             self.demand_pending = True
             return True
         if now >= pool.addrs_expire:
-            # getaddrinfo blocks: resolve in a worker thread, connect when the answer is back.
+            # getaddrinfo blocks: resolve in a worker thread; connect to the last good addresses
+            # meanwhile, or when there are none, once the answer is back.
             if not pool.resolving:
                 pool.resolving = True
                 self.submit("resolved", pool, resolve, cfg.target)
-            return False
-        family, addr = pool.addrs[0]
+            if not pool.addrs:
+                return False
+        index = pool.addr_index % len(pool.addrs)
+        family, addr = pool.addrs[index]
         # The C-level socket type: no Python-level constructor or close() wrapper on the hot path.
         sock = _socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -198,18 +203,17 @@ class RefillRoom(ManagerCore):
             err = sock.connect_ex(addr)
         except OSError as exc:
             sock.close()
-            self.connect_failed(pool, now, exc.strerror or str(exc))
-            return False
+            return self.address_failed(pool, index, now, exc.strerror or str(exc))
         if err not in (0, errno.EINPROGRESS):
             sock.close()
-            self.connect_failed(pool, now, os.strerror(err))
-            return False
+            return self.address_failed(pool, index, now, os.strerror(err))
         try:
             # Over loopback or a veth pair the handshake completes inside connect(): skip the epoll round.
             peer_addr = sock.getpeername()
         except OSError:
             fd = sock.fileno()
             pool.connecting += 1
+            pool.connect_addr[fd] = index
             self.connecting[fd] = (pool, sock, now + cfg.connect_timeout)
             self.ep.register(fd, EPOLLOUT)
             return True
@@ -219,6 +223,7 @@ class RefillRoom(ManagerCore):
     def connect_done(self, fd: int, ev: int) -> None:
         pool, sock, _deadline = self.connecting.pop(fd)
         pool.connecting -= 1
+        index = pool.connect_addr.pop(fd, pool.addr_index)
         self.ep.unregister(fd)
         now = time.monotonic()
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -228,7 +233,8 @@ class RefillRoom(ManagerCore):
             peer_addr = sock.getpeername()
         except OSError as exc:
             sock.close()
-            self.connect_failed(pool, now, exc.strerror or str(exc))
+            if self.address_failed(pool, index, now, exc.strerror or str(exc)):
+                self.refill(pool, now)
             return
         self.connected(pool, sock, peer_addr, now)
         self.refill(pool, now)
@@ -250,6 +256,10 @@ class RefillRoom(ManagerCore):
         greets first, shows it (FIN or data) within the settle period; only then is it checked
         and, if quiet, pooled (``promote_settled``)."""
         pool.stats["refills"] += 1
+        pool.addrs_failed = 0
+        if peer != pool.address:
+            self.log("address_in_use", pool=pool.name, address=peer, previous=pool.address or None)
+            pool.address = peer
         key = self.release_key(sock, peer) if pool.cfg.accept_release else None
         conn = Conn(sock, peer, key, b"{}", now, pool.expiry(now))
         conn.eligible_at = now + pool.cfg.settle_ms / 1000.0
@@ -311,6 +321,30 @@ class RefillRoom(ManagerCore):
             # Nothing can arrive soon: let waiting callers fall back now instead of at their deadline.
             self.reject_waiters(pool, error)
 
+    def address_failed(self, pool: Pool, index: int, now: float, error: str) -> bool:
+        """A connect to address ``index`` failed. While the pool's other addresses are untried, move
+        on to the next (no backoff) and return True; after the last, a failed round: False."""
+        n = len(pool.addrs)
+        if n > 1 and index == pool.addr_index % n and pool.addrs_failed + 1 < n:
+            pool.addrs_failed += 1
+            pool.addr_index = (index + 1) % n
+            pool.stats["address_failures"] += 1
+            self.log(
+                "address_failed",
+                level="warning",
+                pool=pool.name,
+                address=format_peer(pool.addrs[index][1]),
+                error=error,
+                next=format_peer(pool.addrs[pool.addr_index][1]),
+            )
+            return True
+        if n > 1 and index != pool.addr_index % n:
+            return True  # an older connect to an address already given up: the round goes on
+        pool.addrs_failed = 0
+        pool.addr_index = 0  # the next round starts again from the first address
+        self.connect_failed(pool, now, error)
+        return False
+
     def drain_results(self) -> None:
         """Woken by the eventfd: results of worker-thread jobs (resolution, plug-in sessions)."""
         with contextlib.suppress(BlockingIOError):
@@ -324,10 +358,27 @@ class RefillRoom(ManagerCore):
             if kind == "resolved":
                 pool.resolving = False
                 if ok and value:
-                    pool.addrs = value
+                    if value != pool.addrs:
+                        pool.addr_index = 0
+                        pool.addrs_failed = 0
+                    pool.addrs, pool.resolved_at = value, now
                     pool.addrs_expire = now + pool.cfg.resolve_ttl
                     self.refill(pool, now)
+                elif pool.addrs and now - pool.resolved_at <= pool.cfg.resolve_keep:
+                    # A resolver outage is not a backend outage: keep the last good addresses
+                    # (for resolve_keep at most) and ask again later.
+                    pool.addrs_expire = now + max(pool.cfg.resolve_ttl, 1.0)
+                    self.log(
+                        "resolve_failed",
+                        level="warning",
+                        pool=pool.name,
+                        error=str(value)[:200],
+                        kept=[format_peer(a) for _f, a in pool.addrs],
+                        age_s=round(now - pool.resolved_at, 1),
+                    )
+                    self.refill(pool, now)
                 else:
+                    pool.addrs = []
                     self.connect_failed(pool, now, f"resolve {pool.cfg.target}: {value}")
             elif kind == "opened":
                 pool.connecting -= 1

@@ -52,11 +52,12 @@ class SlowBackend:
     """A TCP server on loopback: ``echo`` answers each complete line after ``delay`` seconds;
     ``silent`` accepts and never reads."""
 
-    def __init__(self, mode: str = "echo", delay: float = 0.3) -> None:
+    def __init__(self, mode: str = "echo", delay: float = 0.3, host: str = "127.0.0.1") -> None:
         self.mode, self.delay = mode, delay
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.create_server((host, 0), family=family, backlog=128)
         self.listener.settimeout(0.1)
-        self.target = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.target = protocol.format_peer(self.listener.getsockname())
         self.conns: list[socket.socket] = []
         self.stopping = False
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -402,3 +403,149 @@ def test_refused_postgres_login_is_retried_after_login_retry_not_at_connect_pace
         assert_still_serving(m, before)
     finally:
         m.stop()
+
+
+# ---------------------------------------------------------------- name resolution
+
+
+class NamespacedManager:
+    """A manager in a mount namespace of its own whose /etc/hosts is ``hosts`` (rewritten in place
+    by the test) and whose name service reads files only: resolution the test controls."""
+
+    def __init__(self, sockdir: Path, hosts: Path, config: dict[str, Any], *extra: str) -> None:
+        self.sock_path = str(sockdir / "m.sock")
+        self.log_path = sockdir / "m.log"
+        nsswitch = sockdir / "nsswitch.conf"
+        nsswitch.write_text("hosts: files\n")
+        (sockdir / "cfg.json").write_text(json.dumps(config))
+        script = (
+            f"mount --bind {hosts} /etc/hosts && mount --bind {nsswitch} /etc/nsswitch.conf && "
+            f"exec {sys.executable} -m components.pool_manager --socket {self.sock_path} "
+            f"--config {sockdir / 'cfg.json'} " + " ".join(extra)
+        )
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", script], stdout=subprocess.DEVNULL, stderr=self._log, env=env(), cwd=REPO
+        )
+        self.proc_pid = self.proc.pid
+
+    def stats(self) -> dict[str, Any]:
+        return protocol.request(self.sock_path, "stats", timeout=3)
+
+    def log_events(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def _can_unshare_mounts() -> bool:
+    if os.getuid() != 0:
+        return False
+    done = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10)
+    return done.returncode == 0
+
+
+needs_mount_ns = pytest.mark.skipif(
+    not _can_unshare_mounts(), reason="needs root and a mount namespace to control name resolution"
+)
+
+
+@pytest.fixture
+def namespaced(sockdir: Path) -> Iterator[Callable[..., NamespacedManager]]:
+    started: list[NamespacedManager] = []
+
+    def start(hosts_text: str, config: dict[str, Any], *extra: str) -> NamespacedManager:
+        hosts = sockdir / "hosts"
+        hosts.write_text(hosts_text)
+        m = NamespacedManager(sockdir, hosts, config, *extra)
+        started.append(m)
+
+        def answers() -> bool:
+            assert m.proc.poll() is None, m.log_path.read_text()
+            try:
+                return bool(protocol.request(m.sock_path, "ping", timeout=1)["ok"])
+            except protocol.PoolError:
+                return False
+
+        wait_for(answers, timeout=15, interval=0.05)
+        return m
+
+    yield start
+    for m in started:
+        m.stop()
+
+
+def _rewrite_in_place(path: Path, text: str) -> None:
+    """New content in the same inode: the bind mount inside the namespace sees it."""
+    with open(path, "r+") as fh:
+        fh.truncate(0)
+        fh.write(text)
+
+
+@needs_mount_ns
+@pytest.mark.parametrize("connector", [False, True], ids=["in-loop", "connector-process"])
+def test_every_resolved_address_is_tried_in_order(
+    namespaced: Callable[..., NamespacedManager], connector: bool
+) -> None:
+    """A dual-stack name whose backend listens only on ::1 (the IPv4 address, tried first, refuses)."""
+    backend = SlowBackend("echo", 0.0, host="::1")
+    try:
+        port = int(backend.target.rsplit(":", 1)[1])
+        config = {"pools": {"dual": {"target": f"dual-cpm-test:{port}", "size": 2}}}
+        m = namespaced("127.0.0.1 dual-cpm-test\n::1 dual-cpm-test\n", config, *(["--connector-process"] * connector))
+        wait_for(lambda: m.stats()["pools"]["dual"]["idle"] == 2, timeout=10)
+        st = m.stats()["pools"]["dual"]
+        assert st["address"] == f"[::1]:{port}", st
+        if not connector:  # (the connector process resolves on its own)
+            assert st["addresses"] == [f"127.0.0.1:{port}", f"[::1]:{port}"]
+        sock, reply = protocol.acquire(m.sock_path, "dual")
+        assert reply["peer"] == f"[::1]:{port}"
+        assert echo_roundtrip(sock)
+        sock.close()
+        assert any(e["event"] == "address_in_use" and e["address"] == f"[::1]:{port}" for e in m.log_events())
+    finally:
+        backend.stop()
+
+
+@needs_mount_ns
+def test_resolver_outage_keeps_the_last_good_addresses_for_resolve_keep(
+    namespaced: Callable[..., NamespacedManager], echo: Echo
+) -> None:
+    pool = {"target": f"cpm-backend-test:{echo.port}", "size": 2, "resolve_ttl": 0.2, "resolve_keep": 3.0}
+    pool.update({"backoff_max": 0.2, "borrow_timeout": 1.0})
+    m = namespaced("127.0.0.1 cpm-backend-test\n", {"pools": {"b": pool}}, "--health-interval", "0.2")
+    wait_for(lambda: m.stats()["pools"]["b"]["idle"] == 2, timeout=10)
+    _rewrite_in_place(Path(m.sock_path).parent / "hosts", "# the name is gone\n")
+    outage_start = time.monotonic()
+    # Through the outage: every hand-out needs a new connection, to the address the name had.
+    for _ in range(6):
+        sock, _ = protocol.acquire(m.sock_path, "b", timeout=3)
+        assert echo_roundtrip(sock)
+        sock.close()
+        time.sleep(0.25)
+    assert time.monotonic() - outage_start < 3.0
+    assert m.stats()["pools"]["b"]["backend_up"] is True
+    assert any(e["event"] == "resolve_failed" and e["kept"] == [echo.target] for e in m.log_events())
+    # Bounded: past resolve_keep without an answer, the addresses are dropped and the pool says why.
+    time.sleep(max(0.0, outage_start + 3.5 - time.monotonic()))
+
+    def refused() -> bool:
+        try:
+            s, _ = protocol.acquire(m.sock_path, "b", timeout=3)
+        except protocol.PoolError as exc:
+            assert exc.code in ("backend_unavailable", "pool_exhausted"), exc
+            return True
+        s.close()
+        return False
+
+    wait_for(refused, timeout=10, interval=0.1)
+    assert "resolve" in m.stats()["pools"]["b"]["last_error"]
