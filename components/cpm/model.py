@@ -67,6 +67,7 @@ class Conn:
     __slots__ = (
         "anc",
         "created",
+        "diag",
         "eligible_at",
         "expires",
         "fd",
@@ -97,6 +98,7 @@ class Conn:
         self.reply_tail = b',"meta":' + meta + b"}\n"
         # (bytes acked, bytes received) when pooled: a release compares against it (release_check).
         self.traffic = (-1, -1)
+        self.diag: Any = None  # how the kernel finds it once handed out (backend_cap), when capped
 
 
 class Client:
@@ -162,6 +164,9 @@ class Pool:
         self.addrs_failed = 0  # addresses that failed in a row since the last connection
         self.connect_addr: dict[int, int] = {}  # fd of a connect in flight -> its address index
         self.address = ""  # the backend address the last connection reached (stats, log)
+        self.out: dict[int, Any] = {}  # handed-out connections maybe still open (with max_backend)
+        self.out_checked = 0.0
+        self.out_unverifiable = False
         self.tcp_index = -1
         self.level = 0  # backoff level: consecutive failed connect rounds
         self.next_attempt = 0.0

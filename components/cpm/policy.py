@@ -9,6 +9,7 @@ import os
 import socket
 import time
 
+from components.cpm.backend_cap import diag_id
 from components.cpm.core import ManagerCore
 from components.cpm.model import (
     DISCARD_LOG_WINDOW,
@@ -63,7 +64,10 @@ class PolicyRoom(ManagerCore):
             self.reply_error(client, "backend_unavailable", f"pool {pool.name}: {pool.last_error or 'backend down'}")
         else:
             pool.stats["exhausted"] += 1
-            self.reply_error(client, "pool_exhausted", f"pool {pool.name} has no idle connection")
+            detail = f"pool {pool.name} has no idle connection"
+            if pool.cfg.max_backend and self.backend_held(pool) >= pool.cfg.max_backend:
+                detail = self.cap_detail(pool)
+            self.reply_error(client, "pool_exhausted", detail)
 
     def take_healthy(self, pool: Pool, now: float) -> Conn | None:
         """The first idle connection that is healthy now; at most HANDOUT_PROBES dead ones are
@@ -129,6 +133,8 @@ class PolicyRoom(ManagerCore):
             self.close_client(client)
             return False
         pool.stats["handed_out"] += 1
+        if pool.cfg.max_backend:
+            self.note_handed_out(pool, conn)
         if pool.cfg.accept_release and conn.key is not None:
             handed = pool.handed
             handed[conn.key] = (conn.created, conn.traffic)
@@ -168,6 +174,10 @@ class PolicyRoom(ManagerCore):
         created, _traffic = pool.handed.pop(key)
         conn = Conn(sock, peer, key, b"{}", now, float("inf"))
         conn.created = created
+        if pool.cfg.max_backend:
+            conn.diag = diag_id(sock)
+            if conn.diag is not None:
+                pool.out.pop(conn.diag[3], None)  # back inside the pool: counted there now
         conn.expires = pool.expiry(created) if pool.cfg.ttl > 0 else float("inf")
         pool.stats["released_reused"] += 1
         if reset:

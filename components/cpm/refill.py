@@ -14,6 +14,7 @@ import socket
 import time
 from typing import Any
 
+from components.cpm.backend_cap import diag_id
 from components.cpm.core import ManagerCore
 from components.cpm.model import (
     EPOLLOUT,
@@ -74,7 +75,7 @@ class RefillRoom(ManagerCore):
             # Connect on demand: one extra connection per waiting caller (plug-in pools always
             # open sessions for their waiters; they have no other refill path).
             need += len(pool.waiters)
-        return min(need, self._connect_limit(pool) - pool.connecting)
+        return min(need, self._connect_limit(pool) - pool.connecting, self.backend_room(pool, now))
 
     def flush_demand(self) -> None:
         chan = self.connector_chan
@@ -262,6 +263,8 @@ class RefillRoom(ManagerCore):
             pool.address = peer
         key = self.release_key(sock, peer) if pool.cfg.accept_release else None
         conn = Conn(sock, peer, key, b"{}", now, pool.expiry(now))
+        if pool.cfg.max_backend:
+            conn.diag = diag_id(sock)
         conn.eligible_at = now + pool.cfg.settle_ms / 1000.0
         pool.settling.append(conn)
         self.next_settle = min(self.next_settle, conn.eligible_at)
@@ -399,6 +402,8 @@ class RefillRoom(ManagerCore):
                 pool.level = 0
                 session = Conn(sock, peer, None, meta_json, now, pool.expiry(now))
                 session.session = meta
+                if pool.cfg.max_backend:
+                    session.diag = diag_id(sock)
                 self.conn_ready(pool, session, now)
                 self.refill(pool, now)
             elif kind == "refreshed":

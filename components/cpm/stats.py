@@ -36,6 +36,8 @@ class StatsRoom(ManagerCore):
                 + pool.stats["discard_fresh"],
                 "settling": len(pool.settling),
                 "address": pool.address,
+                "max_backend": pool.cfg.max_backend,
+                "backend_connections": self.backend_held(pool),
                 "addresses": [format_peer(a) for _f, a in pool.addrs],
             }
         total = sum(self.lat_counts)

@@ -59,6 +59,7 @@ class SlowBackend:
         self.listener.settimeout(0.1)
         self.target = protocol.format_peer(self.listener.getsockname())
         self.conns: list[socket.socket] = []
+        self.accepted = 0
         self.stopping = False
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -70,6 +71,7 @@ class SlowBackend:
             except OSError:
                 continue
             self.conns.append(conn)
+            self.accepted += 1
             if self.mode == "echo":
                 threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
 
@@ -105,9 +107,10 @@ def slow_manager(echo: Echo, sockdir: Path) -> Iterator[Callable[..., tuple[Mana
     """A manager with a healthy pool "echo" and a pool "slow" in front of a SlowBackend."""
     started: list[tuple[Manager, SlowBackend]] = []
 
-    def start(mode: str = "echo", delay: float = 0.3, size: int = 2) -> tuple[Manager, SlowBackend]:
+    def start(mode: str = "echo", delay: float = 0.3, size: int = 2, **slow: Any) -> tuple[Manager, SlowBackend]:
         backend = SlowBackend(mode, delay)
-        cfg = {"pools": {"echo": {"target": echo.target, "size": 2}, "slow": {"target": backend.target, "size": size}}}
+        slow_pool = {"target": backend.target, "size": size, **slow}
+        cfg = {"pools": {"echo": {"target": echo.target, "size": 2}, "slow": slow_pool}}
         (sockdir / "cfg.json").write_text(json.dumps(cfg))
         m = Manager(sockdir / "m.sock", echo.target, 2, "--config", str(sockdir / "cfg.json"))
         started.append((m, backend))
@@ -267,6 +270,37 @@ def test_released_socket_options_flags_and_owner_never_reach_the_next_caller(
     finally:
         bystander.kill()
         bystander.wait()
+    assert_still_serving(m, before)
+
+
+# ---------------------------------------------------------------- the cap on backend connections
+
+
+def test_backend_connections_are_capped_handed_out_included(slow_manager: Callable[..., Any]) -> None:
+    cap = 3
+    m, backend = slow_manager("echo", 0.0, size=2, max_backend=cap, exhaustion="connect", borrow_timeout=0.5)
+    before = loose_fds(m)
+    held = [protocol.acquire(m.sock_path, "slow")[0] for _ in range(cap)]
+    time.sleep(0.3)  # room for any refill the hand-outs asked for
+    st = m.stats()["pools"]["slow"]
+    assert st["max_backend"] == cap and st["backend_connections"] == cap, st
+    assert backend.accepted == cap
+    # At the cap: a caller waits its borrow_timeout, then gets a clear exhausted error.
+    with pytest.raises(protocol.PoolError) as exc:
+        protocol.acquire(m.sock_path, "slow", timeout=5)
+    assert exc.value.code == "pool_exhausted" and "max_backend" in exc.value.detail
+    assert backend.accepted == cap
+    # Queueing: a caller waiting at the cap is served as soon as a handed-out connection closes.
+    threading.Timer(0.2, held.pop().close).start()
+    sock, _ = protocol.acquire(m.sock_path, "slow", timeout=5)
+    assert echo_roundtrip(sock)
+    held.append(sock)
+    assert m.stats()["pools"]["slow"]["backend_connections"] <= cap
+    for s in held:
+        s.close()
+    # Every connection closed: the pool refills up to its size again, within the cap.
+    wait_for(lambda: m.stats()["pools"]["slow"]["idle"] == 2, timeout=5)
+    assert m.stats()["pools"]["slow"]["backend_connections"] <= cap
     assert_still_serving(m, before)
 
 
