@@ -377,7 +377,15 @@ def _pg_manager(sockdir: Path, echo: Echo, pg_pool: dict[str, Any], wait_ready: 
     m = Manager(sockdir / "m.sock", echo.target, 1, "--config", str(sockdir / "cfg.json"), wait_ready=wait_ready)
     if not wait_ready:
         m.wait_socket()
+        wait_for(lambda: _answers(m.sock_path), timeout=10, interval=0.05)  # listening, not just bound
     return m
+
+
+def _answers(sock_path: str) -> bool:
+    try:
+        return bool(protocol.request(sock_path, "ping", timeout=1)["ok"])
+    except protocol.PoolError:
+        return False
 
 
 @pytest.fixture
@@ -505,10 +513,7 @@ def namespaced(sockdir: Path) -> Iterator[Callable[..., NamespacedManager]]:
 
         def answers() -> bool:
             assert m.proc.poll() is None, m.log_path.read_text()
-            try:
-                return bool(protocol.request(m.sock_path, "ping", timeout=1)["ok"])
-            except protocol.PoolError:
-                return False
+            return _answers(m.sock_path)
 
         wait_for(answers, timeout=15, interval=0.05)
         return m
