@@ -144,6 +144,44 @@ class Scenario:
         return d
 
 
+# What two arms may differ in and still compare connection methods: how the function gets its
+# connection (mode, the path it reports, entrypoint, hand-off, proxy, pool down, release) and the
+# bookkeeping of the study. Every other field is a factor of its own; a new axis counts as one.
+CONNECTION_METHOD_FIELDS = frozenset({"mode", "expect_path", "entrypoint", "handoff", "proxy", "pool_up", "release"})
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "name",
+        "family",
+        "references",
+        "delay_series",
+        "diff_reference",
+        "burst_series",
+        "thesis_role",
+        "expectations",
+        "description",
+    }
+)
+# How summary.json names a factor (the field name when not listed).
+FACTOR_NAMES: dict[str, str] = {"network": "network_mode", "delay_ms": "delay"}
+
+
+def differs_in(a: Scenario, b: Scenario) -> tuple[str, ...]:
+    """The factors other than the connection method in which two scenarios differ (in field order):
+    empty when a comparison of the two isolates the connection method."""
+    out = []
+    for f in dataclasses.fields(Scenario):
+        if f.name in CONNECTION_METHOD_FIELDS or f.name in BOOKKEEPING_FIELDS:
+            continue
+        if getattr(a, f.name) != getattr(b, f.name):
+            out.append(FACTOR_NAMES.get(f.name, f.name))
+    return tuple(out)
+
+
+def method_differs(a: Scenario, b: Scenario) -> bool:
+    """Whether the two scenarios get their connection differently."""
+    return any(getattr(a, name) != getattr(b, name) for name in sorted(CONNECTION_METHOD_FIELDS))
+
+
 def _ref(
     scenario: str, *findings: Finding, headline: bool = False, control: bool = False, pulled: bool = False
 ) -> Reference:
@@ -386,7 +424,9 @@ def runtime_twins(scenarios: Iterable[Scenario], runtimes: Iterable[str]) -> tup
 # Language axis: the same echo function in Node.js and C beside the Python one. Entrypoint axis:
 # "fd3" = components/c/fd3_entrypoint.c acquires the connection before the runtime starts and execs
 # the function with it at fd 3 (LISTEN_FDS=1), path "fd3". socket-fd3 runs the Python function
-# through the entrypoint, to price it against the in-process acquire of socket.
+# through the entrypoint, to price it against the in-process acquire of socket: the same image,
+# the same number of requests and the same exec chain (every arm starts through the entrypoint,
+# the others with --no-acquire).
 LANG_FAMILY = "lang"
 PG_PROXY_FAMILY = "pg-proxy"
 
@@ -848,4 +888,6 @@ __all__ = [
     "Finding",
     "Reference",
     "Scenario",
+    "differs_in",
+    "method_differs",
 ]
