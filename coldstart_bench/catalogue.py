@@ -565,6 +565,41 @@ TLS_SCENARIOS: tuple[Scenario, ...] = (
         diff_reference="tls-socket",
     ),
     Scenario(
+        "tls-relay",
+        "socket",
+        transport="tls",
+        handoff=RELAY,
+        family=TLS_FAMILY,
+        references=(
+            _ref(
+                "tls-direct",
+                Finding(CONNECT_SPEEDUP, "tls-relay"),
+                _saving("tls", "Relaying a TLS 1.3 session the manager keeps the keys of"),
+                headline=True,
+            ),
+            _ref("tls-socket"),
+        ),
+        diff_reference="tls-socket",
+        # No crypto in the function at all: plaintext over a socketpair end.
+        expectations=("tls-relay.connect_us.median <= tls-direct.connect_us.median / 15",),
+        description="the manager terminates TLS and relays plaintext over a node-local socketpair",
+    ),
+    Scenario(
+        "tls-relay-nonet",
+        "socket",
+        network="none",
+        transport="tls",
+        handoff=RELAY,
+        family=TLS_FAMILY,
+        references=(
+            _ref("tls-direct", _saving("tls", "Relaying a TLS 1.3 session into a function without networking")),
+            _ref("tls-relay"),
+            _ref("tls-socket-nonet"),
+        ),
+        diff_reference="tls-socket",
+        description="the TLS relay into a function without container networking",
+    ),
+    Scenario(
         "tls-direct-10ms",
         "direct",
         delay_ms=10,
