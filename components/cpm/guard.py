@@ -30,6 +30,65 @@ RELOADABLE = ("allow_uids", "allow_gids", "log_grants", "request_timeout", "max_
 
 
 class GuardRoom(ManagerCore):
+    # ---------------------------------------------------------------- start-up
+    def bind(self) -> None:
+        cfg = self.cfg
+        path = cfg.socket
+        directory = os.path.dirname(os.path.abspath(path))
+        created = self.socket_directory(directory)
+        self._clear_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bind under a tight umask so the file never exists with looser permissions than asked.
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, cfg.socket_mode)
+        sock.listen(4096)
+        sock.setblocking(False)
+        self.listener = sock
+        self.ep.register(sock.fileno(), EPOLLIN)
+        self.log(
+            "listening",
+            socket=path,
+            socket_mode=oct(cfg.socket_mode),
+            dir_mode=oct(stat.S_IMODE(os.stat(directory).st_mode)),
+            dir_created=created,
+            allow_uids=sorted(cfg.allow_uids),
+            allow_gids=sorted(cfg.allow_gids),
+            release_identity=self.release_identity,
+        )
+        if not cfg.allow_uids and not cfg.allow_gids:
+            detail = "allow_uids and allow_gids are empty: every caller is refused"
+            self.log("nobody_allowed", level="warning", detail=detail)
+        elif not cfg.allow_uids:
+            detail = "allow_uids is empty: only callers in allow_gids are served"
+            self.log("no_uid_allowed", level="warning", detail=detail)
+
+    def _clear_stale(self, path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            err = probe.connect_ex(path)
+        finally:
+            probe.close()
+        if err in (errno.ECONNREFUSED, errno.ENOENT):
+            # Nobody listens: a crashed run left it behind. Only a refusal proves that: a busy
+            # manager with a full accept backlog answers EAGAIN, and it must keep its socket.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            self.log("stale_socket_removed", socket=path)
+            return
+        if err in (0, errno.EAGAIN, errno.EINPROGRESS):
+            raise ConfigError(f"another manager is listening on {path}")
+        raise ConfigError(f"cannot tell whether {path} is in use ({os.strerror(err)}); refusing to replace it")
+
     def socket_directory(self, directory: str) -> bool:
         """Make sure nobody but this uid can replace the socket: True if the manager created the
         directory (with socket_dir_mode), else it must already be a real directory owned by this uid

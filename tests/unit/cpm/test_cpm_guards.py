@@ -61,13 +61,15 @@ def test_out_of_descriptors_rests_the_listener_and_serves_once_freed(
             s.connect(m.sock_path)
             s.sendall(protocol.encode_request("acquire", pool="echo"))
             callers.append(s)
+        # (Descriptors a reply or hand-out frees a moment later may serve a caller or two first.)
+        wait_for(lambda: [e for e in m.log_events() if e["event"] in ("accept_failed", "accept_paused")], 10)
         cpu0, t0 = m.cpu_seconds(), time.monotonic()
         time.sleep(1.5)
         cpu, wall = m.cpu_seconds() - cpu0, time.monotonic() - t0
         failures = [e for e in m.log_events() if e["event"] in ("accept_failed", "accept_paused")]
         # Resting, not spinning: a fraction of one CPU, and one log line per window.
         assert cpu < 0.3 * wall, (cpu, wall)
-        assert 1 <= len(failures) <= 2, len(failures)
+        assert len(failures) <= 2, len(failures)
     finally:
         resource.prlimit(m.pid, resource.RLIMIT_NOFILE, (soft, hard))
     # Descriptors free again: every queued caller is served.
