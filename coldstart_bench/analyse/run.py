@@ -162,7 +162,7 @@ def _paired_blocks(
             for metric in PRIMARY_METRICS:
                 a, b = by_block(groups[scenario], metric), by_block(groups[ref], metric)
                 if len(a) > 1 and len(b) > 1:
-                    res = paired_blocks(scenario, a, ref, b, metric, resamples=resamples, seed=seed)
+                    res = paired_blocks(scenario, a, ref, b, metric)
                     if res is not None:
                         out.append(res)
     return out
