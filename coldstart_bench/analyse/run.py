@@ -322,7 +322,9 @@ def analyse(
         "findings": judged.findings,
         "family": judged.family,
         "effects": lower_variance(catalogue, values, judged.results, alpha=config.alpha),
-        "planning": sample_size_plans(catalogue, values, by_block, judged.family, alpha=config.alpha),
+        "planning": sample_size_plans(
+            catalogue, values, by_block, judged.family, alpha=config.alpha, results=judged.results
+        ),
     }
     if config.plan is not None:
         summary["plan"] = config.plan
