@@ -6,7 +6,8 @@ Which pairs produce which sentence is declared in the catalogue (a Reference's `
 worded. Every finding of a run belongs to one family of k tests (`familywise`): location findings get
 a Hodges–Lehmann estimate with a test-inverted interval at the Bonferroni level 1 − alpha/k (lifecycle
 findings: the arm's effect adjusted for what the connection method cannot change, adjusted.py), ratios
-the same on the log scale, the variance finding a Levene test and the delay slope its regression test;
+the same on the log scale, the variance finding a Brown–Forsythe test (Levene's, median-centred: robust
+to the skew of latencies) and the delay slope its regression test;
 p-values are Holm-adjusted over all k. A finding is `significant` only when its family-wise interval
 excludes the null (0, or a ratio of 1) — or, without an interval, when its Holm-adjusted p is below
 alpha — and only a significant finding states a saving.
@@ -43,6 +44,7 @@ from .phase_effects import LIFECYCLE, RUN_PHASE, BlocksByScenario, comparison_na
 from .stats import json_safe
 
 CONTROL_TOPIC = "control"
+VARIANCE_ESTIMATOR = "ratio of lifecycle variances (Brown–Forsythe test)"
 # The thesis's result: injection cut the cold start's lifecycle by 4.4 % (of direct's median).
 THESIS_LIFECYCLE_SHARE = 0.044
 RUN_PHASE_TOPIC_SUFFIX = "-start-to-die"
@@ -174,7 +176,7 @@ class _Builder:
             self._add(_Pending(kind, topic, slow, fast, subject, comparison=comp))
 
     def variance(self, topic: str, slow: str, fast: str, subject: str) -> None:
-        _stat, p = levene(self.values[fast]["lifecycle_ms"], self.values[slow]["lifecycle_ms"], "mean")
+        _stat, p = levene(self.values[fast]["lifecycle_ms"], self.values[slow]["lifecycle_ms"], "median")
         self._add(_Pending(PREDICTABILITY, topic, slow, fast, subject, p_value=p))
 
 
@@ -501,7 +503,7 @@ def _variance_entry(
     who = p.subject or p.fast
     text = (
         f"Lifecycle variance is {v_s['variance']:.2f} ms² with {who} vs {v_d['variance']:.2f} ms² {p.slow}; "
-        f"p99 {v_s['p99']:.1f} vs {v_d['p99']:.1f} ms (Levene, mean-centred: p = {p.p_value:.2g}, "
+        f"p99 {v_s['p99']:.1f} vs {v_d['p99']:.1f} ms (Brown–Forsythe: p = {p.p_value:.2g}, "
         f"{_holm_text(p_adj, k)}): {verdict}."
     )
     ratio = v_s["variance"] / v_d["variance"] if v_d["variance"] else math.nan
@@ -519,7 +521,7 @@ def _variance_entry(
         "ci_adjusted": None,
         "ci": None,
         "confidence_adjusted": confidence,
-        "estimator": "ratio of lifecycle variances (Levene test, mean-centred)",
+        "estimator": VARIANCE_ESTIMATOR,
         "family_size": k,
     }
 
