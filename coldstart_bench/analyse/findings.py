@@ -229,24 +229,26 @@ def _thesis_check(result: FamilyResult, reference_median: float) -> tuple[dict[s
 
 
 def _in_function(rows: Rows | None, slow: str, fast: str, result: FamilyResult) -> tuple[dict[str, Any] | None, str]:
-    """In-function time (start→die − start→ready) beside a lifecycle finding, at the family's level."""
+    """In-function time (main → end, or start→die − start→ready without the stamps) beside a lifecycle
+    finding, at the family's level."""
     if rows is None or slow not in rows or fast not in rows:
         return None, ""
-    a, b = in_function_ms(rows[slow]), in_function_ms(rows[fast])
-    if a.size < 2 or b.size < 2:
+    (how_a, a), (how_b, b) = in_function_ms(rows[slow]), in_function_ms(rows[fast])
+    if a.size < 2 or b.size < 2 or how_a != how_b:
         return None, ""
+    what = "main → end" if how_a.startswith("function_us") else "start→die − start→ready"
     level = result.confidence_adjusted if math.isfinite(result.confidence_adjusted) else 0.95
     d, ci = welch_interval(a, b, level)
     ci_text = f", CI {ci[0]:.1f} to {ci[1]:.1f} ms at the same level" if ci else ""
     entry = {
-        "metric": "start_to_die_ms − start_to_ready_ms",
+        "metric": how_a,
         "estimate": d,
         "ci": list(ci) if ci else None,
         "confidence": level,
         "estimator": "difference of means (Welch t interval)",
         "median": {slow: float(np.median(a)), fast: float(np.median(b))},
     }
-    return entry, f" In-function time (start→die − start→ready), {slow} − {fast}: {d:.1f} ms{ci_text}."
+    return entry, f" In-function time ({what}), {slow} − {fast}: {d:.1f} ms{ci_text}."
 
 
 def _word(
