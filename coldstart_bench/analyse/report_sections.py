@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..catalogue import LIFECYCLE_SAVING, Catalogue
+from .arms import arm_factors
 from .familywise import FamilyResult
 from .phase_effects import (
     LIFECYCLE,
@@ -93,10 +94,13 @@ def sample_size_plans(
     connection-time saving (median connect of the reference − of the scenario, signed: a negative one
     is a cost) at `power`, at the family-wise level alpha/k; on the lifecycle and on start→die, paired by
     block when interleaved, and with the adjusted lifecycle estimator's residual SD when the finding
-    used it. A zero saving, or one that would need more than planning.MAX_PLANNED, has no count."""
+    used it. A zero saving, or one that would need more than planning.MAX_PLANNED, has no count. Pairs
+    whose arms differ in more than the connection method (arms.arm_factors) are not planned."""
     level = alpha / max(1, int(family.get("size") or 1))
     out = []
     for slow, fast in headline_saving_pairs(catalogue, list(values)):
+        if arm_factors(catalogue, slow, fast):
+            continue  # arms differing in more than the connection method: their connect times do not plan it
         saving = connection_saving_ms(values[slow].get("connect_us", []), values[fast].get("connect_us", []))
         if not math.isfinite(saving):
             continue

@@ -192,6 +192,9 @@ def test_a_run_judges_its_lifecycle_findings_with_the_adjusted_estimator() -> No
     stack = by[("lifecycle_saving", ("direct", "socket-nonet"))]
     assert stack["comparison_kind"] == "stack" and stack["text"].startswith("Stack comparison")
     assert not any(f["text"].startswith("Injection") for f in summary["findings"] if f.get("differs_in"))
+    plans = summary["planning"]
+    assert {tuple(p["scenarios"]) for p in plans} == {("direct", "socket")}  # not the network-namespace pairs
+    assert any(p["design"] == "adjusted" and p["cold_starts_per_arm"] for p in plans)
     pairs = {(c["a"], c["b"]): c for c in summary["comparisons"]}
     assert pairs[("socket-nonet", "direct")]["differs_in"] == ["network_mode"]
     assert pairs[("socket", "direct")]["differs_in"] == []
