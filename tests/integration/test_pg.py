@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench import phases
 from coldstart_bench.measure.database import POOL_NAME, PostgresBackend
 from coldstart_bench.measure.testbed import run_labels
 from components import pg_pool, pg_wire
@@ -202,7 +203,12 @@ def test_functions_direct_socket_nonet_and_balances(
     assert all(r["ok"] for r in recs), [r["error"] for r in recs]
     direct, socket_bridge, socket_nonet = recs[0::3], recs[1::3], recs[2::3]
     assert all(r["auth_method"] == "sasl" and r["auth_us"] > 0 for r in direct)
-    assert all(r["path"] == "socket" and r["fd_recv_us"] == r["connect_us"] for r in socket_bridge + socket_nonet)
+    assert all(r["path"] == "socket" and r["fd_recv_us"] == r["acquire_us"] for r in socket_bridge + socket_nonet)
+    # Equal footing: the same driver module set loaded in both arms, the same phases, prefetch in both.
+    assert all(phases.check(r) == [] and r["library_load_us"] > 0 and r["prefetch_us"] > 0 for r in recs), recs
+    assert {r["library"] for r in direct} == {"pg8000+pg_wire"}
+    assert {r["library"] for r in socket_bridge + socket_nonet} == {"pg8000+pg_wire+protocol"}
+    assert all(r["first_request_us"] == r["first_query_us"] > 0 for r in recs)
     # No networking at all inside the container, yet the injected session works.
     assert all(r["interfaces"] == ["lo"] for r in socket_nonet)
     assert len({r["backend_pid"] for r in recs}) == len(recs)
