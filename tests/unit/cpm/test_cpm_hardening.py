@@ -317,6 +317,7 @@ def test_waiting_caller_that_half_closes_still_gets_its_reply(start_manager: Cal
     try:
         m = start_manager(target, 1, "--exhaustion", "wait", "--borrow-timeout", "0.5", wait_ready=False)
         m.wait_socket()
+        wait_for(lambda: _answers(m.sock_path), timeout=10, interval=0.05)  # listening, not just bound
         with contextlib.suppress(protocol.PoolError):
             for _ in range(3):  # take what the backlog let through
                 held.append(protocol.acquire(m.sock_path, timeout=2)[0])
