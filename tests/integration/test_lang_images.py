@@ -39,7 +39,7 @@ def pool_dir(docker_client: Any, network: str, run_id: str) -> Iterator[Path]:
 
     images = ensure_images(docker_client, ["echo", "pool"], log=lambda _msg: None)
     base = Path(tempfile.mkdtemp(prefix="csb-lang-", dir="/tmp"))
-    base.chmod(0o777)
+    base.chmod(0o755)  # callers reach the socket through it; only the manager (root) writes in it
     labels = run_labels(run_id)
     echo = docker_client.containers.create(images.echo, name=f"csb-echo-{run_id}", labels=labels)
     docker_client.networks.get(network).connect(echo, aliases=["echo"])
