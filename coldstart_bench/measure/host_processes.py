@@ -3,16 +3,21 @@ measure them without containers: readiness line, CPU time, open fds, RSS, clean 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .lifecycle import run_temp_dir, stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,13 +60,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """Stop the process and its group (each helper runs in a session of its own), close its pipes."""
+    stop_group(proc, sig, timeout)
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
@@ -77,6 +77,7 @@ class Echo:
             stderr=self._err,
             env=env(),
             cwd=REPO,
+            start_new_session=True,
         )
         try:
             ready = read_json_line(self.proc, 10)
@@ -122,6 +123,7 @@ class Manager:
             *extra,
         ]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process lifetime
+        kw.setdefault("start_new_session", True)
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._log, env=env(), cwd=REPO, **kw)
         self.ready: dict[str, Any] | None = None
         if wait_ready:
@@ -172,3 +174,13 @@ class Manager:
         rc = stop(self.proc, sig)
         self._log.close()
         return rc
+
+
+@contextlib.contextmanager
+def short_tmpdir() -> Iterator[Path]:
+    """Unix socket paths must stay under 108 bytes; pytest's tmp_path can be longer."""
+    d = str(run_temp_dir("cpm-"))
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

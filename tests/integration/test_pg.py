@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from coldstart_bench import phases
 from coldstart_bench.measure.database import POOL_NAME, PostgresBackend
+from coldstart_bench.measure.lifecycle import run_temp_dir
 from coldstart_bench.measure.testbed import run_labels
 from components import pg_pool, pg_wire
 
@@ -49,7 +49,7 @@ def db(docker_client: Any, pg_images: dict[str, str], network: str, run_id: str)
 @pytest.fixture(scope="module")
 def shared_dirs(db: PostgresBackend) -> Iterator[tuple[Path, Path]]:
     """(socket dir, config dir) on the host, bind-mounted into the manager and functions."""
-    base = Path(tempfile.mkdtemp(prefix="csb-pgint-", dir="/tmp"))
+    base = run_temp_dir("csb-pgint-")
     sock_dir, cfg_dir = base / "sock", base / "cfg"
     sock_dir.mkdir()
     cfg_dir.mkdir()
@@ -245,7 +245,7 @@ def test_wrong_credentials_in_manager_config(
     run_id: str,
     db: PostgresBackend,
 ) -> None:
-    base = Path(tempfile.mkdtemp(prefix="csb-pgbad-", dir="/tmp"))
+    base = run_temp_dir("csb-pgbad-")
     try:
         sock_dir, cfg_dir = base / "sock", base / "cfg"
         sock_dir.mkdir()

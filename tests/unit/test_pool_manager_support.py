@@ -5,28 +5,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 # The process helpers live in the package, where the load benchmarks use them too.
-from coldstart_bench.measure.host_processes import REPO, Echo, Manager, env, read_json_line, stop  # noqa: F401
-
-
-@contextlib.contextmanager
-def short_tmpdir() -> Iterator[Path]:
-    """Unix socket paths must stay under 108 bytes; pytest's tmp_path can be longer."""
-    d = tempfile.mkdtemp(prefix="cpm-", dir="/tmp")
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+from coldstart_bench.measure.host_processes import (  # noqa: F401
+    REPO,
+    Echo,
+    Manager,
+    env,
+    read_json_line,
+    short_tmpdir,
+    stop,
+)
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:

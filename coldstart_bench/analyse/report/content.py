@@ -559,6 +559,33 @@ def tls_blocks(tls: Mapping[str, Any] | None) -> list[Any]:
     return blocks
 
 
+def round_trip_blocks(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The --bench-rtt variants: what each arm's connect costs in round trips to the backend."""
+    if not rows:
+        return []
+    return [
+        Heading("A backend at a network distance (round trips before the first reply)"),
+        Para(
+            "Every packet between function and backend delayed by the round-trip time; round trips = median "
+            "connect_us / RTT, rounded; added = the same arm's median without the distance subtracted."
+        ),
+        Table(
+            ["scenario", "RTT ms", "connect median µs", "round trips", "added µs", "added (RTTs)"],
+            [
+                [
+                    str(r["scenario"]),
+                    num(r["rtt_ms"], 1),
+                    num(r["connect_us_median"]),
+                    str(r["round_trips"]),
+                    num(r.get("added_us")),
+                    num(r.get("added_round_trips"), 2),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+
+
 def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
     scenarios = summary.get("scenarios", {})
     doc = Document("Cold-start benchmark report")
@@ -638,6 +665,7 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
         b.append(Heading("Where the injected connect goes"))
         b.extend(breakdown)
     b.extend(tls_blocks(summary.get("tls")))
+    b.extend(round_trip_blocks(summary.get("round_trips") or []))
     bt = burst_table(scenarios)
     if bt:
         b.append(Heading("Bursts"))
