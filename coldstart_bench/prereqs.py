@@ -74,6 +74,27 @@ PREREQUISITES: tuple[Prerequisite, ...] = (
         paths=("/usr/sbin/pgbouncer",),
     ),
     Prerequisite(
+        "QEMU",
+        "boots Debian's kernel (software emulation) for the kernel TLS test: this host's kernel may lack the tls ULP",
+        apt=("qemu-system-x86",),
+        needed_for=frozenset({"test", "ktls-vm"}),
+        executables=("qemu-system-x86_64",),
+    ),
+    Prerequisite(
+        "static busybox",
+        "the shell and module loader of the kernel TLS test's RAM-only guest",
+        apt=("busybox-static",),
+        needed_for=frozenset({"test", "ktls-vm"}),
+        paths=("/bin/busybox", "/usr/bin/busybox"),
+    ),
+    Prerequisite(
+        "system Python",
+        "the interpreter (with its compiled standard library) copied into the kernel TLS test's guest",
+        apt=("python3",),
+        needed_for=frozenset({"test", "ktls-vm"}),
+        paths=("/usr/bin/python3",),
+    ),
+    Prerequisite(
         "crun",
         "an OCI runtime to compare with runc (register it in /etc/docker/daemon.json, then restart dockerd)",
         apt=("crun",),
