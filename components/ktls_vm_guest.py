@@ -398,11 +398,12 @@ def phases(rec: dict[str, Any]) -> dict[str, float]:
         "acquire_us": acquire,
         "session_setup_us": setup,
         "first_request_us": first,
+        "after_start_us": (rec.get("connect_us") or 0.0) + first,  # from the function's main to its first reply
         "to_first_reply_us": interpreter + (rec.get("connect_us") or 0.0) + first,
     }
 
 
-def figures(manager: Manager, port: int, certs: Path, n: int) -> dict[str, Any]:
+def figures(manager: Manager, port: int, certs: Path, n: int, mapped: dict[str, bool]) -> dict[str, Any]:
     direct = ["--mode", "direct", "--target", f"127.0.0.1:{port}", "--transport", "tls"]
     direct += ["--tls-ca", str(certs / "ca.pem"), "--tls-server-name", "localhost", *COMMON_ARGS]
     arms: dict[str, list[dict[str, float]]] = {"tls-ktls": [], "tls-direct": []}
@@ -425,10 +426,15 @@ def figures(manager: Manager, port: int, certs: Path, n: int) -> dict[str, Any]:
     for arm, samples in arms.items():
         keys = samples[0].keys() if samples else ()
         out["arms"][arm] = {k: _median([s[k] for s in samples]) for k in keys} | {"samples": len(samples)}
+        if arm in mapped:
+            out["arms"][arm]["libcrypto_mapped"] = mapped[arm]
     ktls_total = out["arms"]["tls-ktls"].get("to_first_reply_us")
     direct_total = out["arms"]["tls-direct"].get("to_first_reply_us")
     if ktls_total and direct_total:
         out["ratio_to_first_reply"] = direct_total / ktls_total
+        out["ratio_after_start"] = (
+            out["arms"]["tls-direct"]["after_start_us"] / out["arms"]["tls-ktls"]["after_start_us"]
+        )
     return out
 
 
@@ -488,7 +494,11 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
             result["scripted_server_errors"] = {b: s.errors for b, s in scripted.items() if s.errors}
         result["checks_s"] = round(time.monotonic() - t0, 1)
         if n:
-            result["figures"] = figures(manager, ports["aes128"], certs, n)
+            mapped = {}
+            if "echo_aes128" in checks and "direct_maps_libcrypto" in checks:
+                mapped["tls-ktls"] = bool(checks["echo_aes128"]["crypto_mapped"])
+                mapped["tls-direct"] = bool(checks["direct_maps_libcrypto"]["crypto_mapped"])
+            result["figures"] = figures(manager, ports["aes128"], certs, n, mapped)
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()[-2000:]

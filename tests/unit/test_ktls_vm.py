@@ -170,6 +170,7 @@ def test_phases_split_both_arms_the_same_way() -> None:
         "acquire_us": 5_000.0,
         "session_setup_us": 1_000.0,
         "first_request_us": 500.0,
+        "after_start_us": 6_500.0,
         "to_first_reply_us": 306_500.0,
     }
     direct = ktls_vm_guest.phases(DIRECT_REC)
@@ -184,12 +185,13 @@ def test_figures_table_names_kernel_emulation_and_ratio(tmp_path: Path) -> None:
         "tls-ktls": ktls_vm_guest.phases(KTLS_REC) | {"samples": 20},
         "tls-direct": ktls_vm_guest.phases(DIRECT_REC) | {"samples": 20, "libcrypto_mapped": True},
     }
-    result = {"kernel_release": "6.1.0-57-amd64", "figures": {"n": 20, "arms": arms, "ratio_to_first_reply": 4.6}}
+    figures = {"n": 20, "arms": arms, "ratio_to_first_reply": 4.6, "ratio_after_start": 169.4}
+    result = {"kernel_release": "6.1.0-57-amd64", "figures": figures}
     table = ktls_vm.figures_table(result, kernel, "tcg")
     assert "6.1.0-57-amd64" in table and "TCG" in table and "software emulation" in table
-    assert "| tls-ktls | 306,500 | 300,000 | 2,000 | 5,000 | 1,000 | 500 | no |" in table
-    assert "| tls-direct | 1,401,100 |" in table and "| yes |" in table
-    assert "**4.6×**" in table
+    assert "| tls-ktls | 306,500 | 300,000 | 6,500 | 2,000 | 5,000 | 1,000 | 500 | no |" in table
+    assert "| tls-direct | 1,401,100 | 300,000 | 1,101,100 |" in table and "| yes |" in table
+    assert "**4.6×** from process spawn" in table and "**169.4×** from the function's `main`" in table
 
 
 # -- the function's kernel TLS socket -------------------------------------------------------------
