@@ -145,6 +145,18 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_REGRESSION if comparison.failed else EXIT_OK
 
 
+def _docs_arguments(parser: argparse.ArgumentParser) -> None:
+    from .docs_reference import add_arguments
+
+    add_arguments(parser)
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from .docs_reference import run
+
+    return run(args)
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand(
         "doctor", "what this machine and engine offer; which scenario families can run", _doctor_arguments, _doctor
@@ -161,6 +173,12 @@ SUBCOMMANDS: list[Subcommand] = [
         "compare a run with a baseline run by the gate's rule; exit 1 on a significant regression",
         _compare_arguments,
         _compare,
+    ),
+    Subcommand(
+        "docs",
+        "regenerate docs/reference/ (options, scenarios, sample columns, summary fields) from the code",
+        _docs_arguments,
+        _docs,
     ),
 ]
 

@@ -171,30 +171,44 @@ class ScenarioResult:
 class RunResult:
     """Everything summary.json holds about one run."""
 
+    # per scenario: counts, per-metric statistics, phases, declared catalogue metadata
     scenarios: dict[str, ScenarioResult]
-    environment: EnvironmentRecord
+    environment: EnvironmentRecord  # what the run was measured on and how it was run
+    # alpha, bootstrap resamples, seed, expectation policy, max regression, baseline
     analysis: dict[str, Any] = field(default_factory=dict)
+    # each scenario against its references: ratio of medians, Mann-Whitney, Cliff's delta, Levene, Brown-Forsythe
     comparisons: list[dict[str, Any]] = field(default_factory=list)
+    # lifecycle against configured SYN-ACK delay: slope and interval per delay series
     delay_fit: dict[str, Any] = field(default_factory=dict)
+    # per-block paired differences of medians (interleaved runs)
     paired_blocks: list[dict[str, Any]] = field(default_factory=list)
+    # the declared expectations (bench_expect) and their verdicts
     verdicts: list[dict[str, Any]] = field(default_factory=list)
-    gate: list[dict[str, Any]] = field(default_factory=list)
+    gate: list[dict[str, Any]] = field(default_factory=list)  # absolute rules and baseline regressions: OK / FAIL each
+    # noise and validity warnings, one line each (grouped in warning_groups)
     warnings: list[str] = field(default_factory=list)
+    # plain-sentence findings judged as one family: effect, family-wise interval, significant
     findings: list[dict[str, Any]] = field(default_factory=list)
-    plan: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None  # the run's order: seed, blocks, warm-ups
     # Scenarios a runtime cannot run (e.g. an injected TCP fd on gVisor): [{scenario, reason}], never measured.
     unsupported: list[dict[str, Any]] = field(default_factory=list)
+    # phase medians of connect_us per socket scenario, prefetch cost
     connect_breakdown: dict[str, Any] = field(default_factory=dict)
+    # wall time per measured cold start and where it went, warm-up evidence
     harness_time: dict[str, Any] = field(default_factory=dict)
-    version: int = SUMMARY_VERSION
+    version: int = SUMMARY_VERSION  # format version of this file
     languages: list[dict[str, Any]] = field(default_factory=list)  # the language table (analyse/wire_tables.py)
     pg_proxy: list[dict[str, Any]] = field(default_factory=list)  # direct vs PgBouncer vs injected session
     tls: dict[str, Any] | None = None  # TLS connect set-up (the thesis's Table 1 re-measured), if TLS ran
+    # warnings grouped per rule: one line naming every scenario it fired for
     warning_groups: list[dict[str, Any]] = field(default_factory=list)
+    # the family the findings are judged in: size, alpha, per-finding level
     family: dict[str, Any] = field(default_factory=dict)
+    # lower-variance estimator (start->die) per headline pair, engine-phase check
     effects: dict[str, Any] = field(default_factory=dict)
+    # cold starts per arm needed to resolve the connection saving at 80 % power
     planning: list[dict[str, Any]] = field(default_factory=list)
-    stopping: dict[str, Any] | None = None
+    stopping: dict[str, Any] | None = None  # the stopping rule's record, when one was set
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -56,25 +56,25 @@ ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + RUNTIME_QUERY_M
 class Sample:
     """One measured cold start. Timings not applicable to a mode are NaN (empty in CSV)."""
 
-    scenario: str
-    iteration: int
+    scenario: str  # scenario id (`<name>` or `<name>@<runtime>`)
+    iteration: int  # index of the measured cold start within its scenario
     mode: str  # "direct" | "socket" | "fallback" (what the function actually did)
-    container_id: str
-    ok: bool
-    connect_us: float = math.nan
-    lifecycle_ms: float = math.nan
-    resolve_us: float = math.nan
-    handshake_us: float = math.nan
-    fd_recv_us: float = math.nan
-    request_rtt_us: float = math.nan
+    container_id: str  # the function container's id (every cold start a distinct container)
+    ok: bool  # the cold start succeeded and every check on it held
+    connect_us: float = math.nan  # time to a usable connection, inside the function
+    lifecycle_ms: float = math.nan  # container create -> destroy, from Docker's events
+    resolve_us: float = math.nan  # direct: getaddrinfo of the backend's name
+    handshake_us: float = math.nan  # direct: TCP connect
+    fd_recv_us: float = math.nan  # socket: acquire over the pool manager's Unix socket
+    request_rtt_us: float = math.nan  # request sent and its verified echo read
     startup_us: float = math.nan  # PostgreSQL: startup message -> first reply, AuthenticationOk -> ReadyForQuery
     auth_us: float = math.nan  # PostgreSQL: SASL exchange incl. the client's PBKDF2
     first_query_us: float = math.nan  # PostgreSQL: first statement of the transaction
     import_us: float = math.nan  # PostgreSQL direct: importing the driver in the cold process
-    create_to_start_ms: float = math.nan
-    start_to_ready_ms: float = math.nan
-    start_to_die_ms: float = math.nan
-    die_to_destroy_ms: float = math.nan
+    create_to_start_ms: float = math.nan  # Docker create -> start event
+    start_to_ready_ms: float = math.nan  # Docker start -> the function's main() entered
+    start_to_die_ms: float = math.nan  # Docker start -> die: the part the connection method can change
+    die_to_destroy_ms: float = math.nan  # Docker die -> destroy (removal)
     delay_ms: float = 0.0  # configured SYN-ACK delay of the scenario
     network: str = "bridge"  # container network mode of the function
     interfaces: str = ""  # network interfaces seen inside the function, ";"-separated
@@ -82,7 +82,7 @@ class Sample:
     block: int = 0  # randomised block index when interleaved, else 0
     burst: int = 1  # cold starts started at once
     t_create_ns: int = 0  # docker "create" event time, for ordering / drift plots
-    error: str = ""
+    error: str = ""  # why the cold start failed (empty when ok)
     # Runtimes and relay (issue 12): how the connection arrived ("fd" injected, "relay" an AF_UNIX
     # end the manager relays; "" direct), and every echo round trip of the cold start, ";"-separated
     # (request_rtt_us is their median).
@@ -113,7 +113,7 @@ class Sample:
     tls_setup_us: float = math.nan
     tls_version: str = ""
     tls_cipher_suite: str = ""
-    tls_path: str = ""  # handshake (direct) | record_layer | ktls (injected)
+    tls_path: str = ""  # handshake (direct) | record_layer | ktls (injected) | relay (the manager keeps the keys)
     tls_server_seq: int = -1  # read sequence number at hand-out
     tls_client_seq: int = -1
 

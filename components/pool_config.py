@@ -31,6 +31,9 @@ EXHAUSTION_POLICIES = ("wait", "connect", "refuse")
 # socketpair whose other end the manager relays to the connection (for runtimes such as gVisor that
 # import only AF_UNIX fds). An acquire may ask for either with its own "handoff" field.
 HANDOFFS = ("inject", "relay")
+# Kinds that terminate TLS choose among more paths (components/tls_pool.py): kernel TLS on the fd, the
+# record layer in the caller (the keys go with the fd), the relay (the keys stay), or auto.
+TLS_HANDOFFS = ("ktls", "record", "auto")
 # Descriptors one live relay holds in the manager: its socketpair end, the pooled connection, two pipes.
 FDS_PER_RELAY = 6
 # Plug-in pool kinds: kind -> module providing open_session()/check_session().
@@ -72,6 +75,15 @@ class PoolConfig:
     # that closes (or greets) right after accepting is seen before a caller gets the connection.
     settle_ms: float = 20.0
     handoff: str = "inject"  # one of HANDOFFS: what a plain acquire of this pool gets
+    # Backend connections this pool may hold at once, handed out (still open) plus idle, settling
+    # and being opened; 0 = no cap. Keep it below the server's limit (PostgreSQL: max_connections
+    # minus superuser_reserved_connections and whatever else connects directly).
+    max_backend: int = 0
+    # Seconds to wait before opening sessions again after the backend refused a login (wrong
+    # password, unknown role): PgBouncer's server_login_retry, instead of the connect backoff.
+    login_retry: float = 15.0
+    # Seconds the last good addresses of the target are kept through a resolver outage.
+    resolve_keep: float = 300.0
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -95,8 +107,14 @@ class PoolConfig:
             raise ConfigError(f"pool {self.name!r}: exhaustion must be one of {', '.join(EXHAUSTION_POLICIES)}")
         if self.max_connecting < 1:
             raise ConfigError(f"pool {self.name!r}: max_connecting must be >= 1")
-        if self.handoff not in HANDOFFS:
-            raise ConfigError(f"pool {self.name!r}: handoff must be one of {', '.join(HANDOFFS)}, got {self.handoff!r}")
+        if self.max_backend < 0:
+            raise ConfigError(f"pool {self.name!r}: max_backend must be >= 0 (0 = no cap)")
+        if 0 < self.max_backend < self.size:
+            raise ConfigError(f"pool {self.name!r}: max_backend {self.max_backend} is below size {self.size}")
+        _check_pool_name(self.name)
+        allowed = HANDOFFS + TLS_HANDOFFS if self.kind != "tcp" else HANDOFFS
+        if self.handoff not in allowed:
+            raise ConfigError(f"pool {self.name!r}: handoff must be one of {', '.join(allowed)}, got {self.handoff!r}")
         for attr in (
             "ttl",
             "max_idle",
@@ -106,6 +124,8 @@ class PoolConfig:
             "backoff_max",
             "settle_ms",
             "resolve_ttl",
+            "login_retry",
+            "resolve_keep",
         ):
             if getattr(self, attr) < 0:
                 raise ConfigError(f"pool {self.name!r}: {attr} must be >= 0")
@@ -117,10 +137,33 @@ class PoolConfig:
         return self.module or KIND_MODULES.get(self.kind, "")
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as logged: secrets among the plug-in options are redacted."""
+        """The settings as logged: secrets among the plug-in options are redacted.
+
+        Only for text that leaves the process (logs, stats, replies); sessions are opened with
+        ``session_dict()``."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
         out.update({k: ("***" if _is_secret(k) else v) for k, v in self.options.items()})
         return out
+
+    def session_dict(self) -> dict[str, Any]:
+        """The settings a plug-in opens sessions with: the real secrets, never written anywhere."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        out.update(self.options)
+        return out
+
+
+def _check_pool_name(name: str) -> None:
+    """A pool a request cannot name is a configuration error, not a pool nobody can reach."""
+    from components.protocol import MAX_REQUEST_BYTES, PROTOCOL_VERSION
+
+    # The longest plain request naming it, readable by any client's encoder, plus room for the
+    # fields an acquire or a report adds ("handoff", "event").
+    line = json.dumps({"v": PROTOCOL_VERSION, "op": "acquire", "pool": name}) + "\n"
+    if len(line.encode()) + 64 > MAX_REQUEST_BYTES:
+        raise ConfigError(
+            f"pool name is {len(name.encode())} bytes: too long for a request line "
+            f"(requests are capped at {MAX_REQUEST_BYTES} bytes); use a shorter name"
+        )
 
 
 _SECRET_WORDS = ("password", "secret", "token", "credential")
@@ -290,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
     p.add_argument(
-        "--handoff", choices=HANDOFFS, help="what a plain acquire of pool --pool gets: the fd (inject) or a relay"
+        "--handoff",
+        choices=HANDOFFS + TLS_HANDOFFS,
+        help="what a plain acquire of pool --pool gets: the fd (inject) or a relay; tls pools also ktls, record, auto",
     )
     p.add_argument("--max-relays", type=int, help="relayed connections live at once (default 64, 0 = no relays)")
     p.add_argument("--relay-idle-timeout", type=float, help="seconds without traffic before a relay ends (300)")

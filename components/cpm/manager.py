@@ -11,6 +11,7 @@ import sys
 import time
 from types import FrameType
 
+from components.cpm.backend_cap import BackendCapRoom
 from components.cpm.policy import PolicyRoom
 from components.cpm.refill import RefillRoom
 from components.cpm.relaying import RelayRoom
@@ -19,7 +20,7 @@ from components.cpm.stats import StatsRoom
 from components.pool_config import FDS_PER_RELAY, ConfigError, ManagerConfig, load_config
 
 
-class Manager(ServerRoom, PolicyRoom, RefillRoom, StatsRoom, RelayRoom):
+class Manager(ServerRoom, PolicyRoom, RefillRoom, StatsRoom, RelayRoom, BackendCapRoom):
     """One thread, one epoll set: every room works on the state in ``ManagerCore``."""
 
     def __init__(self, cfg: ManagerConfig) -> None:

@@ -233,8 +233,7 @@ class ServerRoom(ManagerCore):
 
     def read_request(self, client: Client) -> None:
         if client.pool is not None:
-            # A waiting caller that sends more or hangs up: drop it (its wait is over).
-            self.close_client(client)
+            self.waiter_readable(client)
             return
         try:
             data, anc, _flags, _addr = client.sock.recvmsg(MAX_REQUEST_BYTES + 1, ANC_SPACE, RECV_FLAGS)
@@ -281,6 +280,27 @@ class ServerRoom(ManagerCore):
             self.reply_error(client, "bad_request", f"request line longer than {MAX_REQUEST_BYTES} bytes")
             return
         self.handle_request(client, buf[: nl + 1], fds)
+
+    def waiter_readable(self, client: Client) -> None:
+        """A waiting caller stirred. A half-close (shutdown(SHUT_WR), EOF on our side) still wants
+        its reply: from now on only a full hang-up is watched. Anything else ends its wait."""
+        if client.half_closed:
+            # Registered for hang-up only: both directions are gone, nobody reads a reply.
+            self.close_client(client)
+            return
+        try:
+            data = client.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close_client(client)
+            return
+        if data:
+            # More bytes after a complete request: not a caller of this protocol; its wait is over.
+            self.close_client(client)
+            return
+        client.half_closed = True
+        self.ep.modify(client.fd, 0)  # EPOLLHUP and EPOLLERR are always reported
 
     def handle_request(self, client: Client, line: bytes, fds: list[int]) -> None:
         self.requests += 1
