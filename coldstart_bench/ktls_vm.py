@@ -607,7 +607,7 @@ def figures_table(result: dict[str, Any], kernel: Kernel, accel: str) -> str:
         "first_request_us",
     )
     heads = ("interpreter start", "main → reply", "library load", "acquire", "session set-up", "first request")
-    emulation = "KVM" if accel == "kvm" else "QEMU TCG (software emulation, ~10-50x slower than native)"
+    emulation = "KVM" if accel == "kvm" else "QEMU TCG (software emulation, tens of times slower than native)"
     lines = [
         f"Kernel {result.get('kernel_release', kernel.release)} ({kernel.label}) under {emulation}; "
         f"medians of {figures.get('n', 0)} cold `python3` processes per arm, µs:",
