@@ -6,7 +6,8 @@ can all use it, without pytest or Docker.
 
 Version history: 1 — the first summary.json; 2 — each scenario carries its declared catalogue
 metadata (`declared`) and the run records its campaign plan (`plan`); optional keys within 2:
-`connect_breakdown`, `harness_time`, `languages`, `pg_proxy`, `tls`, `unsupported`; 3 — findings are judged as one
+`connect_breakdown`, `harness_time`, `languages`, `pg_proxy`, `tls`, `unsupported`, `round_trips`; 3 — findings
+are judged as one
 family (`findings[]` gain significant, p_value, p_adjusted, ci_adjusted, confidence_adjusted, estimator;
 `family` states the level), warnings also come grouped per rule (`warning_groups`), and the run records
 the lower-variance estimator (`effects`), sample-size plans (`planning`) and its stopping rule
@@ -194,6 +195,7 @@ class RunResult:
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     # phase medians of connect_us per socket scenario, prefetch cost
     connect_breakdown: dict[str, Any] = field(default_factory=dict)
+    arm_phases: dict[str, Any] = field(default_factory=dict)  # the phases every arm reports alike, per scenario
     # wall time per measured cold start and where it went, warm-up evidence
     harness_time: dict[str, Any] = field(default_factory=dict)
     version: int = SUMMARY_VERSION  # format version of this file
@@ -209,6 +211,8 @@ class RunResult:
     # cold starts per arm needed to resolve the connection saving at 80 % power
     planning: list[dict[str, Any]] = field(default_factory=list)
     stopping: dict[str, Any] | None = None  # the stopping rule's record, when one was set
+    # per --bench-rtt variant: median connect in round trips, and what the distance added
+    round_trips: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -241,12 +245,16 @@ class RunResult:
             out["pg_proxy"] = self.pg_proxy
         if self.connect_breakdown:
             out["connect_breakdown"] = self.connect_breakdown
+        if self.arm_phases:
+            out["arm_phases"] = self.arm_phases
         if self.harness_time:
             out["harness_time"] = self.harness_time
         if self.tls is not None:
             out["tls"] = self.tls
         if self.stopping is not None:
             out["stopping"] = self.stopping
+        if self.round_trips:
+            out["round_trips"] = self.round_trips
         return out
 
     def to_json(self) -> str:
@@ -283,6 +291,7 @@ class RunResult:
                 languages=list(d.get("languages") or []),
                 pg_proxy=list(d.get("pg_proxy") or []),
                 connect_breakdown=dict(d.get("connect_breakdown") or {}),
+                arm_phases=dict(d.get("arm_phases") or {}),
                 harness_time=dict(d.get("harness_time") or {}),
                 tls=d.get("tls"),
                 warning_groups=list(d.get("warning_groups") or []),
@@ -290,6 +299,7 @@ class RunResult:
                 effects=dict(d.get("effects") or {}),
                 planning=list(d.get("planning") or []),
                 stopping=d.get("stopping"),
+                round_trips=list(d.get("round_trips") or []),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -41,6 +42,23 @@ KIND_MODULES = {"postgres": "components.pg_pool", "tls": "components.tls_pool"}
 # Callers whose credentials are refused, kept until their error line is sent; more are answered at
 # once. They never count against max_clients, so they cannot starve allowed callers.
 DENIED_SLOTS = 16
+# Descriptors all callers together may park on request lines still arriving (SCM_RIGHTS before the
+# newline): a caller beyond it gets an error. Counted in the fd budget.
+MAX_PARKED_FDS = 256
+# The kernel's bounds (include/net/tcp.h: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT;
+# TCP_USER_TIMEOUT takes a non-negative int of ms): outside them setsockopt says EINVAL.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "size": (1, 10_000_000),
+    "min_idle": (-1, 10_000_000),
+    "max_connecting": (1, 10_000),
+    "keepalive_idle": (1, 32767),
+    "keepalive_interval": (1, 32767),
+    "keepalive_count": (1, 127),
+    "user_timeout_ms": (0, 2**31 - 1),
+}
+# Durations and other numbers: finite and at most this (a year of seconds; ms fields say so).
+MAX_SECONDS = 365 * 86400.0
+FLOAT_RANGES: dict[str, tuple[float, float]] = {"settle_ms": (0.0, 60_000.0), "ttl_jitter": (0.0, 0.999999)}
 
 
 class ConfigError(ValueError):
@@ -99,8 +117,18 @@ class PoolConfig:
                 raise ConfigError(f"pool {self.name!r}: {exc}") from None
         elif not (self.module or KIND_MODULES.get(self.kind)):
             raise ConfigError(f"pool {self.name!r}: unknown kind {self.kind!r} and no 'module' given")
-        if self.size < 1:
-            raise ConfigError(f"pool {self.name!r}: size must be >= 1")
+        for key, (low, high) in INT_RANGES.items():
+            value = getattr(self, key)
+            if not low <= value <= high:
+                raise ConfigError(f"pool {self.name!r}: {key} must be in [{low}, {high}], got {value}")
+        for key, want in _POOL_TYPES.items():
+            if want is float:
+                low_f, high_f = FLOAT_RANGES.get(key, (0.0, MAX_SECONDS))
+                value = getattr(self, key)
+                if not (math.isfinite(value) and low_f <= value <= high_f):
+                    raise ConfigError(
+                        f"pool {self.name!r}: {key} must be a finite number in [{low_f:g}, {high_f:g}], got {value}"
+                    )
         if self.min_idle < 0 or self.min_idle > self.size:
             self.min_idle = self.size
         if self.exhaustion not in EXHAUSTION_POLICIES:
@@ -201,7 +229,14 @@ def _check_types(where: str, obj: Any, types: dict[str, type]) -> None:
         if not _type_ok(value, want):
             raise ConfigError(f"{where}: {key!r} must be {_TYPE_NAMES[want]}, got {value!r}")
         if want is float:
-            setattr(obj, key, float(value))
+            setattr(obj, key, _as_float(f"{where}: {key!r}", value))
+
+
+def _as_float(what: str, value: Any) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{what} must be a finite number, got an integer of {len(str(value))} digits") from None
 
 
 def pool_from_dict(name: str, data: Any) -> PoolConfig:
@@ -239,6 +274,14 @@ class ManagerConfig:
     # the reply may then run before the manager's connect work on the same CPU. Measured on a loaded
     # 2-CPU host it made no difference to the caller's reply wait (docs/connect-breakdown.md): off.
     refill_defer_ms: float = 0.0
+    # Callers of one uid still sending their request line (connected, line incomplete), at most; a
+    # caller beyond it is answered ``busy`` at once, so one uid's slow or silent connections cannot
+    # take every max_clients slot. 0: a quarter of max_clients, at least 16.
+    max_pending_per_uid: int = 0
+
+    @property
+    def pending_per_uid(self) -> int:
+        return self.max_pending_per_uid or max(16, self.max_clients // 4)
 
     def validate(self) -> None:
         if not self.socket:
@@ -253,16 +296,19 @@ class ManagerConfig:
             self.default_pool = next(iter(self.pools))
         if self.log_grants not in ("each", "none"):
             raise ConfigError("log_grants must be 'each' or 'none'")
-        if not isinstance(self.max_clients, int) or isinstance(self.max_clients, bool) or self.max_clients < 1:
-            raise ConfigError(f"max_clients must be an integer >= 1, got {self.max_clients!r}")
-        for key, minimum in (("max_relays", 0), ("relay_buffer_bytes", 4096)):
+        for key, minimum, maximum in (
+            ("max_clients", 1, 1_000_000),
+            ("max_relays", 0, 100_000),
+            ("relay_buffer_bytes", 4096, 64 << 20),
+            ("max_pending_per_uid", 0, 1_000_000),
+        ):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+                raise ConfigError(f"{key} must be an integer in [{minimum}, {maximum}], got {value!r}")
         for key in ("request_timeout", "health_interval", "relay_idle_timeout"):
             value = getattr(self, key)
-            if not _type_ok(value, float) or value <= 0:
-                raise ConfigError(f"{key} must be a number of seconds > 0, got {value!r}")
+            if not _type_ok(value, float) or not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+                raise ConfigError(f"{key} must be a finite number of seconds in (0, {MAX_SECONDS:g}], got {value!r}")
         if not _type_ok(self.refill_defer_ms, float) or not 0 <= self.refill_defer_ms <= 1000:
             raise ConfigError(f"refill_defer_ms must be a number of ms in [0, 1000], got {self.refill_defer_ms!r}")
         for key in ("socket_mode", "socket_dir_mode"):
@@ -276,7 +322,7 @@ class ManagerConfig:
         # A relay keeps its pooled connection (counted here, not in the pool) plus 5 more; the hub
         # itself holds an epoll fd and a wake-up pipe.
         relays = FDS_PER_RELAY * self.max_relays + 3 if self.max_relays else 0
-        return pools + self.max_clients + DENIED_SLOTS + relays + 64
+        return pools + self.max_clients + DENIED_SLOTS + MAX_PARKED_FDS + relays + 64
 
 
 def _octal(key: str, value: Any) -> int:
@@ -300,7 +346,7 @@ def _id_list(key: str, value: Any) -> set[int]:
 def _number(key: str, value: Any) -> float:
     if not _type_ok(value, float):
         raise ConfigError(f"{key} must be a number, got {value!r}")
-    return float(value)
+    return _as_float(key, value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket-dir-mode", help="octal mode applied to the socket directory")
     p.add_argument("--request-timeout", type=float, help="seconds a client has to send its request")
     p.add_argument("--max-clients", type=int, help="callers served at once (>= 1, default 1024)")
+    p.add_argument(
+        "--max-pending-per-uid",
+        type=int,
+        help="callers of one uid still sending their request, at most (default: max-clients/4, >= 16)",
+    )
     p.add_argument("--settle-ms", type=float, help="ms a fresh connection settles before hand-out (default 20)")
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
@@ -357,8 +408,10 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
     if args.config:
         try:
             with open(args.config, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
+                data = json.load(fh, object_pairs_hook=_unique_keys)
+        except ConfigError as exc:
+            raise ConfigError(f"config {args.config}: {exc}") from None
+        except (OSError, ValueError, RecursionError) as exc:
             raise ConfigError(f"cannot read config {args.config}: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {args.config}: top level must be an object")
@@ -424,9 +477,20 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
             "relay_idle_timeout", _given(args.relay_idle_timeout, data, "relay_idle_timeout", 300.0)
         ),
         relay_buffer_bytes=data.get("relay_buffer_bytes", 64 * 1024),
+        max_pending_per_uid=_given(args.max_pending_per_uid, data, "max_pending_per_uid", 0),
     )
     cfg.validate()
     return cfg
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: a repeated key is a mistake, not an override."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"duplicate key {key!r}: each setting may appear once per object")
+        out[key] = value
+    return out
 
 
 def _given(flag: Any, data: dict[str, Any], key: str, default: Any) -> Any:

@@ -8,7 +8,9 @@ from then on: the manager closes its copy and never hands it out again.
 The manager lives in ``components/cpm/`` as rooms of one object: ``server`` (event loop and
 client protocol), ``policy`` (take, hand out, release verdicts, exhaustion, idle sweep),
 ``refill`` (connects, connector process, plug-in session opens, backoff), ``stats``,
-``backend_cap`` (the per-pool cap, handed-out connections included), over ``core`` (shared
+``backend_cap`` (the per-pool cap, handed-out connections included), ``guard`` (socket
+directory rules, per-uid limit on unfinished requests, supplementary groups, the listener's rest
+when descriptors run out, signals), over ``core`` (shared
 state, logging, replies) and ``model`` (pools, connections, callers); ``release_check`` says
 whether a handed-back connection is clean.
 This module is the entry point and keeps the public names.

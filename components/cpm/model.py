@@ -113,6 +113,8 @@ class Client:
         "gid",
         "half_closed",
         "handoff",
+        "out",
+        "pending",
         "pid",
         "pool",
         "registered",
@@ -126,6 +128,8 @@ class Client:
         self.fd = sock.fileno()
         self.buf = b""
         self.fds: list[int] = []  # fds attached to the part of the request line read so far
+        self.pending = False  # counted among its uid's callers still sending their line
+        self.out = b""  # the rest of a reply too large for one send, sent as the socket drains
         self.t0 = now
         self.deadline = deadline
         self.registered = False

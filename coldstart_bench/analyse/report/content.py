@@ -352,6 +352,36 @@ BREAKDOWN_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+ARM_PHASE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("runtime_start_us", "runtime start"),
+    ("library_load_us", "library load"),
+    ("acquire_us", "acquire"),
+    ("verify_us", "verify"),
+    ("session_setup_us", "session set-up"),
+    ("connect_us", "connect"),
+    ("connection_total_us", "library + connect"),
+    ("first_request_us", "first request"),
+    ("time_to_first_reply_us", "main → first reply"),
+)
+
+
+def arm_phases_table(phased: Mapping[str, Any]) -> Table:
+    """The phases every arm reports alike, per scenario (medians, µs)."""
+    rows = [
+        [n, e.get("path") or "–", e.get("library") or "–", str(e["n"])]
+        + [num(e.get(k), 0) for k, _ in ARM_PHASE_COLUMNS]
+        for n, e in phased.items()
+    ]
+    return Table(
+        ["scenario", "path", "library", "n", *[label + " µs" for _, label in ARM_PHASE_COLUMNS]],
+        rows,
+        "Medians, one clock origin (the fd-3 entrypoint's first instruction, through which every arm "
+        "starts). connect = acquire + verify + session set-up in every arm; library load (driver, "
+        "ssl/libcrypto, pool client) is its own phase; an entrypoint's acquire before main counts as "
+        "connection work, not runtime start. Columns: docs/phases.md.",
+    )
+
+
 def connect_breakdown_blocks(breakdown: Mapping[str, Any]) -> list[Heading | Para | Bullets | Table | Image]:
     """connect_us of socket scenarios as its phases (medians), and the prefetch every mode pays."""
     phased = {n: e for n, e in breakdown.items() if e.get("connect_us") is not None}
@@ -372,13 +402,14 @@ def connect_breakdown_blocks(breakdown: Mapping[str, Any]) -> list[Heading | Par
                     "connect µs",
                     *[label + " µs" for _, label in BREAKDOWN_COLUMNS],
                     "reply share",
-                    "fd check µs (after)",
-                    "protocol import µs (before)",
+                    "fd check µs (verify)",
+                    "pool client import µs (library load)",
                 ],
                 rows,
-                "Medians. connect_us of the injected path as the acquire's phases (rest = call overhead and "
-                "closing the Unix socket); medians of phases need not add up to the median connect. The fd "
-                "check runs after the clock and the protocol import before it, as direct mode's do.",
+                "Medians. The acquire of the injected path as its phases (rest = call overhead and closing "
+                "the Unix socket); medians of phases need not add up to the median connect. connect_us adds "
+                "the fd check (verify_us), as direct mode's adds its own; the pool client's import is the "
+                "library load, before the clock.",
             )
         )
     prefetched = {n: e for n, e in breakdown.items() if e.get("prefetch_us") is not None}
@@ -528,6 +559,33 @@ def tls_blocks(tls: Mapping[str, Any] | None) -> list[Any]:
     return blocks
 
 
+def round_trip_blocks(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The --bench-rtt variants: what each arm's connect costs in round trips to the backend."""
+    if not rows:
+        return []
+    return [
+        Heading("A backend at a network distance (round trips before the first reply)"),
+        Para(
+            "Every packet between function and backend delayed by the round-trip time; round trips = median "
+            "connect_us / RTT, rounded; added = the same arm's median without the distance subtracted."
+        ),
+        Table(
+            ["scenario", "RTT ms", "connect median µs", "round trips", "added µs", "added (RTTs)"],
+            [
+                [
+                    str(r["scenario"]),
+                    num(r["rtt_ms"], 1),
+                    num(r["connect_us_median"]),
+                    str(r["round_trips"]),
+                    num(r.get("added_us")),
+                    num(r.get("added_round_trips"), 2),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+
+
 def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
     scenarios = summary.get("scenarios", {})
     doc = Document("Cold-start benchmark report")
@@ -599,11 +657,15 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
     b.extend(delay_table(summary.get("delay_fit", {})))
     b.append(Heading("Phase attribution"))
     b.append(phases_table(scenarios))
+    if summary.get("arm_phases"):
+        b.append(Heading("Connection phases per arm"))
+        b.append(arm_phases_table(summary["arm_phases"]))
     breakdown = connect_breakdown_blocks(summary.get("connect_breakdown") or {})
     if breakdown:
         b.append(Heading("Where the injected connect goes"))
         b.extend(breakdown)
     b.extend(tls_blocks(summary.get("tls")))
+    b.extend(round_trip_blocks(summary.get("round_trips") or []))
     bt = burst_table(scenarios)
     if bt:
         b.append(Heading("Bursts"))
