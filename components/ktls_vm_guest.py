@@ -381,25 +381,21 @@ def _median(values: list[float]) -> float:
 
 
 def phases(rec: dict[str, Any]) -> dict[str, float]:
-    """The cold start split as library load / acquire / session set-up / first request (µs)."""
+    """The cold start split as the function reports it (library load / acquire / session set-up /
+    first request, µs), plus the interpreter start before its ``main`` and the totals."""
     interpreter = (rec["t_main_ns"] - rec["spawn_ns"]) / 1000
-    if rec.get("tls_path") == "ktls":
-        library = rec.get("protocol_import_us") or 0.0
-        acquire = rec.get("fd_recv_us") or 0.0
-        setup = rec.get("tls_setup_us") or 0.0
-    else:
-        library = rec.get("ssl_import_us") or 0.0
-        acquire = (rec.get("resolve_us") or 0.0) + (rec.get("handshake_us") or 0.0)
-        setup = (rec.get("tls_context_us") or 0.0) + (rec.get("tls_handshake_us") or 0.0)
-    first = rec.get("request_rtt_us") or 0.0
+    first = rec.get("first_request_us") or rec.get("request_rtt_us") or 0.0
+    after_start = (rec.get("connect_us") or 0.0) + first
+    if rec.get("t_first_reply_ns"):
+        after_start = (rec["t_first_reply_ns"] - rec["t_main_ns"]) / 1000
     return {
         "interpreter_us": interpreter,
-        "library_load_us": library,
-        "acquire_us": acquire,
-        "session_setup_us": setup,
+        "library_load_us": rec.get("library_load_us") or 0.0,
+        "acquire_us": rec.get("acquire_us") or 0.0,
+        "session_setup_us": rec.get("session_setup_us") or 0.0,
         "first_request_us": first,
-        "after_start_us": (rec.get("connect_us") or 0.0) + first,  # from the function's main to its first reply
-        "to_first_reply_us": interpreter + (rec.get("connect_us") or 0.0) + first,
+        "after_start_us": after_start,  # from the function's main to its first reply
+        "to_first_reply_us": interpreter + after_start,
     }
 
 
