@@ -137,12 +137,13 @@ class ScriptedServer:
             cipher = tls.cipher()
             suite = tls13.suite_by_name(cipher[0] if cipher else "")
             raw = socket.socket(fileno=os.dup(tls.fileno()))
-            raw.settimeout(TIMEOUT_S)
+            raw.settimeout(None)  # a session the pool keeps idle waits for its request as long as it takes
             params = tls13.SessionParams(
                 suite, secrets["CLIENT_TRAFFIC_SECRET_0"][1], secrets["SERVER_TRAFFIC_SECRET_0"][1]
             )
             session = tls13.TLSSession(raw, params)
             request = session.recv(65536)
+            raw.settimeout(TIMEOUT_S)
             self.served += 1
             if self.behaviour == "close_notify":
                 session.close()
