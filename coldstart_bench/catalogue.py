@@ -118,6 +118,44 @@ class Scenario:
         return d
 
 
+# What two arms may differ in and still compare connection methods: how the function gets its
+# connection (mode, the path it reports, entrypoint, hand-off, proxy, pool down, release) and the
+# bookkeeping of the study. Every other field is a factor of its own; a new axis counts as one.
+CONNECTION_METHOD_FIELDS = frozenset({"mode", "expect_path", "entrypoint", "handoff", "proxy", "pool_up", "release"})
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "name",
+        "family",
+        "references",
+        "delay_series",
+        "diff_reference",
+        "burst_series",
+        "thesis_role",
+        "expectations",
+        "description",
+    }
+)
+# How summary.json names a factor (the field name when not listed).
+FACTOR_NAMES: dict[str, str] = {"network": "network_mode", "delay_ms": "delay"}
+
+
+def differs_in(a: Scenario, b: Scenario) -> tuple[str, ...]:
+    """The factors other than the connection method in which two scenarios differ (in field order):
+    empty when a comparison of the two isolates the connection method."""
+    out = []
+    for f in dataclasses.fields(Scenario):
+        if f.name in CONNECTION_METHOD_FIELDS or f.name in BOOKKEEPING_FIELDS:
+            continue
+        if getattr(a, f.name) != getattr(b, f.name):
+            out.append(FACTOR_NAMES.get(f.name, f.name))
+    return tuple(out)
+
+
+def method_differs(a: Scenario, b: Scenario) -> bool:
+    """Whether the two scenarios get their connection differently."""
+    return any(getattr(a, name) != getattr(b, name) for name in sorted(CONNECTION_METHOD_FIELDS))
+
+
 def _ref(
     scenario: str, *findings: Finding, headline: bool = False, control: bool = False, pulled: bool = False
 ) -> Reference:
@@ -565,6 +603,41 @@ TLS_SCENARIOS: tuple[Scenario, ...] = (
         diff_reference="tls-socket",
     ),
     Scenario(
+        "tls-relay",
+        "socket",
+        transport="tls",
+        handoff=RELAY,
+        family=TLS_FAMILY,
+        references=(
+            _ref(
+                "tls-direct",
+                Finding(CONNECT_SPEEDUP, "tls-relay"),
+                _saving("tls", "Relaying a TLS 1.3 session the manager keeps the keys of"),
+                headline=True,
+            ),
+            _ref("tls-socket"),
+        ),
+        diff_reference="tls-socket",
+        # No crypto in the function at all: plaintext over a socketpair end.
+        expectations=("tls-relay.connect_us.median <= tls-direct.connect_us.median / 15",),
+        description="the manager terminates TLS and relays plaintext over a node-local socketpair",
+    ),
+    Scenario(
+        "tls-relay-nonet",
+        "socket",
+        network="none",
+        transport="tls",
+        handoff=RELAY,
+        family=TLS_FAMILY,
+        references=(
+            _ref("tls-direct", _saving("tls", "Relaying a TLS 1.3 session into a function without networking")),
+            _ref("tls-relay"),
+            _ref("tls-socket-nonet"),
+        ),
+        diff_reference="tls-socket",
+        description="the TLS relay into a function without container networking",
+    ),
+    Scenario(
         "tls-direct-10ms",
         "direct",
         delay_ms=10,
@@ -787,4 +860,6 @@ __all__ = [
     "Finding",
     "Reference",
     "Scenario",
+    "differs_in",
+    "method_differs",
 ]

@@ -113,7 +113,7 @@ class Sample:
     tls_setup_us: float = math.nan
     tls_version: str = ""
     tls_cipher_suite: str = ""
-    tls_path: str = ""  # handshake (direct) | record_layer | ktls (injected)
+    tls_path: str = ""  # handshake (direct) | record_layer | ktls (injected) | relay (the manager keeps the keys)
     tls_server_seq: int = -1  # read sequence number at hand-out
     tls_client_seq: int = -1
 

@@ -6,7 +6,9 @@ direct: after resolve + TCP connect, ``import ssl`` (``ssl_import_us``), a clien
 socket: the acquire reply's ``meta.tls`` carries the session's traffic secrets and sequence
         numbers; ``components.tls13`` continues it on the received fd (``tls_setup_us``: import,
         libcrypto binding, key derivation). With kernel TLS installed by the manager
-        (``meta.tls.path == "ktls"``) the fd already speaks plaintext.
+        (``meta.tls.path == "ktls"``) the fd already speaks plaintext; relayed
+        (``meta.tls.path == "relay"``) the fd is an AF_UNIX socket carrying plaintext to the
+        manager, which keeps the keys and seals the records.
 
 Secrets never go into the record: only the suite, the path and the sequence numbers.
 """
@@ -70,6 +72,11 @@ def continue_injected(
         "tls_server_seq": tls_meta.get("server_seq"),
         "tls_client_seq": tls_meta.get("client_seq"),
     }
+    if path == "relay":
+        if meta.get("handoff") != "relay" or sock.family != socket.AF_UNIX:
+            raise ValueError("meta.tls.path is relay but the pool did not relay the connection")
+        info["tls_setup_us"] = (time.perf_counter_ns() - t0) / 1000
+        return sock, info
     if path == "ktls":
         info["tls_setup_us"] = (time.perf_counter_ns() - t0) / 1000
         if tls_meta.get("plaintext"):

@@ -104,17 +104,51 @@ def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
         # What libpq does too; keepalive as the pool sets it, so both sessions are configured alike.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    conn, trace, traced = pg_pool.traced_handshake(
-        sock,
-        user=args.user,
-        password=password,
-        database=args.database,
-        application_name="coldstart-function",
-        startup_params={"client_encoding": "UTF8"},
-    )
+    tls_us = 0.0
+    if args.tls_ca:
+        # libpq's sslmode=verify-full with TLS 1.3: SSLRequest, handshake, certificate and host name.
+        t_ssl = time.perf_counter_ns()
+        import ssl
+
+        t_ctx = time.perf_counter_ns()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_verify_locations(cafile=args.tls_ca)
+        t_req = time.perf_counter_ns()
+        pg_pool.ssl_request(sock)
+        tls_sock = ctx.wrap_socket(sock, server_hostname=args.tls_server_name or args.host)
+        t_tls = time.perf_counter_ns()
+        cipher = tls_sock.cipher()
+        rec.update(
+            ssl_import_us=_us(t_ssl, t_ctx),
+            tls_context_us=_us(t_ctx, t_req),
+            tls_handshake_us=_us(t_req, t_tls),
+            tls_version=tls_sock.version(),
+            tls_cipher_suite=cipher[0] if cipher else None,
+            tls_path="handshake",
+        )
+        tls_us = (t_tls - t_ssl) / 1e3
+        conn, trace = pg_pool.traced_handshake_over(
+            tls_sock,
+            user=args.user,
+            password=password,
+            database=args.database,
+            application_name="coldstart-function",
+            startup_params={"client_encoding": "UTF8"},
+        )
+        plain: Any = tls_sock
+    else:
+        conn, trace, traced = pg_pool.traced_handshake(
+            sock,
+            user=args.user,
+            password=password,
+            database=args.database,
+            application_name="coldstart-function",
+            startup_params={"client_encoding": "UTF8"},
+        )
+        plain = pg_pool._take_socket(conn, traced)
     key = conn._backend_key_data or b""
     params = {str(k): str(v) for k, v in conn.parameter_statuses.items()}
-    plain = pg_pool._take_socket(conn, traced)
     session = pg_wire.Session(plain, parameters=params)
     if len(key) >= 8:
         session.backend_pid, session.secret_key = struct.unpack("!ii", key[:8])
@@ -125,6 +159,7 @@ def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
         startup_us=round(trace.startup_us, 1),
         auth_us=round(trace.auth_us, 1),
         connect_us=_us(t0, t_ready),
+        tls_us=round(tls_us, 1) if args.tls_ca else None,
         auth_method={10: "sasl", 0: "trust", 5: "md5", 3: "password"}.get(trace.auth_method, str(trace.auth_method)),
     )
     return session, plain
@@ -137,10 +172,20 @@ def connect_socket(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
 
     rec["import_us"] = _us(t, time.perf_counter_ns())
     t0 = time.perf_counter_ns()
-    sock, reply = protocol.acquire(args.socket, pool=args.pool, timeout=args.timeout)
-    session = pg_wire.Session.adopt(sock, reply.get("meta") or {})
+    sock, reply = protocol.acquire(args.socket, pool=args.pool, timeout=args.timeout, handoff=args.handoff)
+    t_fd = time.perf_counter_ns()
+    meta = reply.get("meta") or {}
+    rec["handoff"] = "relay" if meta.get("handoff") == "relay" else "fd"
+    transport: Any = sock
+    if isinstance(meta.get("tls"), dict):
+        # A session over TLS: continued with the handed-over keys, or plaintext (kernel TLS, relay).
+        from components.function_tls import continue_injected
+
+        transport, tls_info = continue_injected(sock, reply, t_fd)
+        rec.update(tls_info)
+    session = pg_wire.Session.adopt(transport, meta)
     t1 = time.perf_counter_ns()
-    rec.update(fd_recv_us=_us(t0, t1), connect_us=_us(t0, t1))
+    rec.update(fd_recv_us=_us(t0, t_fd), connect_us=_us(t0, t1))
     rec["pool_setup_us"] = (reply.get("meta") or {}).get("setup_us")
     return session, sock
 
@@ -224,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", default="/run/cpm/pool.sock", help="pool manager socket (socket mode)")
     p.add_argument("--pool", default="pg", help="pool name (socket mode)")
     p.add_argument("--fallback", action="store_true", help="connect directly when the manager fails")
+    p.add_argument("--handoff", choices=("inject", "relay"), help="ask the pool for this hand-off (socket mode)")
+    p.add_argument("--tls-ca", help="CA file: connect over TLS 1.3 verifying the server (direct mode)")
+    p.add_argument("--tls-server-name", help="name the server certificate must carry (default: --host)")
     p.add_argument("--accounts", type=int, default=DEFAULT_ACCOUNTS, help="accounts in the schema")
     p.add_argument("--queries", type=int, default=DEFAULT_QUERIES, help="timed point reads after the transfer (>= 0)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for acquire, connect and each reply")
@@ -269,6 +317,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "query_us": [],
         "query_first_us": None,
         "query_p50_us": None,
+        "handoff": None,
+        "tls_us": None,
+        "tls_path": None,
+        "tls_version": None,
     }
     session = None
     try:

@@ -14,8 +14,12 @@ ReadyForQuery can be stranded in a Python buffer when the driver object is dropp
 bare socket is handed on. Credentials stay in this process: ``meta`` carries server parameters,
 backend key data, database and role only.
 
-TLS is refused on purpose: a TLS session's keys live in this process's memory, so the fd alone
-would be useless to the receiver (kernel TLS could change that; it is not used here).
+PostgreSQL over TLS (``"sslmode": "verify-full"`` with ``ca_file`` and ``server_name``): an
+SSLRequest, a TLS 1.3 handshake verifying the server (``components.tls_pool.client_handshake``,
+fed one record at a time so nothing past the handshake is consumed), then startup and SCRAM
+through this process's record layer (``components.tls13``). The session is then handed on as
+the ``tls`` kind hands its sessions (``components.tls_pool``): kernel TLS, the traffic keys
+for the caller's record layer, or a relay that keeps the keys here (the pool's ``handoff``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_IDLE_CHECK_S = 30.0
 DEFAULT_CHECK_TIMEOUT_S = 1.0
 DEFAULT_APPLICATION_NAME = "coldstart-cpm"
+SSLMODES = ("disable", "verify-full")
 
 # Authentication request codes (AuthenticationXXX 'R' messages).
 AUTH_OK = 0
@@ -155,6 +160,60 @@ class _TracedSocket(socket.socket):
         return self.stream
 
 
+class _StreamHolder:
+    """What pg8000 gets as ``sock=`` when the bytes go through a TLS layer: only ``makefile``."""
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+
+    def makefile(self, *args: Any, **kwargs: Any) -> _Stream:
+        return self.stream
+
+    def close(self) -> None:
+        pass
+
+
+def traced_handshake_over(
+    transport: Any,
+    *,
+    user: str,
+    password: str | None,
+    database: str | None,
+    application_name: str | None = DEFAULT_APPLICATION_NAME,
+    startup_params: dict[str, str] | None = None,
+) -> tuple[Any, HandshakeTrace]:
+    """pg8000's startup + authentication over ``transport`` (anything with ``recv``/``sendall``:
+    an ``ssl.SSLSocket``, a ``tls13.TLSSession``). Returns the connection, already detached from
+    the transport (pg8000 holds nothing to close), and the wire trace."""
+    import pg8000.native
+
+    trace = HandshakeTrace()
+    conn = pg8000.native.Connection(
+        user,
+        password=password,
+        database=database,
+        application_name=application_name,
+        startup_params=startup_params,
+        sock=_StreamHolder(_Stream(transport, trace)),
+        ssl_context=False,  # the caller did the SSLRequest and the TLS handshake
+    )
+    conn._sock = None
+    conn._usock = None
+    return conn, trace
+
+
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+def ssl_request(sock: socket.socket) -> None:
+    """Ask the server to switch to TLS; raises PgSessionError unless it agrees ('S')."""
+    sock.sendall(SSL_REQUEST)
+    answer = sock.recv(1)
+    if answer != b"S":
+        what = "closed the connection" if not answer else f"answered {answer!r}"
+        raise PgSessionError(f"the server refused TLS (SSLRequest {what}): is ssl = on?")
+
+
 def traced_handshake(
     sock: socket.socket,
     *,
@@ -223,6 +282,7 @@ class PgPoolConfig:
     check_timeout_s: float = DEFAULT_CHECK_TIMEOUT_S
     startup_params: dict[str, str] = field(default_factory=dict)
     init_sql: list[str] = field(default_factory=list)
+    tls: Any = None  # components.tls_pool.TlsPoolConfig when sslmode is verify-full
 
     @property
     def where(self) -> str:
@@ -248,10 +308,19 @@ def parse_config(config: dict[str, Any]) -> PgPoolConfig:
         raise PgSessionError(f"postgres pool config needs {exc.args[0]!r}") from None
     except ValueError as exc:
         raise PgSessionError(f"postgres pool config: bad target/port: {exc}") from None
-    if config.get("ssl") or config.get("sslmode") not in (None, "disable"):
+    sslmode = config.get("sslmode") or ("verify-full" if config.get("ssl") else "disable")
+    if sslmode not in SSLMODES:
         raise PgSessionError(
-            "postgres pool: TLS sessions cannot be injected (the TLS state lives in the manager's memory)"
+            f"postgres pool: sslmode must be disable or verify-full (TLS 1.3, server verified), got {sslmode!r}"
         )
+    tls_cfg = None
+    if sslmode == "verify-full":
+        from components import tls_pool
+
+        try:
+            tls_cfg = tls_pool.parse_config({**config, "target": f"{host}:{port}"})
+        except tls_pool.TlsSessionError as exc:
+            raise PgSessionError(f"postgres pool: {exc}".replace("tls pool config: ", "")) from None
     password: str | None
     if config.get("password_file"):
         path = str(config["password_file"])
@@ -285,6 +354,7 @@ def parse_config(config: dict[str, Any]) -> PgPoolConfig:
         check_timeout_s=float(config.get("check_timeout", DEFAULT_CHECK_TIMEOUT_S)),
         startup_params=startup,
         init_sql=[str(s) for s in init_sql],
+        tls=tls_cfg,
     )
 
 
@@ -297,6 +367,7 @@ class _SessionState:
     check_timeout_s: float
     last_ok: float  # time.monotonic() of the last proof the session was alive
     meta: dict[str, Any]
+    tls: bool = False  # the session runs over TLS (its records are tracked by tls_pool)
 
 
 # Keyed by the socket object handed to the manager; a socket we do not know is checked fully.
@@ -334,6 +405,8 @@ def open_session(config: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     # The timeout bounds the whole handshake; it is cleared below so the fd leaves blocking.
     sock.settimeout(cfg.connect_timeout_s)
+    if cfg.tls is not None:
+        return _open_tls_session(cfg, sock, t0, t_tcp)
     try:
         conn, trace, traced = traced_handshake(
             sock,
@@ -389,6 +462,84 @@ def open_session(config: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]
     with _SESSIONS_LOCK:
         _SESSIONS[plain] = _SessionState(cfg.idle_check_s, cfg.check_timeout_s, time.monotonic(), meta)
     return plain, meta
+
+
+def _open_tls_session(
+    cfg: PgPoolConfig, sock: socket.socket, t0: int, t_tcp: int
+) -> tuple[socket.socket, dict[str, Any]]:
+    """SSLRequest, verified TLS 1.3 handshake, startup and SCRAM through our record layer; the
+    session is registered with ``tls_pool`` for the hand-out (keys, kernel TLS or relay)."""
+    import ssl
+
+    from components import tls13, tls_pool
+
+    try:
+        ssl_request(sock)
+        t_ssl = time.perf_counter_ns()
+        hs = tls_pool.client_handshake(sock, tls_pool.client_context(cfg.tls), cfg.tls.server_name)
+        t_tls = time.perf_counter_ns()
+        session = tls13.TLSSession(sock, tls13.SessionParams(hs.suite, hs.server_secret, hs.client_secret))
+        conn, trace = traced_handshake_over(
+            session,
+            user=cfg.user,
+            password=cfg.password,
+            database=cfg.database,
+            application_name=cfg.application_name,
+            startup_params=cfg.startup_params,
+        )
+        for sql in cfg.init_sql:
+            conn.run(sql)
+        if conn._transaction_status not in (None, b"I"):
+            raise PgSessionError(f"postgres {cfg.where}: init_sql left a transaction open")
+        if session._raw or session._plain:
+            raise PgSessionError(f"postgres {cfg.where}: bytes past ReadyForQuery during the TLS startup")
+    except PgSessionError:
+        sock.close()
+        raise
+    except (tls_pool.TlsSessionError, ssl.SSLError, tls13.TLSError, OSError) as exc:
+        sock.close()
+        raise PgSessionError(f"postgres {cfg.where}: TLS failed: {exc}") from None
+    except Exception as exc:
+        sock.close()
+        code, text = _describe_error(exc)
+        hint = " (check user/password in the pool config and pg_hba.conf)" if code in ("28P01", "28000") else ""
+        raise PgSessionError(f"postgres startup over TLS failed for {cfg.where}: {text}{hint}", code) from None
+    key = conn._backend_key_data or b""
+    pid, secret = struct.unpack("!ii", key[:8]) if len(key) >= 8 else (None, None)
+    params = dict(conn.parameter_statuses)
+    sock.settimeout(None)  # blocking: the flag would travel with the fd
+    session.sock = weakref.proxy(sock)  # type: ignore[assignment]  # the registry holds the socket weakly
+    t_ready = time.perf_counter_ns()
+    meta: dict[str, Any] = {
+        "kind": "postgres",
+        "protocol": "3.0",
+        "database": cfg.database,
+        "role": cfg.user,
+        "server": f"{cfg.host}:{cfg.port}",
+        "backend_pid": pid,
+        "secret_key": secret,
+        "parameters": {_text(k): _text(v) for k, v in params.items()},
+        "tx_status": "I",
+        "opened_ns": time.time_ns(),
+        "tls": {
+            "version": hs.version,
+            "cipher_suite": hs.suite.name,
+            "peer_verified": True,
+            "peer_subject": hs.peer_cert_subject,
+            "client_cert": bool(cfg.tls.cert_file),
+        },
+        "setup_us": {
+            "tcp": round((t_tcp - t0) / 1e3, 1),
+            "tls": round((t_tls - t_ssl) / 1e3, 1),
+            "startup": round(trace.startup_us, 1),
+            "auth": round(trace.auth_us, 1),
+            "total": round((t_ready - t0) / 1e3, 1),
+        },
+    }
+    tls_pool.register_session(sock, session, meta, cfg.tls)
+    with _SESSIONS_LOCK:
+        _SESSIONS[sock] = _SessionState(cfg.idle_check_s, cfg.check_timeout_s, time.monotonic(), meta, tls=True)
+    return sock, meta
 
 
 def _text(value: Any) -> str:
@@ -491,6 +642,8 @@ def check_session(sock: socket.socket) -> bool:
         # blocking mode anyway (the O_NONBLOCK flag travels with the fd).
         sock.settimeout(None)
     state = _state(sock)
+    if state is not None and state.tls:
+        return _check_tls_session(sock, state)
     timeout = state.check_timeout_s if state else DEFAULT_CHECK_TIMEOUT_S
     deadline = time.monotonic() + timeout
     try:
@@ -524,6 +677,86 @@ def check_session(sock: socket.socket) -> bool:
     return True
 
 
+def _check_tls_session(sock: socket.socket, state: _SessionState) -> bool:
+    """A TLS session: complete records that arrived are consumed (tickets, KeyUpdate; an alert or
+    close_notify makes it unfit), any PostgreSQL message that arrived while idle makes it unfit, and
+    past ``idle_check_s`` an empty query goes round through the record layer."""
+    from components import tls_pool
+
+    if not tls_pool.check_session(sock):
+        return False
+    tls_state = tls_pool._state(sock)
+    if tls_state is None:
+        return False
+    session = tls_state.session
+    if session._plain or session._raw:
+        return False
+    if time.monotonic() - state.last_ok >= state.idle_check_s:
+        with tls_state.lock:
+            try:
+                sock.settimeout(state.check_timeout_s)
+                session.sendall(_EMPTY_QUERY)
+                buf = b""
+                while True:
+                    while len(buf) < 5 or len(buf) < 1 + _HDR.unpack_from(buf)[1]:
+                        chunk = session.recv(65536)
+                        if not chunk:
+                            return False
+                        buf += chunk
+                    kind, length = _HDR.unpack_from(buf)
+                    body, buf = buf[5 : 1 + length], buf[1 + length :]
+                    if kind == b"Z":
+                        if body[:1] != b"I" or buf or session._plain or session._raw:
+                            return False
+                        break
+                    if kind == b"E" or kind not in (b"I", b"N"):
+                        return False
+            except Exception:
+                return False
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(None)
+    state.last_ok = time.monotonic()
+    return True
+
+
+def prepare_handout(sock: socket.socket, session: Any = None, relay: bool = False) -> dict[str, Any] | None:
+    """A TLS session's hand-out meta (``tls_pool.prepare_handout``: keys, kernel TLS or none for a
+    relay); None for a plain session (its meta is already in the reply)."""
+    state = _state(sock)
+    if state is None or not state.tls:
+        return None
+    from components import tls_pool
+
+    return tls_pool.prepare_handout(sock, session, relay=relay)
+
+
+def relay_codec(sock: socket.socket) -> Any:
+    """The relay codec of a TLS session (the manager keeps the keys); None for a plain session."""
+    state = _state(sock)
+    if state is None or not state.tls:
+        return None
+    from components import tls_pool
+
+    return tls_pool.relay_codec(sock)
+
+
+def resolve_handoff(config: dict[str, Any]) -> str:
+    """How a plain acquire gets its session: ``relay``, or ``inject`` (the fd; over TLS kernel TLS
+    or the record layer, ``components.tls_pool.choose_handoff``)."""
+    try:
+        cfg = parse_config(config)
+    except PgSessionError:
+        return "relay" if config.get("handoff") == "relay" else "inject"  # the open reports the error
+    if cfg.tls is None:
+        if config.get("handoff") not in (None, "inject", "relay"):
+            raise PgSessionError("postgres pool: handoff ktls/record/auto needs sslmode verify-full")
+        return "relay" if config.get("handoff") == "relay" else "inject"
+    from components import tls_pool
+
+    return tls_pool.choose_handoff(cfg.tls.handoff, cfg.tls.fallback)
+
+
 def quick_check(sock: socket.socket) -> bool | None:
     """The non-blocking part of ``check_session``, cheap enough for an event loop: False = dead
     (EOF, reset, ErrorResponse pending), True = fine and recently proven alive, None = needs the
@@ -552,6 +785,19 @@ def session_meta(sock: socket.socket) -> dict[str, Any] | None:
 
 def close_session(sock: socket.socket) -> None:
     """Terminate politely and close (for a manager discarding a session it still holds)."""
+    state = _state(sock)
+    if state is not None and state.tls:
+        from components import tls_pool
+
+        tls_state = tls_pool._state(sock)
+        if tls_state is not None:
+            with contextlib.suppress(Exception):
+                sock.setblocking(False)
+                tls_state.session.sendall(b"X\x00\x00\x00\x04")
+        with _SESSIONS_LOCK:
+            _SESSIONS.pop(sock, None)
+        tls_pool.close_session(sock)
+        return
     with contextlib.suppress(OSError):
         sock.send(b"X\x00\x00\x00\x04", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
     with _SESSIONS_LOCK:

@@ -31,6 +31,9 @@ EXHAUSTION_POLICIES = ("wait", "connect", "refuse")
 # socketpair whose other end the manager relays to the connection (for runtimes such as gVisor that
 # import only AF_UNIX fds). An acquire may ask for either with its own "handoff" field.
 HANDOFFS = ("inject", "relay")
+# Kinds that terminate TLS choose among more paths (components/tls_pool.py): kernel TLS on the fd, the
+# record layer in the caller (the keys go with the fd), the relay (the keys stay), or auto.
+TLS_HANDOFFS = ("ktls", "record", "auto")
 # Descriptors one live relay holds in the manager: its socketpair end, the pooled connection, two pipes.
 FDS_PER_RELAY = 6
 # Plug-in pool kinds: kind -> module providing open_session()/check_session().
@@ -95,8 +98,9 @@ class PoolConfig:
             raise ConfigError(f"pool {self.name!r}: exhaustion must be one of {', '.join(EXHAUSTION_POLICIES)}")
         if self.max_connecting < 1:
             raise ConfigError(f"pool {self.name!r}: max_connecting must be >= 1")
-        if self.handoff not in HANDOFFS:
-            raise ConfigError(f"pool {self.name!r}: handoff must be one of {', '.join(HANDOFFS)}, got {self.handoff!r}")
+        allowed = HANDOFFS + TLS_HANDOFFS if self.kind != "tcp" else HANDOFFS
+        if self.handoff not in allowed:
+            raise ConfigError(f"pool {self.name!r}: handoff must be one of {', '.join(allowed)}, got {self.handoff!r}")
         for attr in (
             "ttl",
             "max_idle",
@@ -290,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
     p.add_argument(
-        "--handoff", choices=HANDOFFS, help="what a plain acquire of pool --pool gets: the fd (inject) or a relay"
+        "--handoff",
+        choices=HANDOFFS + TLS_HANDOFFS,
+        help="what a plain acquire of pool --pool gets: the fd (inject) or a relay; tls pools also ktls, record, auto",
     )
     p.add_argument("--max-relays", type=int, help="relayed connections live at once (default 64, 0 = no relays)")
     p.add_argument("--relay-idle-timeout", type=float, help="seconds without traffic before a relay ends (300)")

@@ -16,6 +16,14 @@ Close semantics:
 - A reset or broken pipe on either side -> both sockets closed at once; a TCP socket gets
   SO_LINGER 0 so its peer sees a reset too, not a clean end of stream.
 
+A relay may carry a ``codec`` that transforms the bytes between the two sides (the pool manager's
+TLS relay: the caller's side is plaintext, the backend's side TLS records): bytes then go
+through a user-space buffer (no splice), ``codec.seal`` turns what ``a`` sends into what ``b``
+gets, ``codec.open`` the reverse; ``codec.take_out`` returns bytes ``open`` produced for ``b``
+(e.g. a KeyUpdate answer), ``codec.close_out`` what ``b`` gets when ``a`` ends, and
+``codec.ended`` says ``b``'s stream ended inside the protocol (a close_notify). A codec error
+resets the relay.
+
 All sockets are non-blocking and the loop is level-triggered. A hub runs either in its own
 thread (``start``/``stop``) or embedded in another event loop: register ``fileno()`` for
 readability and call ``poll(0)`` when it fires.
@@ -37,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Kernel default pipe size; also the bound per direction of the fallback buffer.
 DEFAULT_BUFFER_BYTES = 64 * 1024
@@ -62,6 +71,23 @@ def splice_available() -> bool:
     return _SPLICE is not None
 
 
+class Codec(Protocol):
+    """What a transforming relay calls (see the module docstring); errors it raises reset the relay."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    def initial(self) -> bytes: ...
+
+    def seal(self, data: bytes) -> bytes: ...
+
+    def open(self, data: bytes) -> bytes: ...
+
+    def take_out(self) -> bytes: ...
+
+    def close_out(self) -> bytes: ...
+
+
 class _Reset(Exception):
     """A side failed; the relay must be torn down."""
 
@@ -82,9 +108,33 @@ class RelayResult:
 class _Flow:
     """One direction: bytes read from ``src`` and written to ``dst``."""
 
-    __slots__ = ("buf", "cap", "dst", "eof", "moved", "pending", "pipe_full", "pipe_r", "pipe_w", "shut", "src")
+    __slots__ = (
+        "at_eof",
+        "buf",
+        "cap",
+        "dst",
+        "ended",
+        "eof",
+        "moved",
+        "pending",
+        "pipe_full",
+        "pipe_r",
+        "pipe_w",
+        "shut",
+        "src",
+        "transform",
+    )
 
-    def __init__(self, src: socket.socket, dst: socket.socket, cap: int, zero_copy: bool) -> None:
+    def __init__(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        cap: int,
+        zero_copy: bool,
+        transform: Callable[[bytes], bytes] | None = None,
+        at_eof: Callable[[], bytes] | None = None,
+        ended: Callable[[], bool] | None = None,
+    ) -> None:
         self.src = src
         self.dst = dst
         self.cap = cap
@@ -96,7 +146,10 @@ class _Flow:
         self.buf = bytearray()
         self.pipe_r = -1
         self.pipe_w = -1
-        if zero_copy:
+        self.transform = transform  # bytes read -> bytes to write (a codec); forces the buffer
+        self.at_eof = at_eof  # bytes to write once the source ended
+        self.ended = ended  # the source's stream ended inside the protocol (no more bytes count)
+        if zero_copy and transform is None:
             self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             try:
                 self.cap = fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, cap)
@@ -129,7 +182,16 @@ class _Flow:
             else:
                 data = self.src.recv(room)
                 n = len(data)
+                if self.transform is not None and data:
+                    data = self.transform(data)
                 self.buf += data
+                if self.transform is not None:
+                    self.pending += len(data)
+                    if n == 0:
+                        self._end()
+                    elif self.ended is not None and self.ended():
+                        self.eof = True
+                    return n
         except BlockingIOError:
             # With bytes in the pipe, EAGAIN may mean "pipe out of slots" (a slot per socket
             # buffer, not per byte): stop reading until the pipe drains, or the loop would spin.
@@ -145,10 +207,26 @@ class _Flow:
                 self.cap = DEFAULT_BUFFER_BYTES
                 return self.fill()
             raise _Reset(f"read: {exc.strerror or exc}") from None
+        except _Reset:
+            raise
+        except Exception as exc:  # a codec refused the bytes (e.g. a TLS record failed authentication)
+            raise _Reset(f"codec: {exc}") from None
         if n == 0:
             self.eof = True
         self.pending += n
         return n
+
+    def _end(self) -> None:
+        self.eof = True
+        if self.at_eof is not None:
+            tail = self.at_eof()
+            self.buf += tail
+            self.pending += len(tail)
+
+    def inject(self, data: bytes) -> None:
+        """Queue bytes for the destination that did not come from the source (buffer mode only)."""
+        self.buf += data
+        self.pending += len(data)
 
     def drain(self) -> int:
         try:
@@ -196,6 +274,7 @@ class Relay:
         buffer_bytes: int,
         zero_copy: bool,
         on_close: Callable[[RelayResult], None] | None,
+        codec: Codec | None = None,
     ) -> None:
         self.id = relay_id
         self.a = a
@@ -205,12 +284,29 @@ class Relay:
         self.last_active = self.started  # last time a byte moved in either direction
         self.result: RelayResult | None = None
         self.masks = [0, 0]
+        self.codec = codec
+        if codec is not None:
+            self.a_to_b = _Flow(a, b, buffer_bytes, False, codec.seal, codec.close_out)
+            self.b_to_a = _Flow(b, a, buffer_bytes, False, codec.open, None, lambda: codec.ended)
+            self.b_to_a.inject(codec.initial())  # bytes the codec already holds for a
+            return
         self.a_to_b = _Flow(a, b, buffer_bytes, zero_copy)
         try:
             self.b_to_a = _Flow(b, a, buffer_bytes, zero_copy)
         except BaseException:
             self.a_to_b.close_pipe()
             raise
+
+    def pump(self) -> None:
+        self.a_to_b.pump()
+        self.b_to_a.pump()
+        if self.codec is not None:
+            out = self.codec.take_out()  # e.g. a KeyUpdate answer, behind what a already sent
+            if out:
+                if self.a_to_b.shut:
+                    raise _Reset("codec has bytes for a side already shut down")
+                self.a_to_b.inject(out)
+                self.a_to_b.pump()
 
     @property
     def done(self) -> bool:
@@ -303,10 +399,17 @@ class RelayHub:
         """A descriptor that turns readable when ``poll`` has work (for embedding in another loop)."""
         return self._selector.fileno()  # type: ignore[attr-defined, no-any-return]
 
-    def add(self, a: socket.socket, b: socket.socket, on_close: Callable[[RelayResult], None] | None = None) -> Relay:
+    def add(
+        self,
+        a: socket.socket,
+        b: socket.socket,
+        on_close: Callable[[RelayResult], None] | None = None,
+        codec: Codec | None = None,
+    ) -> Relay:
         """Relay between ``a`` and ``b`` (connected stream sockets) until both directions end.
 
         Ownership of both sockets passes to the hub. ``on_close`` runs in the hub's thread.
+        ``codec`` transforms the bytes (see the module docstring).
         """
         for name, sock in (("a", a), ("b", b)):
             if sock.fileno() < 0:
@@ -320,7 +423,7 @@ class RelayHub:
                 raise RuntimeError("relay hub is closed")
             relay_id = self._next_id
             self._next_id += 1
-            relay = Relay(relay_id, a, b, self.buffer_bytes, self.zero_copy, on_close)
+            relay = Relay(relay_id, a, b, self.buffer_bytes, self.zero_copy, on_close, codec)
             a.setblocking(False)
             b.setblocking(False)
             self._incoming.append(relay)
@@ -434,8 +537,7 @@ class RelayHub:
     def _serve(self, relay: Relay, _mask: int) -> None:
         before = relay.progress()
         try:
-            relay.a_to_b.pump()
-            relay.b_to_a.pump()
+            relay.pump()
         except _Reset as exc:
             self._finish(relay, RESET, str(exc))
             return

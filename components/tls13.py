@@ -766,3 +766,79 @@ class TLSSession:
 def continue_session(sock: socket.socket, tls_meta: dict[str, Any]) -> TLSSession:
     """The acquire reply's ``meta.tls`` + the received socket -> a usable TLS session."""
     return TLSSession(sock, SessionParams.from_meta(tls_meta))
+
+
+class RelayCodec:
+    """A continued session terminated for a byte relay (``components.relay``'s codec): the caller's
+    side carries plaintext, the server's side this session's records. The keys stay in this process.
+
+    ``seal`` protects what the caller sends; ``open`` takes raw bytes from the server (any split,
+    partial records wait for the rest) and returns the application data; post-handshake messages
+    are handled as ``TLSSession`` handles them, and what the session writes in answer (a KeyUpdate)
+    queues for ``take_out``. ``ended`` turns true at the server's close_notify; ``close_out`` is our
+    close_notify when the caller ends. An alert or a bad record raises (the relay resets).
+    """
+
+    def __init__(self, session: TLSSession) -> None:
+        self.session = session
+        self._raw = bytearray(session._raw)
+        session._raw.clear()
+        self._out = bytearray()
+        session.sock = self  # type: ignore[assignment]  # the session's own writes queue here
+
+    # what TLSSession calls on its socket
+    def sendall(self, data: bytes) -> None:
+        self._out += data
+
+    def send(self, data: bytes, _flags: int = 0) -> int:
+        self._out += data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+    # the relay's side
+    @property
+    def ended(self) -> bool:
+        return self.session.eof
+
+    def initial(self) -> bytes:
+        """Application bytes decrypted before the relay started (normally none)."""
+        plain = bytes(self.session._plain)
+        self.session._plain.clear()
+        return plain + self.open(b"") if self._raw else plain
+
+    def seal(self, data: bytes) -> bytes:
+        self.session._check_open()
+        writer = self.session.writer
+        return b"".join(
+            writer.seal(APPLICATION_DATA, data[start : start + MAX_PLAINTEXT])
+            for start in range(0, len(data), MAX_PLAINTEXT)
+        )
+
+    def open(self, data: bytes) -> bytes:
+        raw = self._raw
+        raw += data
+        session = self.session
+        while len(raw) >= HEADER_LEN and not session.eof:
+            header = bytes(raw[:HEADER_LEN])
+            length = parse_header(header)
+            if len(raw) < HEADER_LEN + length:
+                break
+            body = bytes(raw[HEADER_LEN : HEADER_LEN + length])
+            del raw[: HEADER_LEN + length]
+            session.process_record(header, body)
+        plain = bytes(session._plain)
+        session._plain.clear()
+        return plain
+
+    def take_out(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def close_out(self) -> bytes:
+        if self.session.closed:
+            return b""
+        self.session.closed = True
+        return self.session.writer.seal(ALERT, bytes([1, CLOSE_NOTIFY]))

@@ -19,9 +19,20 @@ bytes already decrypted. Only this meta carries secrets: the meta returned by ``
 and ``session_meta`` (logged, kept for the pool) has none. The session state holds the socket
 only weakly and disappears with the socket once the manager closes its copy after hand-out.
 
-With kernel TLS available (the ``tls`` ULP in /proc/sys/net/ipv4/tcp_available_ulp) and
-``"ktls": "auto"`` (or ``"on"``), the keys are installed into the socket (TLS_TX/TLS_RX) just
-before hand-out and ``meta.tls.path`` says ``"ktls"``; the caller then reads and writes plaintext.
+How a session reaches its caller is the pool's ``handoff`` (``choose_handoff``):
+
+- ``ktls``: the keys are installed into the socket (TLS_TX/TLS_RX, the kernel's ``tls`` ULP) just
+  before hand-out; the caller reads and writes plaintext on the TCP fd (``meta.tls.path`` ktls).
+- ``record``: the fd goes with the traffic keys and sequence numbers; the caller continues the
+  session with its own record layer (``components.tls13``; path ``record_layer``).
+- ``relay``: the keys never leave the manager: the caller gets one end of an AF_UNIX socketpair
+  carrying plaintext and the manager's relay seals and opens the records (``relay_codec``; path
+  ``relay``). For kernels without kernel TLS and sandboxes that drop TCP fds.
+- ``auto``: ``ktls`` where /proc/sys/net/ipv4/tcp_available_ulp lists ``tls``, else ``fallback``
+  (``record``, the default, or ``relay``).
+
+An acquire that asks for ``"handoff": "relay"`` is relayed whatever the pool's setting; one that
+asks for ``"inject"`` gets the fd (kernel TLS where possible, else the record layer).
 """
 
 from __future__ import annotations
@@ -49,6 +60,10 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_POST_HANDSHAKE_WAIT_S = 0.2
 KEYLOG_LABELS = ("CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0")
 KTLS_MODES = ("auto", "on", "off")
+# The pool's "handoff" for TLS sessions; "inject" (every pool's default) keeps the older "ktls" key's meaning.
+TLS_HANDOFFS = ("ktls", "record", "relay", "auto")
+TLS_FALLBACKS = ("record", "relay")
+KTLS, RECORD, RELAY = "ktls", "record", "relay"
 
 
 class TlsSessionError(Exception):
@@ -69,6 +84,8 @@ class TlsPoolConfig:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     post_handshake_wait_s: float = DEFAULT_POST_HANDSHAKE_WAIT_S
     ktls: str = "auto"
+    handoff: str = "auto"  # one of TLS_HANDOFFS
+    fallback: str = RECORD  # what "auto" means without kernel TLS
 
     @property
     def where(self) -> str:
@@ -95,6 +112,7 @@ def parse_config(config: dict[str, Any]) -> TlsPoolConfig:
         raise TlsSessionError(f"tls pool config: ktls must be one of {', '.join(KTLS_MODES)}")
     if config.get("verify") is False:
         raise TlsSessionError("tls pool config: server verification cannot be turned off (give ca_file)")
+    handoff, fallback = handoff_setting(config)
     return TlsPoolConfig(
         host=host,
         port=port,
@@ -105,7 +123,40 @@ def parse_config(config: dict[str, Any]) -> TlsPoolConfig:
         connect_timeout_s=float(config.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT_S)),
         post_handshake_wait_s=float(config.get("post_handshake_wait", DEFAULT_POST_HANDSHAKE_WAIT_S)),
         ktls=ktls,
+        handoff=handoff,
+        fallback=fallback,
     )
+
+
+def handoff_setting(config: dict[str, Any]) -> tuple[str, str]:
+    """(handoff, fallback) of a pool's config, validated. A pool without a TLS ``handoff`` (the
+    manager's default ``inject``) takes it from the older ``ktls`` key: on/off/auto -> ktls/record/auto."""
+    handoff = str(config.get("handoff") or "inject")
+    if handoff == "inject":
+        handoff = {"on": KTLS, "off": RECORD}.get(str(config.get("ktls", "auto")), "auto")
+    if handoff not in TLS_HANDOFFS:
+        raise TlsSessionError(f"tls pool config: handoff must be one of {', '.join(TLS_HANDOFFS)}, got {handoff!r}")
+    fallback = str(config.get("fallback") or RECORD)
+    if fallback not in TLS_FALLBACKS:
+        raise TlsSessionError(f"tls pool config: fallback must be one of {', '.join(TLS_FALLBACKS)}, got {fallback!r}")
+    return handoff, fallback
+
+
+def choose_handoff(handoff: str, fallback: str = RECORD, ulp_available: bool | None = None) -> str:
+    """The path a hand-out takes: ``ktls``, ``record`` or ``relay``. ``auto`` is kernel TLS where the
+    kernel offers the ``tls`` ULP, else ``fallback``. ``ulp_available`` None: ask the kernel."""
+    if handoff == "auto":
+        available = ktls_available() if ulp_available is None else ulp_available
+        return KTLS if available else fallback
+    if handoff not in (KTLS, RECORD, RELAY):
+        raise TlsSessionError(f"unknown TLS handoff {handoff!r} (one of {', '.join(TLS_HANDOFFS)})")
+    return handoff
+
+
+def resolve_handoff(config: dict[str, Any]) -> str:
+    """The manager's question at start: how does a plain acquire of this pool get its session?"""
+    handoff, fallback = handoff_setting(config)
+    return choose_handoff(handoff, fallback)
 
 
 def client_context(cfg: TlsPoolConfig) -> ssl.SSLContext:
@@ -320,11 +371,11 @@ def install_ktls(sock: socket.socket, suite_name: str, tx: tls13.Direction, rx: 
 class _State:
     """The manager's record-layer view of one pooled session (the socket held only weakly)."""
 
-    def __init__(self, sock: socket.socket, hs: Handshake, meta: dict[str, Any], ktls: str) -> None:
-        params = tls13.SessionParams(hs.suite, hs.server_secret, hs.client_secret)
-        self.session = tls13.TLSSession(weakref.proxy(sock), params)  # type: ignore[arg-type]
+    def __init__(self, sock: socket.socket, session: tls13.TLSSession, meta: dict[str, Any], inject_path: str) -> None:
+        self.session = session
         self.meta = meta
-        self.ktls = ktls
+        self.inject_path = inject_path  # ktls | record: the path of a hand-out that is not relayed
+        self.explicit_ktls = False  # ktls asked for by name: failing to install it is an error
         self.lock = threading.Lock()
         self.error = ""
         self.ktls_installed = False  # kept if a hand-out fails and the session returns to the pool
@@ -378,9 +429,9 @@ def open_session(config: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]
                 "handshake": round(hs.handshake_us, 1),
             },
         }
-        state = _State(sock, hs, meta, cfg.ktls)
-        with _SESSIONS_LOCK:
-            _SESSIONS[sock] = state
+        register_session(sock, session_from_handshake(sock, hs), meta, cfg)
+        state = _state(sock)
+        assert state is not None
         if cfg.post_handshake_wait_s > 0:
             select.select([sock], [], [], cfg.post_handshake_wait_s)
         if not _absorb(state, sock):
@@ -393,6 +444,25 @@ def open_session(config: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]
         raise
     sock.settimeout(None)  # blocking: O_NONBLOCK would travel with the fd
     return sock, dict(meta)
+
+
+def session_from_handshake(sock: socket.socket, hs: Handshake) -> tls13.TLSSession:
+    """The manager's record layer for a session just handshaken on ``sock`` (held weakly)."""
+    params = tls13.SessionParams(hs.suite, hs.server_secret, hs.client_secret)
+    return tls13.TLSSession(weakref.proxy(sock), params)  # type: ignore[arg-type]
+
+
+def register_session(sock: socket.socket, session: tls13.TLSSession, meta: dict[str, Any], cfg: TlsPoolConfig) -> None:
+    """Track a session this process handshook so ``prepare_handout``/``relay_codec`` can hand it on
+    (also for other kinds that run TLS under their protocol, e.g. PostgreSQL). ``session.sock``
+    must hold ``sock`` only weakly."""
+    inject_path = choose_handoff(cfg.handoff, RECORD)
+    if inject_path == RELAY:
+        inject_path = choose_handoff("auto", RECORD)  # an acquire asking for "inject" on a relay pool
+    state = _State(sock, session, meta, inject_path)
+    state.explicit_ktls = cfg.handoff == KTLS
+    with _SESSIONS_LOCK:
+        _SESSIONS[sock] = state
 
 
 def _absorb(state: _State, sock: socket.socket) -> bool:
@@ -464,10 +534,12 @@ def session_meta(sock: socket.socket) -> dict[str, Any] | None:
     return dict(state.meta) if state else None
 
 
-def prepare_handout(sock: socket.socket, session: dict[str, Any] | None = None) -> dict[str, Any]:
+def prepare_handout(sock: socket.socket, session: dict[str, Any] | None = None, relay: bool = False) -> dict[str, Any]:
     """Called by the manager right before the hand-out: account for the records that arrived,
-    install kernel TLS where possible, and return the reply's meta with the secrets. Raises
-    TlsSessionError when the session must be discarded instead."""
+    install kernel TLS where that is the path, and return the reply's meta: with the secrets for
+    the record layer, with none for kernel TLS and for a relay (``relay``: the manager keeps the
+    session and relays plaintext; ``relay_codec`` follows). Raises TlsSessionError when the session
+    must be discarded instead."""
     state = _state(sock)
     if state is None:
         raise TlsSessionError("not a session opened by this pool")
@@ -478,19 +550,33 @@ def prepare_handout(sock: socket.socket, session: dict[str, Any] | None = None) 
         meta = dict(state.meta)
         tls = dict(meta["tls"])
         reader, writer = tls_session.reader, tls_session.writer
+        if relay:
+            if state.ktls_installed:
+                raise TlsSessionError("kernel TLS is installed on this session: it cannot be relayed")
+            tls.update(
+                {
+                    "path": RELAY,
+                    "client_seq": writer.seq,
+                    "server_seq": reader.seq,
+                    "tickets": tls_session.tickets_seen,
+                    "key_updates": tls_session.key_updates_received + tls_session.key_updates_sent,
+                }
+            )
+            meta["tls"] = tls
+            return meta
         path = "record_layer"
         if state.ktls_installed:
             path = "ktls"
-        elif state.ktls != "off" and ktls_available():
+        elif state.inject_path == KTLS:
+            if state.explicit_ktls and not ktls_available():
+                raise TlsSessionError("handoff is 'ktls' but the kernel has no tls ULP")
             try:
                 install_ktls(sock, tls_session.suite.name, writer, reader)
                 state.ktls_installed = True
                 path = "ktls"
             except (OSError, tls13.TLSError) as exc:
-                if state.ktls == "on":
+                if state.explicit_ktls:
                     raise TlsSessionError(f"kernel TLS could not be installed: {exc}") from None
-        elif state.ktls == "on":
-            raise TlsSessionError("ktls is 'on' but the kernel has no tls ULP")
         tls.update(
             {
                 "path": path,
@@ -519,6 +605,16 @@ def prepare_handout(sock: socket.socket, session: dict[str, Any] | None = None) 
             )
         meta["tls"] = tls
     return meta
+
+
+def relay_codec(sock: socket.socket) -> tls13.RelayCodec:
+    """The session of ``sock`` as a relay codec (after ``prepare_handout(..., relay=True)``): the
+    relay hub owns the socket from now on and the session's writes go through the relay."""
+    state = _state(sock)
+    if state is None:
+        raise TlsSessionError("not a session opened by this pool")
+    with state.lock:
+        return tls13.RelayCodec(state.session)
 
 
 def close_session(sock: socket.socket) -> None:

@@ -11,6 +11,9 @@ runs. Here each of the k testable comparisons of a family gets
   two samples — median of all n·m differences a_i − b_j, interval between two of their order
   statistics; paired blocks — median of the Walsh averages (d_i + d_j)/2, i ≤ j (the pseudo-median
   of the per-block differences). Under a pure shift both equal the difference of medians.
+  Adjusted comparisons (the lifecycle findings, adjusted.py) instead take the least-squares coefficient
+  of the arm, adjusted for the engine phases and the runtime's start, with its t interval at the same
+  level 1 − alpha/k and its t-test p-value.
 - `significant`: the adjusted interval excludes 0. With the order statistics taken from the same
   normal approximation (continuity-corrected) that scipy's asymptotic test uses, this is exactly
   "the test rejects at alpha/k", i.e. Bonferroni-adjusted p ≤ alpha, for data without ties; with
@@ -38,6 +41,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from .adjusted import ADJUSTED, AdjustedData, AdjustedFit, ancova, covariate_label
 from .compare import DelayFit, delay_fit, holm
 from .stats import DEFAULT_CONFIDENCE, Values, as_array, json_safe
 
@@ -156,23 +160,30 @@ def paired_intervals_batch(d: np.ndarray, confidence: float) -> tuple[np.ndarray
 
 @dataclass(frozen=True, eq=False)
 class FamilyComparison:
-    """One comparison of the family: `a` against reference `b`, either as two samples or as
-    per-block paired differences a − b (one value per interleaved block)."""
+    """One comparison of the family: `a` against reference `b`, either as two samples, as per-block
+    paired differences a − b (one value per interleaved block), or as both arms' cold starts with the
+    covariates the difference is adjusted for (`adjusted`, see adjusted.py)."""
 
     name: str
     a: Values | None = None
     b: Values | None = None
     paired_diffs: Values | None = None
     unit: str = "ms"
+    adjusted: AdjustedData | None = None
+    notes: tuple[str, ...] = ()  # carried into the result (e.g. why a covariate was left out)
 
     def __post_init__(self) -> None:
         two = self.a is not None and self.b is not None
-        paired = self.paired_diffs is not None
-        if two == paired:
-            raise ValueError(f"comparison {self.name!r}: give either both samples a and b, or paired_diffs")
+        designs = int(two) + int(self.paired_diffs is not None) + int(self.adjusted is not None)
+        if designs != 1:
+            raise ValueError(
+                f"comparison {self.name!r}: give exactly one of both samples a and b, paired_diffs, or adjusted"
+            )
 
     @property
     def design(self) -> str:
+        if self.adjusted is not None:
+            return ADJUSTED
         return PAIRED if self.paired_diffs is not None else TWO_SAMPLE
 
 
@@ -194,6 +205,7 @@ class FamilyResult:
     ci_adjusted: tuple[float, float] | None
     significant: bool
     notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # the adjusted fit: stderr, df, coefficients, ...
 
     @property
     def holm_only(self) -> bool:
@@ -210,12 +222,16 @@ def _arr(values: Values | None) -> np.ndarray:
 
 
 def _testable(c: FamilyComparison) -> bool:
+    if c.adjusted is not None:
+        return min(c.adjusted.y_a.size, c.adjusted.y_b.size) >= MIN_N_TWO_SAMPLE
     if c.paired_diffs is not None:
         return as_array(c.paired_diffs).size >= MIN_BLOCKS_PAIRED
     return min(_arr(c.a).size, _arr(c.b).size) >= MIN_N_TWO_SAMPLE
 
 
-def _raw_p(c: FamilyComparison) -> float:
+def _raw_p(c: FamilyComparison, fit: AdjustedFit | None = None) -> float:
+    if fit is not None:
+        return fit.p_value
     if c.paired_diffs is not None:
         d = as_array(c.paired_diffs)
         if not np.any(d != 0):
@@ -242,13 +258,32 @@ def family_findings(
         raise ValueError("comparison names must be unique within a family")
     testable = [_testable(c) for c in comparisons]
     k = max(sum(testable), family_size or 0)
-    raw = [_raw_p(c) if ok else math.nan for c, ok in zip(comparisons, testable, strict=True)]
+    # The caller checked that an adjusted comparison can be fitted (adjusted.ancova raises otherwise).
+    fits = {c.name: ancova(c.adjusted) for c, ok in zip(comparisons, testable, strict=True) if ok and c.adjusted}
+    raw = [_raw_p(c, fits.get(c.name)) if ok else math.nan for c, ok in zip(comparisons, testable, strict=True)]
     adjusted = holm(raw)
     confidence = 1.0 - alpha / k if k else math.nan
     out = []
     for c, ok, p, p_adj in zip(comparisons, testable, raw, adjusted, strict=True):
-        notes: list[str] = []
-        if c.paired_diffs is not None:
+        notes: list[str] = list(c.notes)
+        details: dict[str, Any] = {}
+        if c.adjusted is not None:
+            n = {"a": int(c.adjusted.y_a.size), "b": int(c.adjusted.y_b.size)}
+            estimator = c.adjusted.name
+            fit = fits.get(c.name)
+            estimate, ci = (fit.estimate, fit.interval(confidence)) if fit else (math.nan, None)
+            if fit is not None:
+                details = {
+                    "covariates": list(c.adjusted.covariates),
+                    "stderr": fit.stderr,
+                    "df": fit.df,
+                    "residual_sd": fit.residual_sd,
+                    "r2": fit.r2,
+                    "coefficients": fit.coefficients,
+                }
+            else:
+                notes.append(f"fewer than {MIN_N_TWO_SAMPLE} values on a side: not tested")
+        elif c.paired_diffs is not None:
             d = as_array(c.paired_diffs)
             n = {"blocks": int(d.size)}
             estimator = "Hodges–Lehmann pseudo-median of per-block differences (Wilcoxon signed-rank interval)"
@@ -280,6 +315,7 @@ def family_findings(
             ci_adjusted=ci,
             significant=significant,
             notes=notes,
+            details=details,
         )
         if result.holm_only:
             result.notes.append(
@@ -302,6 +338,13 @@ def _p_text(result: FamilyResult) -> str:
     if not math.isfinite(result.p_adjusted):
         return "not tested"
     return f"Holm-adjusted p = {result.p_adjusted:.2g} over {result.family_size} findings"
+
+
+def _estimator_text(result: FamilyResult) -> str:
+    if result.design == ADJUSTED:
+        covariates = result.details.get("covariates") or []
+        return f"{result.estimator}: adjusted for {', '.join(covariate_label(c) for c in covariates)}"
+    return result.estimator.split(" (")[0]
 
 
 def saving_text(
@@ -329,7 +372,7 @@ def saving_text(
     if reference_median and math.isfinite(reference_median):
         share = f", {abs(d) / reference_median:.1%} of {slow}'s median {reference_median:.{digits}f}{u}"
     return (
-        f"{subject} {verb} per cold start ({slow} − {fast}, {result.estimator.split(' (')[0]}{share}; "
+        f"{subject} {verb} per cold start ({slow} − {fast}, {_estimator_text(result)}{share}; "
         f"{_interval_text(result, digits)}; {_p_text(result)})."
     )
 

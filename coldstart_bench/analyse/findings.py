@@ -4,7 +4,8 @@ rests on.
 Which pairs produce which sentence is declared in the catalogue (a Reference's `findings`, and its
 `control` flag for the A/A check); this module only knows how each kind of finding is computed and
 worded. Every finding of a run belongs to one family of k tests (`familywise`): location findings get
-a Hodges–Lehmann estimate with a test-inverted interval at the Bonferroni level 1 − alpha/k, ratios
+a Hodges–Lehmann estimate with a test-inverted interval at the Bonferroni level 1 − alpha/k (lifecycle
+findings: the arm's effect adjusted for what the connection method cannot change, adjusted.py), ratios
 the same on the log scale, the variance finding a Levene test and the delay slope its regression test;
 p-values are Holm-adjusted over all k. A finding is `significant` only when its family-wise interval
 excludes the null (0, or a ratio of 1) — or, without an interval, when its Holm-adjusted p is below
@@ -16,6 +17,7 @@ After a run stopped by the stopping rule, the headline lifecycle findings use th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,12 +26,25 @@ from typing import Any
 import numpy as np
 
 from ..catalogue import CONNECT_SPEEDUP, LIFECYCLE_SAVING, PREDICTABILITY, Catalogue
+from .adjusted import (
+    AdjustmentRefused,
+    Rows,
+    adjusted_data,
+    ancova,
+    choose_covariates,
+    in_function_ms,
+    welch_interval,
+)
+from .arms import METHOD, arm_factors, comparison_kind, factor_subject
+from .arms import label as kind_label
 from .compare import DelayFit, holm, levene
 from .familywise import FamilyComparison, FamilyResult, FitRefused, checked_delay_fit, family_findings, saving_text
 from .phase_effects import LIFECYCLE, RUN_PHASE, BlocksByScenario, comparison_name, effect_comparisons
 from .stats import json_safe
 
 CONTROL_TOPIC = "control"
+# The thesis's result: injection cut the cold start's lifecycle by 4.4 % (of direct's median).
+THESIS_LIFECYCLE_SHARE = 0.044
 RUN_PHASE_TOPIC_SUFFIX = "-start-to-die"
 LOG_UNIT = "log"
 
@@ -47,6 +62,8 @@ class _Pending:
     p_value: float = math.nan  # tests without an interval (variance, slope)
     role: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    differs_in: tuple[str, ...] = ()
+    comparison_kind: str = METHOD
 
 
 @dataclass
@@ -98,29 +115,67 @@ class _Builder:
         values: Mapping[str, Mapping[str, np.ndarray]],
         blocks: BlocksByScenario | None,
         summary_scenarios: Mapping[str, Any],
+        catalogue: Catalogue,
+        rows: Rows | None,
+        alpha: float,
     ) -> None:
         self.values = values
         self.blocks = blocks
         self.scenarios = summary_scenarios
+        self.catalogue = catalogue
+        self.rows = rows
+        self.alpha = alpha
         self.pending: list[_Pending] = []
 
     def have(self, *names: str) -> bool:
         return all(n in self.values and self.values[n]["lifecycle_ms"].size >= 2 for n in names)
 
+    def _add(self, pending: _Pending) -> None:
+        pending.differs_in = arm_factors(self.catalogue, pending.slow, pending.fast)
+        pending.comparison_kind = comparison_kind(self.catalogue, pending.slow, pending.fast, pending.differs_in)
+        self.pending.append(pending)
+
+    def adjusted(self, slow: str, fast: str, factors: tuple[str, ...]) -> FamilyComparison | str:
+        """The lifecycle comparison adjusted for what the connection method cannot change (adjusted.py),
+        or why it cannot be made (the unadjusted comparison is used then)."""
+        if self.rows is None or slow not in self.rows or fast not in self.rows:
+            return "no per-cold-start rows"
+        a, b = self.rows[slow], self.rows[fast]
+        choice = choose_covariates(a, b, may_differ=bool(factors), alpha=self.alpha)
+        if not choice.used:
+            return "no covariate to adjust for" + (f" ({choice.note()})" if choice.left_out else "")
+        data = adjusted_data(a, b, choice.used, LIFECYCLE)
+        try:
+            ancova(data)
+        except AdjustmentRefused as exc:
+            return str(exc)
+        notes = (choice.note(),) if choice.left_out else ()
+        return FamilyComparison(comparison_name(slow, fast, LIFECYCLE), adjusted=data, unit="ms", notes=notes)
+
     def location(self, kind: str, topic: str, slow: str, fast: str, subject: str, metric: str, role: str = "") -> None:
+        fallback = ""
+        if metric == LIFECYCLE:
+            made = self.adjusted(slow, fast, arm_factors(self.catalogue, slow, fast))
+            if isinstance(made, FamilyComparison):
+                self._add(_Pending(kind, topic, slow, fast, subject, comparison=made, role=role))
+                return
+            fallback = f"lifecycle not adjusted for the engine phases: {made}"
         found = effect_comparisons(slow, fast, self.values, self.blocks, metrics=(metric,))
         if found:
-            self.pending.append(_Pending(kind, topic, slow, fast, subject, comparison=found[0], role=role))
+            comp = found[0]
+            if fallback:
+                comp = dataclasses.replace(comp, notes=(*comp.notes, fallback))
+            self._add(_Pending(kind, topic, slow, fast, subject, comparison=comp, role=role))
 
     def ratio(self, kind: str, topic: str, slow: str, fast: str, metric: str, subject: str = "") -> None:
         a, b = _log(self.values[slow][metric]), _log(self.values[fast][metric])
         if a.size >= 2 and b.size >= 2:
             comp = FamilyComparison(_ratio_name(slow, fast, metric), a=a, b=b, unit=LOG_UNIT)
-            self.pending.append(_Pending(kind, topic, slow, fast, subject, comparison=comp))
+            self._add(_Pending(kind, topic, slow, fast, subject, comparison=comp))
 
     def variance(self, topic: str, slow: str, fast: str, subject: str) -> None:
         _stat, p = levene(self.values[fast]["lifecycle_ms"], self.values[slow]["lifecycle_ms"], "mean")
-        self.pending.append(_Pending(PREDICTABILITY, topic, slow, fast, subject, p_value=p))
+        self._add(_Pending(PREDICTABILITY, topic, slow, fast, subject, p_value=p))
 
 
 def _primary_series(
@@ -139,19 +194,90 @@ def _primary_series(
     return None
 
 
-def _word(p: _Pending, result: FamilyResult | None, values: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
+def _rules_out(result: FamilyResult) -> tuple[float | None, str]:
+    """What a not-significant lifecycle finding rules out: effects beyond the family-wise interval's
+    farther end, i.e. equivalence within ±X ms at the family's level."""
+    ci = result.ci_adjusted
+    if result.significant or ci is None:
+        return None, ""
+    bound = max(abs(ci[0]), abs(ci[1]))
+    return bound, (
+        f" The data rule out an effect larger than ±{bound:.1f} ms: the family-wise interval lies within "
+        f"±{bound:.1f} ms (equivalence within ±{bound:.1f} ms at the family's level)."
+    )
+
+
+def _thesis_check(result: FamilyResult, reference_median: float) -> tuple[dict[str, Any], str]:
+    """The run's lifecycle effect against the thesis's 4.4 % saving (of the direct arm's median)."""
+    target = THESIS_LIFECYCLE_SHARE * reference_median
+    ci = result.ci_adjusted
+    share = f"the thesis's {THESIS_LIFECYCLE_SHARE:.1%} (≈ {target:.1f} ms of the {reference_median:.1f} ms median)"
+    if ci is None or not math.isfinite(target):
+        verdict, text = "not judged", f" Without a family-wise interval, {share} is neither confirmed nor ruled out."
+    elif ci[1] < target:
+        ends = f"the interval ends at {ci[1]:.1f} ms"
+        verdict, text = "ruled out", f" {share[0].upper()}{share[1:]} is ruled out: {ends}."
+    elif ci[0] > target:
+        verdict, text = "exceeded", f" The saving exceeds {share}: the interval starts at {ci[0]:.1f} ms."
+    elif result.significant:
+        verdict, text = "consistent", f" The saving is consistent with {share}."
+    else:
+        verdict, text = "not resolved", f" {share[0].upper()}{share[1:]} is neither confirmed nor ruled out."
+    return {"share": THESIS_LIFECYCLE_SHARE, "ms": target, "verdict": verdict}, text
+
+
+def _in_function(rows: Rows | None, slow: str, fast: str, result: FamilyResult) -> tuple[dict[str, Any] | None, str]:
+    """In-function time (start→die − start→ready) beside a lifecycle finding, at the family's level."""
+    if rows is None or slow not in rows or fast not in rows:
+        return None, ""
+    a, b = in_function_ms(rows[slow]), in_function_ms(rows[fast])
+    if a.size < 2 or b.size < 2:
+        return None, ""
+    level = result.confidence_adjusted if math.isfinite(result.confidence_adjusted) else 0.95
+    d, ci = welch_interval(a, b, level)
+    ci_text = f", CI {ci[0]:.1f} to {ci[1]:.1f} ms at the same level" if ci else ""
+    entry = {
+        "metric": "start_to_die_ms − start_to_ready_ms",
+        "estimate": d,
+        "ci": list(ci) if ci else None,
+        "confidence": level,
+        "estimator": "difference of means (Welch t interval)",
+        "median": {slow: float(np.median(a)), fast: float(np.median(b))},
+    }
+    return entry, f" In-function time (start→die − start→ready), {slow} − {fast}: {d:.1f} ms{ci_text}."
+
+
+def _word(
+    p: _Pending, result: FamilyResult | None, values: Mapping[str, Mapping[str, np.ndarray]], b: _Builder
+) -> dict[str, Any]:
     """The sentence and the fields of one judged finding."""
     slow, fast = p.slow, p.fast
-    base: dict[str, Any] = {"topic": p.topic, "kind": p.kind, "scenarios": [slow, fast]} | (
-        {"role": p.role} if p.role else {}
-    )
+    base: dict[str, Any] = {
+        "topic": p.topic,
+        "kind": p.kind,
+        "scenarios": [slow, fast],
+        "differs_in": list(p.differs_in),
+        "comparison_kind": p.comparison_kind,
+    } | ({"role": p.role} if p.role else {})
     if p.kind in (LIFECYCLE_SAVING, "run_phase_saving"):
         assert result is not None
         metric = RUN_PHASE if p.kind == "run_phase_saving" else LIFECYCLE
         median = float(np.median(values[slow][metric]))
-        subject = p.subject if p.kind == LIFECYCLE_SAVING else f"{p.subject} (start→die alone)"
+        subject = factor_subject(b.catalogue, slow, fast, p.differs_in, p.subject)
+        subject = subject if p.kind == LIFECYCLE_SAVING else f"{subject} (start→die alone)"
         text = saving_text(result, subject=subject, slow=slow, fast=fast, reference_median=median)
-        return base | {"text": text, "estimate": result.estimate, "unit": "ms", "metric": metric}
+        extra: dict[str, Any] = {}
+        if metric == LIFECYCLE:
+            bound, more = _rules_out(result)
+            text += more
+            extra["rules_out_beyond_ms"] = bound
+            s_slow, s_fast = b.catalogue.get(slow), b.catalogue.get(fast)
+            if s_slow and s_fast and s_slow.thesis_role == "direct" and s_fast.thesis_role == "injected":
+                extra["thesis"], more = _thesis_check(result, median)
+                text += more
+            extra["in_function"], more = _in_function(b.rows, slow, fast, result)
+            text += more
+        return base | {"text": text, "estimate": result.estimate, "unit": "ms", "metric": metric} | extra
     if p.kind == CONTROL_TOPIC:
         assert result is not None
         text = saving_text(result, subject=f"A/A control ({slow} is identical to {fast})", slow=slow, fast=fast)
@@ -160,7 +286,16 @@ def _word(p: _Pending, result: FamilyResult | None, values: Mapping[str, Mapping
             if result.significant
             else " The run's false-positive check passed."
         )
-        return base | {"text": text + verdict, "estimate": result.estimate, "unit": "ms", "metric": LIFECYCLE}
+        bound, more = _rules_out(result)
+        info, in_fn = _in_function(b.rows, slow, fast, result)
+        return base | {
+            "text": text + verdict + more + in_fn,
+            "estimate": result.estimate,
+            "unit": "ms",
+            "metric": LIFECYCLE,
+            "rules_out_beyond_ms": bound,
+            "in_function": info,
+        }
     if p.kind in (CONNECT_SPEEDUP, "burst_scaling"):
         assert result is not None
         metric = "connect_us" if p.kind == CONNECT_SPEEDUP else LIFECYCLE
@@ -198,6 +333,8 @@ def _word(p: _Pending, result: FamilyResult | None, values: Mapping[str, Mapping
                 )
         if p.kind == "burst_scaling":  # named as the curve runs: alone first
             base["scenarios"] = [fast, slow]
+        else:
+            text = kind_label(p.comparison_kind, p.differs_in) + text
         return base | {"text": text, "estimate": ratio, "unit": "x", "metric": metric, "ratio_ci_adjusted": ci}
     raise ValueError(f"unknown finding kind {p.kind!r}")
 
@@ -212,10 +349,11 @@ def build_findings(
     alpha: float = 0.05,
     blocks: BlocksByScenario | None = None,
     stopping: Mapping[str, Any] | None = None,
+    rows: Rows | None = None,
 ) -> FindingsResult:
     """Every declared finding whose scenarios ran (with at least two successful starts each), in
     catalogue order, then the primary delay slope and the burst scaling; all judged as one family."""
-    b = _Builder(values, blocks, summary_scenarios)
+    b = _Builder(values, blocks, summary_scenarios, catalogue, rows, alpha)
     present = list(values)
     for scenario in catalogue:
         if scenario.id not in values:
@@ -294,7 +432,7 @@ def build_findings(
     for p in b.pending:
         if p.comparison is not None:
             result = judged[p.comparison.name]
-            entry = _word(p, result, values)
+            entry = _word(p, result, values, b)
             if "confidence sequence" in result.estimator:
                 entry["text"] += (
                     " The interval is the confidence sequence of the per-block differences (mean), valid although "
@@ -325,8 +463,12 @@ def build_findings(
                 "family_size": k,
                 "notes": list(result.notes),
             }
+            if result.details:
+                entry["fit"] = result.details
         else:  # the variance finding
             entry = _variance_entry(p, summary_scenarios, alpha=alpha, k=k, confidence=confidence)
+            entry |= {"differs_in": list(p.differs_in), "comparison_kind": p.comparison_kind}
+            entry["text"] = kind_label(p.comparison_kind, p.differs_in) + entry["text"]
         out.append(entry | ({"command": command} if command else {}))
     if fit is not None:
         out.append(
@@ -337,7 +479,8 @@ def build_findings(
         "alpha": alpha,
         "size": k,
         "confidence_adjusted": confidence,
-        "method": "Bonferroni-level Hodges–Lehmann intervals (Mann–Whitney / Wilcoxon signed-rank inverted); "
+        "method": "Bonferroni-level intervals: lifecycle effects adjusted for the engine phases and the runtime's "
+        "start (ANCOVA, t interval), other locations Hodges–Lehmann (Mann–Whitney / Wilcoxon signed-rank inverted); "
         "Holm-adjusted p over every test of the family",
         "significant": sum(1 for f in out if f.get("significant")),
     }

@@ -16,6 +16,8 @@ import numpy as np
 from ..catalogue import Catalogue, default_catalogue
 from ..results import SUMMARY_VERSION, EnvironmentRecord, RunAnalysis, RunResult
 from ..samples import ALL_METRICS, PRIMARY_METRICS, Sample, group_by_scenario
+from .adjusted import aligned_rows
+from .arms import arm_factors, comparison_kind
 from .baseline import Baseline
 from .compare import Comparison, adjust, compare, delay_fit, paired_blocks
 from .expectations import Expectation, evaluate
@@ -243,6 +245,12 @@ def _delay_fits(
     return fits
 
 
+def _factors(catalogue: Catalogue, a: str, b: str) -> dict[str, Any]:
+    """What the arms differ in besides the connection method, and so what kind of comparison it is."""
+    factors = arm_factors(catalogue, a, b)
+    return {"differs_in": list(factors), "comparison_kind": comparison_kind(catalogue, a, b, factors)}
+
+
 def analyse(
     samples: Sequence[Sample], environment: Mapping[str, Any] | EnvironmentRecord, config: AnalysisConfig
 ) -> RunAnalysis:
@@ -273,14 +281,23 @@ def analyse(
         deselected=config.deselected,
     )
     judged = build_findings(
-        values, scenarios, delays, env, catalogue, alpha=config.alpha, blocks=by_block, stopping=config.stopping
+        values,
+        scenarios,
+        delays,
+        env,
+        catalogue,
+        alpha=config.alpha,
+        blocks=by_block,
+        stopping=config.stopping,
+        rows=aligned_rows(samples),
     )
     # The A/A control is judged with the findings (at the family-wise level), not per comparison.
     records = noise_records(samples, env) + judged.warnings
     warnings = [r["text"] for r in records]
     shifts = _adjusted_shifts(comparisons, values, config.alpha)
     comparison_dicts = [
-        c.to_dict() | shifts[i] | ({"role": roles[i]} if i in roles else {}) for i, c in enumerate(comparisons)
+        c.to_dict() | shifts[i] | _factors(catalogue, c.a, c.b) | ({"role": roles[i]} if i in roles else {})
+        for i, c in enumerate(comparisons)
     ]
     summary: dict[str, Any] = {
         "version": SUMMARY_VERSION,

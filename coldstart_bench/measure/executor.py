@@ -196,7 +196,8 @@ def validate(scenario: Scenario, samples: Sequence[Sample], pool_status: str = "
             problems.append(f"function saw network interfaces {leaky[0].interfaces!r} with network_mode=none")
     if scenario.transport == "tls":
         # Every echo went through TLS 1.3: a handshake of the function's own, or the continued session.
-        wanted = {"direct": {"handshake"}, "socket": {"record_layer", "ktls"}}.get(scenario.path, {"handshake"})
+        injected = {"relay"} if scenario.handoff == "relay" else {"record_layer", "ktls"}
+        wanted = {"direct": {"handshake"}, "socket": injected}.get(scenario.path, {"handshake"})
         plain = [s for s in samples if s.ok and (s.tls_version != "TLSv1.3" or s.tls_path not in wanted)]
         if plain:
             problems.append(

@@ -233,7 +233,11 @@ class PolicyRoom(ManagerCore):
             # Last word before hand-out, for kinds whose idle sessions legitimately receive bytes
             # (e.g. TLS session tickets): consume them, and say what the caller must know in meta.
             try:
-                meta = prepare(conn.sock, conn.session)
+                strategy = pool.waiters[0].handoff or pool.handoff if pool.waiters else pool.handoff
+                if strategy.name == "relay" and hasattr(pool.plugin, "relay_codec"):
+                    meta = prepare(conn.sock, conn.session, relay=True)  # no secrets: the manager relays
+                else:
+                    meta = prepare(conn.sock, conn.session)
                 if meta is not None:
                     conn.reply_tail = b',"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}\n"
             except Exception as exc:

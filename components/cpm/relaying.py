@@ -54,6 +54,16 @@ class RelayHandoff:
             pool.stats["relay_refused"] += 1
             room.reply_error(client, "pool_exhausted", f"relay limit of {room.cfg.max_relays} reached")
             return False
+        codec = None
+        make_codec = getattr(pool.plugin, "relay_codec", None) if pool.plugin is not None else None
+        if make_codec is not None:
+            # A kind whose sessions speak a protocol the manager terminates (TLS): the relay seals
+            # and opens its records, the caller's end carries plaintext, the keys stay here.
+            try:
+                codec = make_codec(conn.sock)
+            except Exception as exc:
+                room.log("relay_codec_failed", level="warning", pool=pool.name, error=f"{type(exc).__name__}: {exc}")
+                return False
         try:
             fn_end, mgr_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         except OSError:
@@ -73,7 +83,7 @@ class RelayHandoff:
                 client.sock.sendall(line[sent:])
         conn.key = None  # single-use: never accepted back by release
         pool.stats["relayed"] += 1
-        hub.add(mgr_end, conn.sock, on_close=room.relay_closed)  # type: ignore[arg-type]
+        hub.add(mgr_end, conn.sock, on_close=room.relay_closed, codec=codec)  # type: ignore[arg-type]
         return True
 
 
@@ -82,7 +92,14 @@ class RelayRoom(ManagerCore):
         """Give pools configured with ``handoff: relay`` the relay strategy (the hub is made on first use)."""
         self.relay_handoffs = {name: RelayHandoff(self, pool) for name, pool in self.pools.items()}
         for name, pool in self.pools.items():
-            pool.handoff = self.relay_handoffs[name] if pool.cfg.handoff == RELAY else FD_PASSING
+            handoff = pool.cfg.handoff
+            resolve = getattr(pool.plugin, "resolve_handoff", None) if pool.plugin is not None else None
+            if resolve is not None:
+                # A kind with its own hand-off paths (tls: ktls | record | relay | auto) says which
+                # one a plain acquire takes; a bad setting fails the start, as config errors do.
+                handoff = resolve(pool.cfg.as_dict())
+                self.log("handoff", pool=name, configured=pool.cfg.handoff, path=handoff)
+            pool.handoff = self.relay_handoffs[name] if handoff == RELAY else FD_PASSING
         self.next_relay_check = time.monotonic() + RELAY_CHECK_INTERVAL
 
     def handoff_for(self, pool: Pool, name: Any) -> Handoff | None:

@@ -18,7 +18,8 @@ from .test_bench_e2e import leftovers, plan_warmups, run_bench
 
 pytestmark = pytest.mark.integration
 
-TLS_IDS = {"tls-direct", "tls-socket", "tls-socket-nonet", "tls-direct-10ms"}
+TLS_IDS = {"tls-direct", "tls-socket", "tls-socket-nonet", "tls-relay", "tls-relay-nonet", "tls-direct-10ms"}
+INJECTED = {"tls-socket", "tls-socket-nonet", "tls-relay", "tls-relay-nonet"}
 PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 
@@ -33,7 +34,9 @@ def test_tls_family_counts_one_backend_session_per_cold_start(docker_client: Any
     assert {s.scenario for s in samples} == TLS_IDS
     assert all(s.ok and s.tls_version == "TLSv1.3" for s in samples)
     for s in samples:
-        assert s.tls_path == ("handshake" if s.mode == "direct" else "record_layer")  # no kernel TLS here
+        want = "handshake" if s.mode == "direct" else "relay" if "relay" in s.scenario else "record_layer"
+        assert s.tls_path == want  # no kernel TLS here
+        assert s.handoff == ("relay" if "relay" in s.scenario else "fd" if s.mode == "socket" else s.handoff)
         if s.mode == "socket":
             assert s.tls_server_seq >= 0 and s.tls_setup_us > 0 and s.request_rtt_us > 0
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -41,9 +44,9 @@ def test_tls_family_counts_one_backend_session_per_cold_start(docker_client: Any
     assert counted["holds"] is True
     per_scenario = plan_warmups(summary)
     warmups = sum(per_scenario.values())
-    socket_warmups = sum(w for sid, w in per_scenario.items() if "socket" in sid)
+    socket_warmups = sum(w for sid, w in per_scenario.items() if sid in INJECTED)
     assert counted["tls_cold_starts"] == len(samples) + warmups
-    assert counted["manager_handed_out"] == counted["socket_cold_starts_served"] == 2 * 3 + socket_warmups
+    assert counted["manager_handed_out"] == counted["socket_cold_starts_served"] == len(INJECTED) * 3 + socket_warmups
     assert counted["backend_sessions"] == counted["direct_handshakes"] + counted["manager_opened"]
     table1 = summary["tls"]["table1"]
     assert table1["tls13_connect_us"]["n"] == 3 and table1["tcp_connect_us"]["n"] == 3

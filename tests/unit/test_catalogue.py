@@ -77,9 +77,16 @@ def test_families_and_axes() -> None:
             "python",
             "tls" if s.family == "tls" else "tcp",
             "in-process",
-            "fd",
+            "relay" if s.id.startswith("tls-relay") else "fd",
         )
-    assert [s.id for s in cat.family("tls")] == ["tls-direct", "tls-socket", "tls-socket-nonet", "tls-direct-10ms"]
+    assert [s.id for s in cat.family("tls")] == [
+        "tls-direct",
+        "tls-socket",
+        "tls-socket-nonet",
+        "tls-relay",
+        "tls-relay-nonet",
+        "tls-direct-10ms",
+    ]
     # the A/A control is direct in every setting, compared with it as the false-positive check
     aa, direct = cat.by_id("direct-aa"), cat.by_id("direct")
     same = ("mode", "delay_ms", "network", "pool_up", "release", "burst", "backend", "expect_path")
@@ -109,7 +116,7 @@ def test_register_refuses_duplicates_and_bad_names() -> None:
 def test_expectations_live_in_the_catalogue() -> None:
     texts = default_catalogue().expectations()
     assert "socket.connect_us.median <= direct.connect_us.median / 2" in texts
-    assert len(texts) == 9 and len(set(texts)) == 9  # the thesis seven, node and tls
+    assert len(texts) == 10 and len(set(texts)) == 10  # the thesis seven, node, tls and the tls relay
     assert "tls-socket.connect_us.median <= tls-direct.connect_us.median / 5" in texts
     assert default_catalogue().expectations(["pg-socket"]) == [
         "pg-socket.connect_us.median <= pg-direct.connect_us.median / 5"

@@ -186,9 +186,9 @@ def test_holm_only_rejection_is_not_stated_as_significant() -> None:
 
 
 def test_family_findings_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match="either both samples"):
+    with pytest.raises(ValueError, match="exactly one of both samples"):
         FamilyComparison("x", a=[1.0])
-    with pytest.raises(ValueError, match="either both samples"):
+    with pytest.raises(ValueError, match="exactly one of both samples"):
         FamilyComparison("x", a=[1.0], b=[2.0], paired_diffs=[1.0])
     with pytest.raises(ValueError, match="unique"):
         family_findings([FamilyComparison("x", paired_diffs=[1.0]), FamilyComparison("x", paired_diffs=[2.0])])
