@@ -199,6 +199,8 @@ def answer_of(f: Mapping[str, Any], summary: Mapping[str, Any]) -> Answer:
     else:
         ci = _interval(f, ratio=False)
         effect = f"{estimate:.3g} {unit}".strip() if estimate is not None else "–"
+        if kind == "predictability" and estimate is not None:
+            effect = f"variance ratio {estimate:.2f}"
         rules = f"a value outside {ci[0]:.3g} to {ci[1]:.3g} {unit}".strip() if ci else "–"
         direction = estimate is not None and estimate > (1 if unit in ("ratio", "x") else 0)
     if ci is None:

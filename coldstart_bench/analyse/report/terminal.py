@@ -144,7 +144,13 @@ def _cell(a: Any) -> str:
     if a.unit == "x":
         return f"{a.verdict} {a.effect} [{fmt_ratio(a.ci[0])}, {fmt_ratio(a.ci[1])}]"
     if a.unit == "ms":
-        return f"{a.verdict} {a.estimate:+.0f} [{a.ci[0]:+.0f}, {a.ci[1]:+.0f}] ms"
+        low = min(a.ci, key=abs)
+        digits = 1 if abs(low) < 10 else 0  # never "-0"; as many digits as the smaller bound needs
+
+        def ms(x: float) -> str:
+            return f"{x:+.{digits}f}"
+
+        return f"{a.verdict} {ms(a.estimate)} [{ms(a.ci[0])}, {ms(a.ci[1])}] ms"
     return f"{a.verdict} {a.effect} [{a.ci[0]:.3g}, {a.ci[1]:.3g}]"
 
 
