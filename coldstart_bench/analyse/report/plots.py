@@ -230,15 +230,12 @@ def iter_plots(samples: Sequence[Sample], summary: Mapping[str, Any]) -> Iterato
             members["lifecycle_per_iteration.png"],
         ),
     )
-    # Distributions per family (family_plots.py), not one ECDF of every scenario in the run.
+    # Distributions per family (family_plots.py, after these), not one ECDF of every scenario in the run.
     yield "lifecycle_vs_delay.png", lifecycle_vs_delay(samples, summary)
     yield "phases.png", phases(summary)
     b = burst(summary)
     if b is not None:
         yield "burst.png", b
-    from .family_plots import iter_family_plots  # builds on the helpers above
-
-    yield from iter_family_plots(samples, summary)
 
 
 def make_plots(samples: Sequence[Sample], summary: Mapping[str, Any]) -> dict[str, bytes]:
