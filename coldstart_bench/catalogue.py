@@ -398,7 +398,9 @@ def runtime_twins(scenarios: Iterable[Scenario], runtimes: Iterable[str]) -> tup
 # Language axis: the same echo function in Node.js and C beside the Python one. Entrypoint axis:
 # "fd3" = components/c/fd3_entrypoint.c acquires the connection before the runtime starts and execs
 # the function with it at fd 3 (LISTEN_FDS=1), path "fd3". socket-fd3 runs the Python function
-# through the entrypoint, to price it against the in-process acquire of socket.
+# through the entrypoint, to price it against the in-process acquire of socket: the same image,
+# the same number of requests and the same exec chain (every arm starts through the entrypoint,
+# the others with --no-acquire).
 LANG_FAMILY = "lang"
 PG_PROXY_FAMILY = "pg-proxy"
 

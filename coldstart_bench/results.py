@@ -194,6 +194,7 @@ class RunResult:
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     # phase medians of connect_us per socket scenario, prefetch cost
     connect_breakdown: dict[str, Any] = field(default_factory=dict)
+    arm_phases: dict[str, Any] = field(default_factory=dict)  # the phases every arm reports alike, per scenario
     # wall time per measured cold start and where it went, warm-up evidence
     harness_time: dict[str, Any] = field(default_factory=dict)
     version: int = SUMMARY_VERSION  # format version of this file
@@ -241,6 +242,8 @@ class RunResult:
             out["pg_proxy"] = self.pg_proxy
         if self.connect_breakdown:
             out["connect_breakdown"] = self.connect_breakdown
+        if self.arm_phases:
+            out["arm_phases"] = self.arm_phases
         if self.harness_time:
             out["harness_time"] = self.harness_time
         if self.tls is not None:
@@ -283,6 +286,7 @@ class RunResult:
                 languages=list(d.get("languages") or []),
                 pg_proxy=list(d.get("pg_proxy") or []),
                 connect_breakdown=dict(d.get("connect_breakdown") or {}),
+                arm_phases=dict(d.get("arm_phases") or {}),
                 harness_time=dict(d.get("harness_time") or {}),
                 tls=d.get("tls"),
                 warning_groups=list(d.get("warning_groups") or []),

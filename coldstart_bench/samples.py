@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .phases import DERIVED, PHASES, STAMPS
+
 # The phases of connect_us for socket scenarios, in the order the acquire runs them.
 ACQUIRE_PHASES: tuple[str, ...] = (
     "uds_connect_us",
@@ -49,7 +51,11 @@ RUNTIME_QUERY_METRICS: tuple[str, ...] = ("runtime_startup_us", "runtime_init_us
 # TLS phases (transport "tls"): the cold function's ssl import, context and handshake (direct),
 # or continuing the injected session (socket: import, libcrypto binding, keys).
 TLS_METRICS: tuple[str, ...] = ("ssl_import_us", "tls_context_us", "tls_handshake_us", "tls_setup_us")
-ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + RUNTIME_QUERY_METRICS + TLS_METRICS
+# The phases named alike in every arm and what follows from them (coldstart_bench/phases.py).
+FOOTING_METRICS: tuple[str, ...] = PHASES + DERIVED
+ALL_METRICS: tuple[str, ...] = PRIMARY_METRICS + PHASE_METRICS + RUNTIME_QUERY_METRICS + TLS_METRICS + FOOTING_METRICS
+# The function's raw CLOCK_REALTIME stamps (ns; 0 when it did not report one).
+STAMP_FIELDS: tuple[str, ...] = STAMPS
 
 
 @dataclass
@@ -116,6 +122,23 @@ class Sample:
     tls_path: str = ""  # handshake (direct) | record_layer | ktls (injected) | relay (the manager keeps the keys)
     tls_server_seq: int = -1  # read sequence number at hand-out
     tls_client_seq: int = -1
+    library: str = ""  # the client code the connection ran through, as the function names it
+    # One clock origin and the same phases in every arm (docs/phases.md, coldstart_bench/phases.py).
+    t_entry_ns: int = 0  # process entry: the fd-3 entrypoint's first instruction (CLOCK_REALTIME ns)
+    t_main_ns: int = 0  # the function's main (CLOCK_REALTIME ns)
+    t_connected_ns: int = 0  # it holds a usable, checked connection (CLOCK_REALTIME ns)
+    t_first_reply_ns: int = 0  # the first reply arrived (CLOCK_REALTIME ns)
+    t_end_ns: int = 0  # done, connection closed (CLOCK_REALTIME ns)
+    library_load_us: float = math.nan  # loading what the connection needs: driver, ssl/libcrypto, pool client
+    acquire_us: float = math.nan  # resolve + TCP connect, or the pool acquire with the fd's receipt
+    verify_us: float = math.nan  # the check of the socket (fd) or session
+    session_setup_us: float = math.nan  # TLS handshake/continuation, PostgreSQL startup + SCRAM, or adoption
+    first_request_us: float = math.nan  # the first request's round trip
+    pre_main_us: float = math.nan  # connection work done before main (the fd-3 entrypoint's acquire + check)
+    runtime_start_us: float = math.nan  # entry -> main, minus pre_main_us
+    time_to_first_reply_us: float = math.nan  # main -> first reply, plus pre_main_us
+    function_us: float = math.nan  # main -> end, plus pre_main_us: in-function time
+    connection_total_us: float = math.nan  # library_load_us + connect_us
 
     def value(self, metric: str) -> float:
         return float(getattr(self, metric))

@@ -1,23 +1,28 @@
 """The serverless function: get a backend connection, send one request, verify the echo, report.
 
 Modes:
-  direct  resolve the target (resolve_us) and TCP-connect (handshake_us); connect_us = both.
+  direct  resolve the target (resolve_us) and TCP-connect (handshake_us): acquire_us = both.
   socket  acquire a pooled connection from the pool manager over its Unix socket
-          (fd_recv_us = connect_us), then check the fd is a connected TCP socket whose
-          peer is the address the manager announced.
-          The acquire's steps are recorded as phases of connect_us (protocol.ACQUIRE_PHASES:
-          uds_connect_us, request_write_us, reply_recv_us, reply_parse_us, sock_wrap_us);
-          protocol_import_us and fd_check_us are outside it, like direct mode's own check.
+          (acquire_us = fd_recv_us; its steps protocol.ACQUIRE_PHASES: uds_connect_us,
+          request_write_us, reply_recv_us, reply_parse_us, sock_wrap_us), after loading the pool
+          client components/pool_acquire.py (library_load_us = protocol_import_us).
   fd3     adopt the connection components/c/fd3_entrypoint.c placed at fd 3 (LISTEN_FDS=1);
-          fd_recv_us is the entrypoint's acquire, connect_us adds the adoption here. Without it
-          (COLDSTART_FD3_FALLBACK says why) the function connects directly, path "fallback".
-Both clocks start right before the first step towards a connection and stop when the function
-holds the connected socket object; the fd check follows on that same object in both modes.
+          acquire_us = fd_recv_us is the entrypoint's acquire, verify_us adds its fd check to
+          this one, session_setup_us is the adoption here. Without it (COLDSTART_FD3_FALLBACK
+          says why) the function connects directly, path "fallback".
+Phases, named alike in every function of the project: library_load_us (what the connection
+needs: the pool client, ssl/libcrypto; nothing for plain direct TCP), acquire_us, verify_us (the
+check of the socket: family, type, peer, blocking; fd_check_us), session_setup_us (a TLS
+handshake or continuation; 0 for plain TCP), first_request_us. connect_us = acquire_us +
+verify_us + session_setup_us (+ socket_attempt_us after a failed injection). Raw CLOCK_REALTIME
+stamps: t_entry_ns (the fd-3 entrypoint's first instruction when started through it, else the top
+of this module), t_main_ns, t_connected_ns, t_first_reply_ns, t_end_ns.
 If socket mode fails (manager unreachable, refusing, exhausted, bad fd, fd dropped on the way)
 and fallback is on, the function connects directly and reports path "fallback"; then connect_us
 also counts the failed attempt (socket_attempt_us), because that is what the caller waited. A
 dropped fd is reported to the manager after the measured work (fd_drop_reported).
-Before any of this, the function pages in its own executable mappings (prefetch_us; see
+Before any of this, the function pages in its own executable mappings and the compiled modules
+any of its modes may import for the connection (CONNECT_MODULES; prefetch_us; see
 components/prefetch.py), the same for every mode; --no-prefetch turns that off.
 
 Prints exactly one JSON line on stdout; exit status 0 iff ok. Imports are kept minimal
@@ -26,13 +31,16 @@ Prints exactly one JSON line on stdout; exit status 0 iff ok. Imports are kept m
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import socket
-import sys
 import time
-from typing import Any
+
+T_ENTRY_NS = time.time_ns()  # before any other import: the earliest stamp of this process
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
 USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--target HOST:PORT]
        [--socket PATH] [--pool NAME] [--payload-size N] [--fallback | --no-fallback]
@@ -56,6 +64,10 @@ USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--ta
   --handoff       socket mode: ask for the fd itself (inject, default) or a relayed AF_UNIX end (relay)
   --requests      echo round trips on the connection; request_rtt_us is their median   default 1
 """
+
+
+# The project's modules any mode may import on the way to a connection: paged in for every mode.
+CONNECT_MODULES = ("pool_acquire", "listen_fds", "function_tls", "tls13")
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:
@@ -229,21 +241,37 @@ def echo(sock: socket.socket, size: int, timeout: float) -> int:
     return elapsed
 
 
+def entry_ns(default: int) -> int:
+    """The process entry: the fd-3 entrypoint's first instruction when it started us, else default."""
+    raw = os.environ.get("COLDSTART_FD3_T_START_NS", "")
+    return int(raw) if raw.isdigit() else default
+
+
 def _adopt_fd3(rec: dict[str, Any], fallback: bool, t_main_ns: int) -> tuple[socket.socket | None, int]:
     """The connection inherited at fd 3, or (None, ns the caller waited) after a failed acquire."""
+    t_import = time.perf_counter_ns()
     from components import listen_fds
 
     t0 = time.perf_counter_ns()
+    rec["library_load_us"] = (t0 - t_import) / 1000
     rec.update(listen_fds.entrypoint_fields(t_main_ns))
     acquire_ns = int((listen_fds.acquire_us() or 0.0) * 1000)
+    entry_verify_ns = int((listen_fds.verify_us() or 0.0) * 1000)
+    rec["pre_main_us"] = (acquire_ns + entry_verify_ns) / 1000  # the entrypoint's part, before exec
+    rec["library"] = "fd3-entrypoint+listen_fds"
     sock, reply, why = listen_fds.inherited()
     if sock is not None:
         rec["pool_id"] = reply.get("id")
+        t_check = time.perf_counter_ns()
         rec["fd_check"] = check_fd(sock, reply.get("peer"))
+        t_checked = time.perf_counter_ns()
+        rec["fd_check_us"] = (t_checked - t_check) / 1000
         if rec["fd_check"]["ok"]:
             rec["t_connected_ns"] = time.time_ns()
-            rec["fd_recv_us"] = acquire_ns / 1000
-            rec["connect_us"] = (acquire_ns + time.perf_counter_ns() - t0) / 1000
+            rec["fd_recv_us"] = rec["acquire_us"] = acquire_ns / 1000
+            rec["verify_us"] = (entry_verify_ns + t_checked - t_check) / 1000
+            rec["session_setup_us"] = (t_check - t0) / 1000  # the adoption: environment, reply, fd 3
+            rec["connect_us"] = rec["acquire_us"] + rec["verify_us"] + rec["session_setup_us"]
             return sock, 0
         sock.close()
         why = f"bad_fd: {json.dumps(rec['fd_check'])}"
@@ -251,7 +279,7 @@ def _adopt_fd3(rec: dict[str, Any], fallback: bool, t_main_ns: int) -> tuple[soc
         raise ConnectionError(f"no connection at fd 3: {why}")
     rec["path"] = "fallback"
     rec["fallback_reason"] = why
-    attempt_ns = acquire_ns + time.perf_counter_ns() - t0
+    attempt_ns = acquire_ns + entry_verify_ns + time.perf_counter_ns() - t0
     rec["socket_attempt_us"] = attempt_ns / 1000
     return None, attempt_ns
 
@@ -262,14 +290,23 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
         "mode": opts["mode"],
         "path": opts["mode"],
         "error": None,
+        "t_entry_ns": entry_ns(T_ENTRY_NS),
         "t_main_ns": t_main_ns,
         "t_connected_ns": None,
+        "t_first_reply_ns": None,
         "t_end_ns": None,
         "resolve_us": None,
         "handshake_us": None,
         "fd_recv_us": None,
         "socket_attempt_us": None,
+        "library_load_us": 0.0,
+        "library": "socket",  # the client code the connection runs through (stdlib socket for direct TCP)
+        "pre_main_us": 0.0,
+        "acquire_us": None,
+        "verify_us": None,
+        "session_setup_us": None,
         "connect_us": None,
+        "first_request_us": None,
         "request_rtt_us": None,
         "peer": None,
         "fd_check": None,
@@ -287,50 +324,63 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
     dropped: Any = None  # the reply of a grant whose fd never arrived, reported after the timed part
     try:
         if opts["mode"] == "socket":
+            # The lean client (components/pool_acquire.py); a pool name needing JSON escaping
+            # takes the full protocol module instead.
             t_import = time.perf_counter_ns()
-            from components import protocol
+            from components import pool_acquire as client
 
-            rec["protocol_import_us"] = (time.perf_counter_ns() - t_import) / 1000
+            asked = "relay" if opts["handoff"] == "relay" else None
+            line = None
+            if not client.plain_name(opts["pool"]):
+                from components.protocol import encode_request
+
+                line = encode_request("acquire", pool=opts["pool"], **({"handoff": asked} if asked else {}))
+            rec["protocol_import_us"] = rec["library_load_us"] = (time.perf_counter_ns() - t_import) / 1000
+            rec["library"] = client.__name__
             phases: dict[str, float] = {}
             t0 = time.perf_counter_ns()
             try:
-                asked = "relay" if opts["handoff"] == "relay" else None
                 try:
-                    sock, reply = protocol.acquire(
-                        opts["socket"], opts["pool"], timeout, phases=phases, report_dropped=False, handoff=asked
+                    sock, reply = client.acquire(
+                        opts["socket"], opts["pool"], timeout, phases=phases, handoff=asked, line=line
                     )
                 finally:
                     rec.update(phases)
-                elapsed = time.perf_counter_ns() - t0
-                rec["t_connected_ns"] = time.time_ns()
-                rec["fd_recv_us"] = rec["connect_us"] = elapsed / 1000
+                t_check = time.perf_counter_ns()
+                rec["fd_recv_us"] = rec["acquire_us"] = (t_check - t0) / 1000
                 rec["pool_id"] = reply.get("id")
                 relayed = (reply.get("meta") or {}).get("handoff") == "relay"
                 rec["handoff"] = "relay" if relayed else "fd"
-                # The validity check runs on the very socket object returned above, after the
-                # clock (as in direct mode); its "local" address ties it to the echo that follows.
-                t_check = time.perf_counter_ns()
+                # The validity check runs on the very socket object returned above (as in direct
+                # mode); its "local" address ties it to the echo that follows.
                 rec["fd_check"] = check_fd(sock, reply.get("peer"), relay=relayed)
-                rec["fd_check_us"] = (time.perf_counter_ns() - t_check) / 1000
+                rec["fd_check_us"] = rec["verify_us"] = (time.perf_counter_ns() - t_check) / 1000
                 if relayed:
                     rec["peer"] = reply.get("peer")  # the backend the relay carries the bytes to
                 if not rec["fd_check"]["ok"]:
-                    raise protocol.PoolError("bad_fd", json.dumps(rec["fd_check"]))
+                    raise client.PoolError("bad_fd", json.dumps(rec["fd_check"]))
+                rec["session_setup_us"] = 0.0
                 if opts["transport"] == "tls":
                     t_tls = time.perf_counter_ns()  # the TLS module's import counts, too
                     from components.function_tls import continue_injected
 
                     sock, tls_info = continue_injected(sock, reply, t_tls)
                     rec.update(tls_info)
-                    rec["connect_us"] += tls_info["tls_setup_us"]
-            except protocol.PoolError as exc:
+                    tls_library = tls_info.get("tls_library_us") or 0.0
+                    rec["library_load_us"] += tls_library
+                    rec["library"] += "+components.tls13"
+                    rec["session_setup_us"] = tls_info["tls_setup_us"] - tls_library
+                rec["connect_us"] = rec["acquire_us"] + rec["verify_us"] + rec["session_setup_us"]
+                rec["t_connected_ns"] = time.time_ns()
+            except client.PoolError as exc:
                 attempt_ns = time.perf_counter_ns() - t0
                 if sock is not None:
                     sock.close()
                     sock = None
-                if isinstance(exc, protocol.FdDroppedError):
+                if isinstance(exc, client.FdDroppedError):
                     dropped = exc.reply
                 rec["fd_recv_us"] = rec["connect_us"] = rec["t_connected_ns"] = None
+                rec["acquire_us"] = rec["verify_us"] = rec["session_setup_us"] = None
                 if not opts["fallback"]:
                     raise
                 rec["path"] = "fallback"
@@ -341,22 +391,32 @@ def run(opts: dict[str, Any], t_main_ns: int) -> dict[str, Any]:
             sock, attempt_ns = _adopt_fd3(rec, opts["fallback"], t_main_ns)
         if sock is None:
             sock, resolve_ns, handshake_ns = connect_direct(opts["target"], timeout)
-            rec["t_connected_ns"] = time.time_ns()
+            t_check = time.perf_counter_ns()
+            rec["fd_check"] = check_fd(sock, None)
+            rec["fd_check_us"] = rec["verify_us"] = (time.perf_counter_ns() - t_check) / 1000
             rec["resolve_us"] = resolve_ns / 1000
             rec["handshake_us"] = handshake_ns / 1000
-            rec["connect_us"] = (attempt_ns + resolve_ns + handshake_ns) / 1000
-            rec["fd_check"] = check_fd(sock, None)
+            rec["acquire_us"] = (resolve_ns + handshake_ns) / 1000
+            rec["session_setup_us"] = 0.0
             if opts["transport"] == "tls":
                 t_tls = time.perf_counter_ns()
                 from components.function_tls import direct_handshake
 
                 sock, tls_info = direct_handshake(sock, opts, _split(opts["target"])[0], t_tls)
                 rec.update(tls_info)
-                rec["connect_us"] += tls_info["ssl_import_us"] + tls_info["tls_context_us"]
-                rec["connect_us"] += tls_info["tls_handshake_us"]
+                rec["library_load_us"] += tls_info["ssl_import_us"]
+                rec["library"] += "+ssl"
+                rec["session_setup_us"] = tls_info["tls_context_us"] + tls_info["tls_handshake_us"]
+            rec["connect_us"] = attempt_ns / 1000 + rec["acquire_us"] + rec["verify_us"] + rec["session_setup_us"]
+            rec["t_connected_ns"] = time.time_ns()
         if rec["handoff"] != "relay":
             rec["peer"] = _peer(sock.getpeername())
-        rtts = [echo(sock, opts["payload_size"], timeout) / 1000 for _ in range(opts["requests"])]
+        rtts = []
+        for _ in range(opts["requests"]):
+            rtts.append(echo(sock, opts["payload_size"], timeout) / 1000)
+            if rec["t_first_reply_ns"] is None:
+                rec["t_first_reply_ns"] = time.time_ns()
+                rec["first_request_us"] = rtts[0]
         rec["request_rtts_us"] = rtts
         rec["request_rtt_us"] = _median(rtts)
         rec["ok"] = True
@@ -408,9 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     if opts["prefetch"]:
         # Same for every mode and before any connection clock: see components/prefetch.py.
         t0 = time.perf_counter_ns()
-        from components.prefetch import prefetch
+        from components.prefetch import prefetch, prefetch_modules
 
         _files, covered = prefetch()
+        covered += prefetch_modules(CONNECT_MODULES, os.path.dirname(__file__))
         prefetched = {"prefetch_us": (time.perf_counter_ns() - t0) / 1000, "prefetch_bytes": covered}
     rec = run(opts, t_main_ns)
     rec.update(prefetched)

@@ -5,10 +5,11 @@ direct: after resolve + TCP connect, ``import ssl`` (``ssl_import_us``), a clien
         handshake with certificate and host name verification (``tls_handshake_us``).
 socket: the acquire reply's ``meta.tls`` carries the session's traffic secrets and sequence
         numbers; ``components.tls13`` continues it on the received fd (``tls_setup_us``: import,
-        libcrypto binding, key derivation). With kernel TLS installed by the manager
-        (``meta.tls.path == "ktls"``) the fd already speaks plaintext; relayed
-        (``meta.tls.path == "relay"``) the fd is an AF_UNIX socket carrying plaintext to the
-        manager, which keeps the keys and seals the records.
+        libcrypto binding, key derivation; of it ``tls_library_us`` is the library load: the
+        import, the libcrypto binding and OpenSSL's first fetch of the suite's cipher). With
+        kernel TLS installed by the manager (``meta.tls.path == "ktls"``) the fd already speaks
+        plaintext; relayed (``meta.tls.path == "relay"``) the fd is an AF_UNIX socket carrying
+        plaintext to the manager, which keeps the keys and seals the records.
 
 Secrets never go into the record: only the suite, the path and the sequence numbers.
 """
@@ -84,6 +85,10 @@ def continue_injected(
         return sock, info
     from components import tls13
 
+    suite = tls13.SUITES.get(str(tls_meta.get("cipher_suite")))
+    if suite is not None:  # else continue_session names the problem
+        tls13._LibCrypto.get().cipher(suite.evp_cipher)
+    info["tls_library_us"] = (time.perf_counter_ns() - t0) / 1000
     session = tls13.continue_session(sock, tls_meta)
     info["tls_setup_us"] = (time.perf_counter_ns() - t0) / 1000
     return session, info

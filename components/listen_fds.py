@@ -3,7 +3,8 @@
 The entrypoint acquires the connection before the runtime starts and execs the function with
 ``LISTEN_FDS=1``, ``LISTEN_PID=<pid>``, ``LISTEN_FDNAMES=<pool>`` and the manager's reply in
 ``COLDSTART_FD3_REPLY``; on failure those are unset and ``COLDSTART_FD3_FALLBACK`` says why.
-Either way ``COLDSTART_FD3_ACQUIRE_US`` (time the acquire took), ``COLDSTART_FD3_T_START_NS``
+Either way ``COLDSTART_FD3_ACQUIRE_US`` (time the acquire took), ``COLDSTART_FD3_VERIFY_US`` (the
+fd check and the move to fd 3), ``COLDSTART_FD3_T_START_NS``
 and ``COLDSTART_FD3_T_EXEC_NS`` (CLOCK_REALTIME stamps: entrypoint main, just before exec) are set.
 
 Stdlib only and cheap to import: the function imports it in a cold process.
@@ -47,6 +48,11 @@ def entrypoint_fields(t_main_ns: int) -> dict[str, Any]:
 def acquire_us() -> float | None:
     """Microseconds the entrypoint spent acquiring (successful or not); None without it."""
     return _float_env("COLDSTART_FD3_ACQUIRE_US")
+
+
+def verify_us() -> float | None:
+    """Microseconds the entrypoint spent checking the fd and moving it to fd 3; None without it."""
+    return _float_env("COLDSTART_FD3_VERIFY_US")
 
 
 def inherited() -> tuple[socket.socket | None, dict[str, Any], str | None]:

@@ -3,7 +3,7 @@
 ``--mode direct`` resolves, connects and lets pg8000 (a mainstream pure-Python driver) do the
 startup and SCRAM-SHA-256 authentication, each phase timed on the wire. ``--mode socket``
 acquires an already authenticated session from the pool manager and adopts it at
-ReadyForQuery (``fd_recv_us`` = ``connect_us``); it needs no credentials. Both then run the same
+ReadyForQuery (``fd_recv_us`` = ``acquire_us``); it needs no credentials. Both then run the same
 transaction with the same client (``components.pg_wire``, one round trip per statement), so
 ``request_rtt_us`` compares the sessions, not two client libraries.
 
@@ -13,6 +13,15 @@ the first statement: through a proxy such as PgBouncer every query pays the extr
 ``--host`` starting with ``/`` is a Unix socket directory (libpq's convention): the function
 connects to ``<dir>/.s.PGSQL.<port>``, e.g. a bind-mounted PgBouncer socket with no network.
 
+Equal footing: both modes load the same client modules before their connect clock (pg8000, the
+driver direct mode authenticates with, plus ``components.pg_pool`` and ``components.pg_wire``;
+socket mode also the pool client ``components.protocol``) and time that as ``library_load_us``,
+so the driver's import is in both arms; both page in their code first (``components.prefetch``)
+and both query through ``pg_wire``. Phases as in every function (coldstart_bench/phases.py):
+``acquire_us`` (resolve + TCP, or the pool acquire with the fd), ``verify_us`` (0: neither mode
+checks the socket), ``session_setup_us`` (startup + SCRAM, or adopting the session),
+``connect_us`` their sum, ``first_request_us`` the transfer's first statement.
+
 Prints exactly one JSON line (the echo function's keys plus the PostgreSQL phases) and exits
 0 iff the transfer committed and was verified.
 """
@@ -21,7 +30,7 @@ from __future__ import annotations
 
 import time
 
-T_MAIN_NS = time.time_ns()  # first thing: the process is up and Python is running
+T_ENTRY_NS = time.time_ns()  # first thing: the process is up and Python is running
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -66,14 +75,26 @@ def _read_password(path: str | None) -> str | None:
         return fh.read().rstrip("\r\n")
 
 
+DRIVER = "pg8000"
+
+
+def load_client(rec: dict[str, Any], pool_client: bool) -> None:
+    """The same driver module set in both modes (plus the pool client for socket mode), timed."""
+    t = time.perf_counter_ns()
+    import pg8000.native  # noqa: F401  (direct mode authenticates with it; socket mode loads it alike)
+
+    from components import pg_pool, pg_wire  # noqa: F401
+
+    if pool_client:
+        from components import protocol  # noqa: F401
+    rec["import_us"] = rec["library_load_us"] = _us(t, time.perf_counter_ns())
+    rec["library"] = f"{DRIVER}+pg_wire" + ("+protocol" if pool_client else "")
+
+
 def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, socket.socket]:
     """resolve → TCP → startup → SCRAM auth → ReadyForQuery, each timed; returns (session, socket)."""
-    t = time.perf_counter_ns()
-    import pg8000.native  # noqa: F401  (the driver's import cost is its own phase, not connect)
-
     from components import pg_pool, pg_wire
 
-    rec["import_us"] = _us(t, time.perf_counter_ns())
     password = _read_password(args.password_file)
 
     t0 = time.perf_counter_ns()
@@ -153,12 +174,18 @@ def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
     if len(key) >= 8:
         session.backend_pid, session.secret_key = struct.unpack("!ii", key[:8])
     t_ready = time.perf_counter_ns()
+    # `import ssl` is library load, like the driver's; the rest of the TLS set-up is session set-up.
+    ssl_import_us = float(rec.get("ssl_import_us") or 0.0) if args.tls_ca else 0.0
+    rec["library_load_us"] = round((rec.get("library_load_us") or 0.0) + ssl_import_us, 1)
     rec.update(
         resolve_us=_us(t0, t_resolved),
         handshake_us=_us(t_resolved, t_tcp),
+        acquire_us=_us(t0, t_tcp),
+        verify_us=0.0,
+        session_setup_us=round(_us(t_tcp, t_ready) - ssl_import_us, 1),
         startup_us=round(trace.startup_us, 1),
         auth_us=round(trace.auth_us, 1),
-        connect_us=_us(t0, t_ready),
+        connect_us=round(_us(t0, t_ready) - ssl_import_us, 1),
         tls_us=round(tls_us, 1) if args.tls_ca else None,
         auth_method={10: "sasl", 0: "trust", 5: "md5", 3: "password"}.get(trace.auth_method, str(trace.auth_method)),
     )
@@ -167,25 +194,33 @@ def connect_direct(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, 
 
 def connect_socket(args: argparse.Namespace, rec: dict[str, Any]) -> tuple[Any, socket.socket]:
     """Acquire an authenticated session from the pool manager and adopt it."""
-    t = time.perf_counter_ns()
     from components import pg_wire, protocol
 
-    rec["import_us"] = _us(t, time.perf_counter_ns())
     t0 = time.perf_counter_ns()
     sock, reply = protocol.acquire(args.socket, pool=args.pool, timeout=args.timeout, handoff=args.handoff)
     t_fd = time.perf_counter_ns()
     meta = reply.get("meta") or {}
     rec["handoff"] = "relay" if meta.get("handoff") == "relay" else "fd"
     transport: Any = sock
+    tls_library_us = 0.0
     if isinstance(meta.get("tls"), dict):
         # A session over TLS: continued with the handed-over keys, or plaintext (kernel TLS, relay).
         from components.function_tls import continue_injected
 
         transport, tls_info = continue_injected(sock, reply, t_fd)
         rec.update(tls_info)
+        tls_library_us = tls_info.get("tls_library_us") or 0.0
     session = pg_wire.Session.adopt(transport, meta)
     t1 = time.perf_counter_ns()
-    rec.update(fd_recv_us=_us(t0, t_fd), connect_us=_us(t0, t1))
+    # The TLS library's load (import, libcrypto binding) is library load, like the driver's.
+    rec["library_load_us"] = round((rec.get("library_load_us") or 0.0) + tls_library_us, 1)
+    rec.update(
+        fd_recv_us=_us(t0, t_fd),
+        acquire_us=_us(t0, t_fd),
+        verify_us=0.0,
+        session_setup_us=round(_us(t_fd, t1) - tls_library_us, 1),
+        connect_us=round(_us(t0, t1) - tls_library_us, 1),
+    )
     rec["pool_setup_us"] = (reply.get("meta") or {}).get("setup_us")
     return session, sock
 
@@ -199,6 +234,7 @@ def transfer(session: Any, accounts: int, transfer_id: str, rng: random.Random) 
     session.begin()
     locked = session.query("SELECT id, balance FROM accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE", (src, dst))
     t_first = time.perf_counter_ns()
+    t_first_reply_ns = time.time_ns()
     before = {int(r[0] or 0): int(r[1] or 0) for r in locked.rows}
     if len(before) != 2:
         raise RuntimeError(f"accounts {src}/{dst} not found (is the schema loaded?)")
@@ -222,9 +258,11 @@ def transfer(session: Any, accounts: int, transfer_id: str, rng: random.Random) 
     if session.tx_status != "I":
         problems.append(f"session left in transaction status {session.tx_status}")
     return {
+        "t_first_reply_ns": t_first_reply_ns,
         "first_query_us": _us(t0, t_first),
+        "first_request_us": _us(t0, t_first),
         "request_rtt_us": _us(t0, t_commit),
-        "verify_us": _us(t_commit, t_verified),
+        "transfer_check_us": _us(t_commit, t_verified),
         "verified": not problems,
         "verify_error": "; ".join(problems),
         "amount": amount,
@@ -276,10 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=DEFAULT_QUERIES, help="timed point reads after the transfer (>= 0)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for acquire, connect and each reply")
     p.add_argument("--transfer-id", help="id for the history row (default: random)")
+    p.add_argument("--no-prefetch", action="store_true", help="skip paging in its code first (components/prefetch.py)")
     return p
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
+    t_main_ns = time.time_ns()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.queries < 0:
@@ -290,9 +330,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "mode": args.mode,
         "path": args.mode,
         "error": None,
-        "t_main_ns": T_MAIN_NS,
+        "t_entry_ns": _entry_ns(),
+        "t_main_ns": t_main_ns,
         "t_connected_ns": None,
+        "t_first_reply_ns": None,
         "t_end_ns": None,
+        "library": "",
+        "library_load_us": None,
+        "pre_main_us": 0.0,
+        "acquire_us": None,
+        "verify_us": None,
+        "session_setup_us": None,
+        "first_request_us": None,
+        "prefetch_us": None,
+        "prefetch_bytes": None,
         "resolve_us": None,
         "handshake_us": None,
         "fd_recv_us": None,
@@ -304,7 +355,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "startup_us": None,
         "auth_us": None,
         "first_query_us": None,
-        "verify_us": None,
+        "transfer_check_us": None,
         "import_us": None,
         "backend_pid": None,
         "database": args.database,
@@ -323,7 +374,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "tls_version": None,
     }
     session = None
+    if not args.no_prefetch:
+        # Same for both modes and before any clock of the connection: see components/prefetch.py.
+        t_prefetch = time.perf_counter_ns()
+        from components.prefetch import prefetch
+
+        _files, covered = prefetch()
+        rec.update(prefetch_us=_us(t_prefetch, time.perf_counter_ns()), prefetch_bytes=covered)
     try:
+        load_client(rec, pool_client=args.mode == "socket")
         if args.mode == "socket":
             t_attempt = time.perf_counter_ns()
             try:
@@ -358,6 +417,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             session.close()
     rec["t_end_ns"] = time.time_ns()
     return rec
+
+
+def _entry_ns() -> int:
+    """The fd-3 entrypoint's first instruction when it started this process, else the module's top."""
+    raw = os.environ.get("COLDSTART_FD3_T_START_NS", "")
+    return int(raw) if raw.isdigit() else T_ENTRY_NS
 
 
 def _describe(exc: BaseException) -> str:

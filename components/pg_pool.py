@@ -60,6 +60,9 @@ class PgSessionError(Exception):
     def __init__(self, message: str, sqlstate: str = "") -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        # The server refused the login itself (credentials, role, database): the manager waits its
+        # login_retry before the next attempt instead of retrying at connect-backoff pace.
+        self.login_refused = sqlstate.startswith("28") or sqlstate == "3D000"
 
 
 # -- exact-length stream for pg8000 ---------------------------------------------------

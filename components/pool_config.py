@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -41,6 +42,23 @@ KIND_MODULES = {"postgres": "components.pg_pool", "tls": "components.tls_pool"}
 # Callers whose credentials are refused, kept until their error line is sent; more are answered at
 # once. They never count against max_clients, so they cannot starve allowed callers.
 DENIED_SLOTS = 16
+# Descriptors all callers together may park on request lines still arriving (SCM_RIGHTS before the
+# newline): a caller beyond it gets an error. Counted in the fd budget.
+MAX_PARKED_FDS = 256
+# The kernel's bounds (include/net/tcp.h: MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT;
+# TCP_USER_TIMEOUT takes a non-negative int of ms): outside them setsockopt says EINVAL.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "size": (1, 10_000_000),
+    "min_idle": (-1, 10_000_000),
+    "max_connecting": (1, 10_000),
+    "keepalive_idle": (1, 32767),
+    "keepalive_interval": (1, 32767),
+    "keepalive_count": (1, 127),
+    "user_timeout_ms": (0, 2**31 - 1),
+}
+# Durations and other numbers: finite and at most this (a year of seconds; ms fields say so).
+MAX_SECONDS = 365 * 86400.0
+FLOAT_RANGES: dict[str, tuple[float, float]] = {"settle_ms": (0.0, 60_000.0), "ttl_jitter": (0.0, 0.999999)}
 
 
 class ConfigError(ValueError):
@@ -75,6 +93,15 @@ class PoolConfig:
     # that closes (or greets) right after accepting is seen before a caller gets the connection.
     settle_ms: float = 20.0
     handoff: str = "inject"  # one of HANDOFFS: what a plain acquire of this pool gets
+    # Backend connections this pool may hold at once, handed out (still open) plus idle, settling
+    # and being opened; 0 = no cap. Keep it below the server's limit (PostgreSQL: max_connections
+    # minus superuser_reserved_connections and whatever else connects directly).
+    max_backend: int = 0
+    # Seconds to wait before opening sessions again after the backend refused a login (wrong
+    # password, unknown role): PgBouncer's server_login_retry, instead of the connect backoff.
+    login_retry: float = 15.0
+    # Seconds the last good addresses of the target are kept through a resolver outage.
+    resolve_keep: float = 300.0
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -90,14 +117,29 @@ class PoolConfig:
                 raise ConfigError(f"pool {self.name!r}: {exc}") from None
         elif not (self.module or KIND_MODULES.get(self.kind)):
             raise ConfigError(f"pool {self.name!r}: unknown kind {self.kind!r} and no 'module' given")
-        if self.size < 1:
-            raise ConfigError(f"pool {self.name!r}: size must be >= 1")
+        for key, (low, high) in INT_RANGES.items():
+            value = getattr(self, key)
+            if not low <= value <= high:
+                raise ConfigError(f"pool {self.name!r}: {key} must be in [{low}, {high}], got {value}")
+        for key, want in _POOL_TYPES.items():
+            if want is float:
+                low_f, high_f = FLOAT_RANGES.get(key, (0.0, MAX_SECONDS))
+                value = getattr(self, key)
+                if not (math.isfinite(value) and low_f <= value <= high_f):
+                    raise ConfigError(
+                        f"pool {self.name!r}: {key} must be a finite number in [{low_f:g}, {high_f:g}], got {value}"
+                    )
         if self.min_idle < 0 or self.min_idle > self.size:
             self.min_idle = self.size
         if self.exhaustion not in EXHAUSTION_POLICIES:
             raise ConfigError(f"pool {self.name!r}: exhaustion must be one of {', '.join(EXHAUSTION_POLICIES)}")
         if self.max_connecting < 1:
             raise ConfigError(f"pool {self.name!r}: max_connecting must be >= 1")
+        if self.max_backend < 0:
+            raise ConfigError(f"pool {self.name!r}: max_backend must be >= 0 (0 = no cap)")
+        if 0 < self.max_backend < self.size:
+            raise ConfigError(f"pool {self.name!r}: max_backend {self.max_backend} is below size {self.size}")
+        _check_pool_name(self.name)
         allowed = HANDOFFS + TLS_HANDOFFS if self.kind != "tcp" else HANDOFFS
         if self.handoff not in allowed:
             raise ConfigError(f"pool {self.name!r}: handoff must be one of {', '.join(allowed)}, got {self.handoff!r}")
@@ -110,6 +152,8 @@ class PoolConfig:
             "backoff_max",
             "settle_ms",
             "resolve_ttl",
+            "login_retry",
+            "resolve_keep",
         ):
             if getattr(self, attr) < 0:
                 raise ConfigError(f"pool {self.name!r}: {attr} must be >= 0")
@@ -121,10 +165,33 @@ class PoolConfig:
         return self.module or KIND_MODULES.get(self.kind, "")
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as logged: secrets among the plug-in options are redacted."""
+        """The settings as logged: secrets among the plug-in options are redacted.
+
+        Only for text that leaves the process (logs, stats, replies); sessions are opened with
+        ``session_dict()``."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
         out.update({k: ("***" if _is_secret(k) else v) for k, v in self.options.items()})
         return out
+
+    def session_dict(self) -> dict[str, Any]:
+        """The settings a plug-in opens sessions with: the real secrets, never written anywhere."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        out.update(self.options)
+        return out
+
+
+def _check_pool_name(name: str) -> None:
+    """A pool a request cannot name is a configuration error, not a pool nobody can reach."""
+    from components.protocol import MAX_REQUEST_BYTES, PROTOCOL_VERSION
+
+    # The longest plain request naming it, readable by any client's encoder, plus room for the
+    # fields an acquire or a report adds ("handoff", "event").
+    line = json.dumps({"v": PROTOCOL_VERSION, "op": "acquire", "pool": name}) + "\n"
+    if len(line.encode()) + 64 > MAX_REQUEST_BYTES:
+        raise ConfigError(
+            f"pool name is {len(name.encode())} bytes: too long for a request line "
+            f"(requests are capped at {MAX_REQUEST_BYTES} bytes); use a shorter name"
+        )
 
 
 _SECRET_WORDS = ("password", "secret", "token", "credential")
@@ -162,7 +229,14 @@ def _check_types(where: str, obj: Any, types: dict[str, type]) -> None:
         if not _type_ok(value, want):
             raise ConfigError(f"{where}: {key!r} must be {_TYPE_NAMES[want]}, got {value!r}")
         if want is float:
-            setattr(obj, key, float(value))
+            setattr(obj, key, _as_float(f"{where}: {key!r}", value))
+
+
+def _as_float(what: str, value: Any) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{what} must be a finite number, got an integer of {len(str(value))} digits") from None
 
 
 def pool_from_dict(name: str, data: Any) -> PoolConfig:
@@ -200,6 +274,14 @@ class ManagerConfig:
     # the reply may then run before the manager's connect work on the same CPU. Measured on a loaded
     # 2-CPU host it made no difference to the caller's reply wait (docs/connect-breakdown.md): off.
     refill_defer_ms: float = 0.0
+    # Callers of one uid still sending their request line (connected, line incomplete), at most; a
+    # caller beyond it is answered ``busy`` at once, so one uid's slow or silent connections cannot
+    # take every max_clients slot. 0: a quarter of max_clients, at least 16.
+    max_pending_per_uid: int = 0
+
+    @property
+    def pending_per_uid(self) -> int:
+        return self.max_pending_per_uid or max(16, self.max_clients // 4)
 
     def validate(self) -> None:
         if not self.socket:
@@ -214,16 +296,19 @@ class ManagerConfig:
             self.default_pool = next(iter(self.pools))
         if self.log_grants not in ("each", "none"):
             raise ConfigError("log_grants must be 'each' or 'none'")
-        if not isinstance(self.max_clients, int) or isinstance(self.max_clients, bool) or self.max_clients < 1:
-            raise ConfigError(f"max_clients must be an integer >= 1, got {self.max_clients!r}")
-        for key, minimum in (("max_relays", 0), ("relay_buffer_bytes", 4096)):
+        for key, minimum, maximum in (
+            ("max_clients", 1, 1_000_000),
+            ("max_relays", 0, 100_000),
+            ("relay_buffer_bytes", 4096, 64 << 20),
+            ("max_pending_per_uid", 0, 1_000_000),
+        ):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+                raise ConfigError(f"{key} must be an integer in [{minimum}, {maximum}], got {value!r}")
         for key in ("request_timeout", "health_interval", "relay_idle_timeout"):
             value = getattr(self, key)
-            if not _type_ok(value, float) or value <= 0:
-                raise ConfigError(f"{key} must be a number of seconds > 0, got {value!r}")
+            if not _type_ok(value, float) or not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+                raise ConfigError(f"{key} must be a finite number of seconds in (0, {MAX_SECONDS:g}], got {value!r}")
         if not _type_ok(self.refill_defer_ms, float) or not 0 <= self.refill_defer_ms <= 1000:
             raise ConfigError(f"refill_defer_ms must be a number of ms in [0, 1000], got {self.refill_defer_ms!r}")
         for key in ("socket_mode", "socket_dir_mode"):
@@ -237,7 +322,7 @@ class ManagerConfig:
         # A relay keeps its pooled connection (counted here, not in the pool) plus 5 more; the hub
         # itself holds an epoll fd and a wake-up pipe.
         relays = FDS_PER_RELAY * self.max_relays + 3 if self.max_relays else 0
-        return pools + self.max_clients + DENIED_SLOTS + relays + 64
+        return pools + self.max_clients + DENIED_SLOTS + MAX_PARKED_FDS + relays + 64
 
 
 def _octal(key: str, value: Any) -> int:
@@ -261,7 +346,7 @@ def _id_list(key: str, value: Any) -> set[int]:
 def _number(key: str, value: Any) -> float:
     if not _type_ok(value, float):
         raise ConfigError(f"{key} must be a number, got {value!r}")
-    return float(value)
+    return _as_float(key, value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket-dir-mode", help="octal mode applied to the socket directory")
     p.add_argument("--request-timeout", type=float, help="seconds a client has to send its request")
     p.add_argument("--max-clients", type=int, help="callers served at once (>= 1, default 1024)")
+    p.add_argument(
+        "--max-pending-per-uid",
+        type=int,
+        help="callers of one uid still sending their request, at most (default: max-clients/4, >= 16)",
+    )
     p.add_argument("--settle-ms", type=float, help="ms a fresh connection settles before hand-out (default 20)")
     p.add_argument("--health-interval", type=float)
     p.add_argument("--log-grants", choices=("each", "none"))
@@ -318,8 +408,10 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
     if args.config:
         try:
             with open(args.config, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
+                data = json.load(fh, object_pairs_hook=_unique_keys)
+        except ConfigError as exc:
+            raise ConfigError(f"config {args.config}: {exc}") from None
+        except (OSError, ValueError, RecursionError) as exc:
             raise ConfigError(f"cannot read config {args.config}: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {args.config}: top level must be an object")
@@ -385,9 +477,20 @@ def load_config(argv: list[str] | None = None) -> ManagerConfig:
             "relay_idle_timeout", _given(args.relay_idle_timeout, data, "relay_idle_timeout", 300.0)
         ),
         relay_buffer_bytes=data.get("relay_buffer_bytes", 64 * 1024),
+        max_pending_per_uid=_given(args.max_pending_per_uid, data, "max_pending_per_uid", 0),
     )
     cfg.validate()
     return cfg
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: a repeated key is a mistake, not an override."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"duplicate key {key!r}: each setting may appear once per object")
+        out[key] = value
+    return out
 
 
 def _given(flag: Any, data: dict[str, Any], key: str, default: Any) -> Any:

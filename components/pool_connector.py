@@ -50,7 +50,10 @@ class _ConnectorLoop:
         self.ep.register(chan.fileno(), select.EPOLLIN)
         self.addrs: list[list[tuple[int, tuple[Any, ...]]]] = [[] for _ in pools]
         self.addrs_expire = [0.0] * len(pools)
-        self.pending: dict[int, tuple[int, _socket.socket, float]] = {}
+        self.resolved_at = [-float("inf")] * len(pools)
+        self.current = [0] * len(pools)  # index of the address that last worked (tried first)
+        # fd -> (pool index, socket, deadline, attempt: addresses already tried before this one)
+        self.pending: dict[int, tuple[int, _socket.socket, float, int]] = {}
         self.demand = [0] * len(pools)
         self.out: list[list[Any]] = []
         self.out_fds: list[_socket.socket] = []
@@ -70,11 +73,11 @@ class _ConnectorLoop:
                     want -= 1
                     self.start(idx, now)
                 self.demand[idx] = 0
-            for fd, (idx, sock, deadline) in list(self.pending.items()):
+            for fd, (idx, sock, deadline, attempt) in list(self.pending.items()):
                 if deadline <= now:
                     del self.pending[fd]
                     sock.close()
-                    self.out.append([idx, "err", "connect timed out"])
+                    self.failed(idx, now, attempt, "connect timed out")
             self.flush()
 
     def read_demand(self) -> bool:
@@ -91,40 +94,56 @@ class _ConnectorLoop:
                 self.demand[idx] += int(count)
         return True
 
-    def start(self, idx: int, now: float) -> None:
+    def start(self, idx: int, now: float, attempt: int = 0) -> None:
+        """Connect to the pool's address that last worked; on failure try the next ones in order."""
         cfg = self.pools[idx]
         if now >= self.addrs_expire[idx]:
             try:
-                self.addrs[idx] = _resolve(cfg.target)
+                addrs = _resolve(cfg.target)
+                if addrs != self.addrs[idx]:
+                    self.current[idx] = 0
+                self.addrs[idx], self.resolved_at[idx] = addrs, now
                 self.addrs_expire[idx] = now + cfg.resolve_ttl
             except OSError as exc:
-                self.out.append([idx, "err", f"resolve {cfg.target}: {exc}"])
-                return
-        family, addr = self.addrs[idx][0]
+                if not self.addrs[idx] or now - self.resolved_at[idx] > cfg.resolve_keep:
+                    # No address good recently enough: the outage is the pool's.
+                    self.addrs[idx] = []
+                    self.out.append([idx, "err", f"resolve {cfg.target}: {exc}"])
+                    return
+                # A resolver outage: keep the last good addresses (bounded) and ask again later.
+                self.addrs_expire[idx] = now + max(cfg.resolve_ttl, 1.0)
+        addrs = self.addrs[idx]
+        index = (self.current[idx] + attempt) % len(addrs)
+        family, addr = addrs[index]
         sock = _socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
             apply_socket_options(sock, cfg)
             err = sock.connect_ex(addr)
         except OSError as exc:
             sock.close()
-            self.addrs_expire[idx] = 0.0
-            self.out.append([idx, "err", exc.strerror or str(exc)])
+            self.failed(idx, now, attempt, exc.strerror or str(exc))
             return
         if err not in (0, errno.EINPROGRESS):
             sock.close()
-            self.addrs_expire[idx] = 0.0
-            self.out.append([idx, "err", os.strerror(err)])
+            self.failed(idx, now, attempt, os.strerror(err))
             return
         try:
             peer = sock.getpeername()
         except OSError:
-            self.pending[sock.fileno()] = (idx, sock, now + cfg.connect_timeout)
+            self.pending[sock.fileno()] = (idx, sock, now + cfg.connect_timeout, attempt)
             self.ep.register(sock.fileno(), select.EPOLLOUT)
             return
-        self.ready(idx, sock, peer)
+        self.ready(idx, sock, peer, attempt)
+
+    def failed(self, idx: int, now: float, attempt: int, error: str) -> None:
+        if attempt + 1 < len(self.addrs[idx]):
+            self.start(idx, now, attempt + 1)  # the next address, in order
+            return
+        self.addrs_expire[idx] = 0.0  # every address failed: resolve again next time
+        self.out.append([idx, "err", error])
 
     def finish(self, fd: int, now: float) -> None:
-        idx, sock, _deadline = self.pending.pop(fd)
+        idx, sock, _deadline, attempt = self.pending.pop(fd)
         self.ep.unregister(fd)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         try:
@@ -133,12 +152,13 @@ class _ConnectorLoop:
             peer = sock.getpeername()
         except OSError as exc:
             sock.close()
-            self.addrs_expire[idx] = 0.0
-            self.out.append([idx, "err", exc.strerror or str(exc)])
+            self.failed(idx, now, attempt, exc.strerror or str(exc))
             return
-        self.ready(idx, sock, peer)
+        self.ready(idx, sock, peer, attempt)
 
-    def ready(self, idx: int, sock: _socket.socket, peer: tuple[Any, ...]) -> None:
+    def ready(self, idx: int, sock: _socket.socket, peer: tuple[Any, ...], attempt: int = 0) -> None:
+        if self.addrs[idx]:
+            self.current[idx] = (self.current[idx] + attempt) % len(self.addrs[idx])
         try:
             local = sock.getsockname()
             sock.setblocking(True)  # O_NONBLOCK travels with the open file: pass it on blocking

@@ -7,8 +7,12 @@ from then on: the manager closes its copy and never hands it out again.
 
 The manager lives in ``components/cpm/`` as rooms of one object: ``server`` (event loop and
 client protocol), ``policy`` (take, hand out, release verdicts, exhaustion, idle sweep),
-``refill`` (connects, connector process, plug-in session opens, backoff), ``stats``, over
-``core`` (shared state, logging, replies) and ``model`` (pools, connections, callers).
+``refill`` (connects, connector process, plug-in session opens, backoff), ``stats``,
+``backend_cap`` (the per-pool cap, handed-out connections included), ``guard`` (socket
+directory rules, per-uid limit on unfinished requests, supplementary groups, the listener's rest
+when descriptors run out, signals), over ``core`` (shared
+state, logging, replies) and ``model`` (pools, connections, callers); ``release_check`` says
+whether a handed-back connection is clean.
 This module is the entry point and keeps the public names.
 
 Everything runs in one thread around one epoll set: accepting callers, reading their
@@ -26,8 +30,9 @@ lazily when the manager starts::
     def open_session(config: dict) -> tuple[socket.socket, dict]:
         '''Blocking. Return a connected, ready-to-use socket and the JSON-able ``meta``
         object sent in the acquire reply. ``config`` is the pool's whole config dict
-        (PoolConfig.as_dict(): target, size, ... plus every extra key of the pool).
-        Raise any exception to signal failure (counted, backed off, logged).'''
+        (PoolConfig.session_dict(): target, size, ... plus every extra key of the pool, secrets
+        as configured). Raise any exception to signal failure (counted, backed off, logged); one
+        with ``login_refused = True`` waits the pool's ``login_retry`` before the next attempt.'''
 
     def check_session(sock: socket.socket) -> bool:
         '''Blocking. True if the session may be handed out; False discards it.'''

@@ -14,15 +14,28 @@ from __future__ import annotations
 import array
 import json
 import os
-import select
 import socket
-import time
 from typing import Any
 
+from components.pool_acquire import (
+    ACQUIRE_PHASES,
+    FD_DROPPED,
+    MANAGER_UNAVAILABLE,
+    MAX_REPLY_BYTES,
+    MAX_REQUEST_BYTES,
+    FdDroppedError,
+    PoolError,
+    decode_line,
+)
+from components.pool_acquire import ANC_SPACE as _ANC_SPACE
+from components.pool_acquire import RECV_FLAGS as _RECV_FLAGS
+from components.pool_acquire import acquire as _lean_acquire
+from components.pool_acquire import acquire_line as _plain_acquire_line
+from components.pool_acquire import close_fd as _close_fd
+from components.pool_acquire import fds_from_ancillary as _fds_from_ancillary
+from components.pool_acquire import plain_name as _plain_name
+
 PROTOCOL_VERSION = 1
-MAX_REQUEST_BYTES = 4096
-# Replies are small, but stats carries a histogram; cap to keep a broken peer from exhausting memory.
-MAX_REPLY_BYTES = 1 << 20
 
 ERROR_CODES = frozenset(
     {
@@ -35,35 +48,23 @@ ERROR_CODES = frozenset(
         "internal",
     }
 )
-# Client-side only: the manager could not be reached at all (no socket file, refused, reset).
-MANAGER_UNAVAILABLE = "manager_unavailable"
-# Client-side only: the manager granted a connection but its fd did not arrive (a sandbox such
-# as gVisor imports only AF_UNIX fds from host sockets). Reported back with a ``report`` op.
-FD_DROPPED = "fd_dropped"
-# Phases of an acquire, in the order they happen (µs); their sum is the acquire minus call overhead.
-ACQUIRE_PHASES = ("uds_connect_us", "request_write_us", "reply_recv_us", "reply_parse_us", "sock_wrap_us")
-
-_FD_SIZE = array.array("i").itemsize
-# Room for a few fds so that surplus ones are received (and closed) instead of silently truncated.
-_ANC_SPACE = socket.CMSG_SPACE(8 * _FD_SIZE)
-_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-
-
-class PoolError(Exception):
-    """An error reply from the manager, or a failure to talk to it."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        super().__init__(f"{code}: {detail}" if detail else code)
-        self.code = code
-        self.detail = detail
-
-
-class FdDroppedError(PoolError):
-    """An ok acquire reply that arrived without its file descriptor; ``reply`` is what did arrive."""
-
-    def __init__(self, reply: dict[str, Any]) -> None:
-        super().__init__(FD_DROPPED)
-        self.reply = reply
+__all__ = [
+    "ACQUIRE_PHASES",
+    "ERROR_CODES",
+    "FD_DROPPED",
+    "MANAGER_UNAVAILABLE",
+    "MAX_REPLY_BYTES",
+    "MAX_REQUEST_BYTES",
+    "PROTOCOL_VERSION",
+    "FdDroppedError",
+    "PoolError",
+    "acquire",
+    "decode_line",
+    "encode_request",
+    "release",
+    "report_fd_dropped",
+    "request",
+]
 
 
 def encode_request(op: str, **fields: Any) -> bytes:
@@ -74,14 +75,6 @@ def encode_request(op: str, **fields: Any) -> bytes:
     if len(line) > MAX_REQUEST_BYTES:
         raise ValueError(f"request is {len(line)} bytes, limit is {MAX_REQUEST_BYTES}")
     return line
-
-
-def decode_line(line: bytes) -> dict[str, Any]:
-    """Parse one JSON object line; raises ValueError on anything else."""
-    obj = json.loads(line.decode("utf-8"))
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
-    return obj
 
 
 def send_line_with_fd(sock: socket.socket, line: bytes, fd: int | None = None) -> None:
@@ -96,15 +89,6 @@ def send_line_with_fd(sock: socket.socket, line: bytes, fd: int | None = None) -
     while view:
         sent = sock.send(view)
         view = view[sent:]
-
-
-def _fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - (len(data) % _FD_SIZE)
-            fds.extend(array.array("i", data[:usable]))
-    return fds
 
 
 def recv_line_with_fd(sock: socket.socket, max_bytes: int = MAX_REPLY_BYTES) -> tuple[bytes, int | None]:
@@ -178,112 +162,11 @@ def _exchange(
     return reply, fd
 
 
-def _close_fd(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
-
-
 def _acquire_line(pool: str) -> bytes:
     # A cold process pays ~30 us for its first json.dumps; for plain names the line is built
     # directly (byte-identical to the compact JSON), so the request follows connect() at once
     # and the manager finds it already there when it accepts.
-    if len(pool) < 1024 and pool.isascii() and pool.isprintable() and '"' not in pool and "\\" not in pool:
-        return b'{"v":1,"op":"acquire","pool":"' + pool.encode() + b'"}\n'
-    return encode_request("acquire", pool=pool)
-
-
-def _acquire_exchange(
-    socket_path: str, line: bytes, timeout: float | None, phases: dict[str, float] | None
-) -> tuple[dict[str, Any], int | None]:
-    """The acquire round trip on a non-blocking socket, timed per phase.
-
-    Non-blocking from creation (SOCK_NONBLOCK: no ioctl) and one poll() only where we really
-    wait, for the reply: with ``settimeout`` every call would poll first (one syscall more per
-    step). A Unix connect() does not wait (it succeeds or fails at once) and a request of at most
-    MAX_REQUEST_BYTES fits an empty socket buffer, so only the reply needs the timeout.
-    """
-    clock = time.perf_counter_ns
-    t0 = clock()
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-    except OSError as exc:
-        raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: {exc.strerror or exc}") from None
-    fd: int | None = None
-    try:
-        try:
-            sock.connect(socket_path)
-        except BlockingIOError:
-            # A full listen backlog: a blocking connect would fail the same way (EAGAIN).
-            raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: listen backlog full") from None
-        except OSError as exc:
-            raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: {exc.strerror or exc}") from None
-        t1 = clock()
-        deadline = None if timeout is None else t1 + int(timeout * 1e9)
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLOUT)
-        try:
-            view = memoryview(line)
-            while view:
-                try:
-                    view = view[sock.send(view) :]
-                except BlockingIOError:
-                    _wait(poller, sock, select.POLLOUT, deadline, socket_path, timeout)
-            t2 = clock()
-            buf = bytearray()
-            while True:
-                # Wait first: the manager has rarely answered yet, and a recvmsg() that finds
-                # nothing would cost a syscall for an EAGAIN.
-                _wait(poller, sock, select.POLLIN, deadline, socket_path, timeout)
-                try:
-                    data, ancdata, _flags, _addr = sock.recvmsg(65536, _ANC_SPACE, _RECV_FLAGS)
-                except BlockingIOError:
-                    continue
-                for extra in _fds_from_ancillary(ancdata):
-                    if fd is None:
-                        fd = extra
-                    else:
-                        os.close(extra)
-                if not data:
-                    raise ConnectionError("peer closed before a full line")
-                buf += data
-                nl = buf.find(b"\n")
-                if nl >= 0:
-                    break
-                if len(buf) > MAX_REPLY_BYTES:
-                    raise ValueError(f"line longer than {MAX_REPLY_BYTES} bytes")
-            t3 = clock()
-            reply = decode_line(bytes(buf[: nl + 1]))
-            t4 = clock()
-        except (ConnectionError, BrokenPipeError) as exc:
-            raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: {exc}") from None
-        except ValueError as exc:
-            raise PoolError("internal", f"malformed reply: {exc}") from None
-        except OSError as exc:
-            raise PoolError(MANAGER_UNAVAILABLE, f"{socket_path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _close_fd(fd)
-        raise
-    finally:
-        sock.close()
-    if phases is not None:
-        phases["uds_connect_us"] = (t1 - t0) / 1000
-        phases["request_write_us"] = (t2 - t1) / 1000
-        phases["reply_recv_us"] = (t3 - t2) / 1000
-        phases["reply_parse_us"] = (t4 - t3) / 1000
-    return reply, fd
-
-
-def _wait(
-    poller: Any, sock: socket.socket, events: int, deadline: int | None, socket_path: str, timeout: float | None
-) -> None:
-    """Wait for ``events`` until the deadline (None: no limit); raises PoolError("timeout") when it passes."""
-    poller.modify(sock.fileno(), events)
-    if deadline is None:
-        poller.poll()
-        return
-    left_ms = (deadline - time.perf_counter_ns()) / 1e6
-    if left_ms <= 0 or not poller.poll(max(1, int(left_ms + 0.999))):
-        raise PoolError("timeout", f"no reply from {socket_path} within {timeout}s")
+    return _plain_acquire_line(pool) if _plain_name(pool) else encode_request("acquire", pool=pool)
 
 
 def acquire(
@@ -305,23 +188,12 @@ def acquire(
     instead of the connection's own fd.
     """
     line = _acquire_line(pool) if handoff is None else encode_request("acquire", pool=pool, handoff=handoff)
-    reply, fd = _acquire_exchange(socket_path, line, timeout, phases)
-    if reply.get("ok") is not True:
-        _close_fd(fd)
-        raise PoolError(str(reply.get("error", "internal")), str(reply.get("detail", "")))
-    if fd is None:
-        if report_dropped:
-            report_fd_dropped(socket_path, pool, reply)
-        raise FdDroppedError(reply)
-    t0 = time.perf_counter_ns()
     try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        os.close(fd)
-        raise PoolError("internal", f"received fd is not a socket: {exc}") from None
-    if phases is not None:
-        phases["sock_wrap_us"] = (time.perf_counter_ns() - t0) / 1000
-    return sock, reply
+        return _lean_acquire(socket_path, pool, timeout, phases=phases, line=line)
+    except FdDroppedError as exc:
+        if report_dropped:
+            report_fd_dropped(socket_path, pool, exc.reply)
+        raise
 
 
 def report_fd_dropped(socket_path: str, pool: str, reply: dict[str, Any], timeout: float = 0.5) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.support.leftovers"]
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 

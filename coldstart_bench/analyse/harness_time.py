@@ -16,9 +16,23 @@ from scipy import stats as sps
 from ..samples import ACQUIRE_PHASES, Sample, group_by_scenario
 from .stats import json_safe, percentile_interval
 
-# Measured outside the connect clock but on the function's path: shown next to the phases.
+# On the function's path next to the acquire's phases: the fd check (verify_us, inside connect_us),
+# the pool client's import (library_load_us, outside it) and the prefetch every mode pays first.
 AROUND_CONNECT: tuple[str, ...] = ("fd_check_us", "protocol_import_us", "prefetch_us", "prefetch_bytes")
-OTHER = "acquire_other_us"  # connect_us − the five phases: call overhead, closing the Unix socket
+OTHER = "acquire_other_us"  # acquire_us − the five phases: call overhead, closing the Unix socket
+# The phases named alike in every arm (coldstart_bench/phases.py), per scenario, in this order.
+ARM_PHASES: tuple[str, ...] = (
+    "runtime_start_us",
+    "library_load_us",
+    "acquire_us",
+    "verify_us",
+    "session_setup_us",
+    "connect_us",
+    "connection_total_us",
+    "first_request_us",
+    "time_to_first_reply_us",
+    "function_us",
+)
 # A switch perturbs the next start when the first cold start of its blocks is slower than the
 # later ones of the same block, one-sided, at this level, over at least MIN_BLOCKS blocks.
 MIN_BLOCKS = 5
@@ -38,7 +52,7 @@ def connect_breakdown(samples: Sequence[Sample]) -> dict[str, Any]:
         socket = [s for s in ok if s.path == "socket" and all(math.isfinite(s.value(p)) for p in ACQUIRE_PHASES)]
         entry: dict[str, Any] = {}
         if socket:
-            others = [s.connect_us - sum(s.value(p) for p in ACQUIRE_PHASES) for s in socket]
+            others = [s.acquire_us - sum(s.value(p) for p in ACQUIRE_PHASES) for s in socket]
             entry.update(n=len(socket), connect_us=_median([s.connect_us for s in socket]))
             entry.update({p: _median([s.value(p) for s in socket]) for p in ACQUIRE_PHASES})
             entry[OTHER] = _median(others)
@@ -51,6 +65,20 @@ def connect_breakdown(samples: Sequence[Sample]) -> dict[str, Any]:
         if entry:
             entry.setdefault("n", len(ok))
             out[name] = entry
+    return json_safe(out)
+
+
+def arm_phases(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Per scenario: the medians of the phases every arm reports alike (ARM_PHASES), the library the
+    connection ran through, and how many successful cold starts reported them."""
+    out: dict[str, Any] = {}
+    for name, group in group_by_scenario(samples).items():
+        ok = [s for s in group.samples if s.ok and math.isfinite(s.connection_total_us)]
+        if not ok:
+            continue
+        entry: dict[str, Any] = {"n": len(ok), "path": ok[0].path, "library": ok[0].library}
+        entry.update({p: _median([s.value(p) for s in ok]) for p in ARM_PHASES})
+        out[name] = entry
     return json_safe(out)
 
 

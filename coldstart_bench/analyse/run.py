@@ -24,7 +24,7 @@ from .expectations import Expectation, evaluate
 from .familywise import MIN_DELAY_LEVELS, shift_interval
 from .findings import build_findings
 from .gate import GateRule, evaluate_gate
-from .harness_time import connect_breakdown, harness_time
+from .harness_time import arm_phases, connect_breakdown, harness_time
 from .noise import noise_records
 from .report_sections import lower_variance, sample_size_plans
 from .stats import describe, json_safe, values_by_scenario
@@ -333,6 +333,9 @@ def analyse(
     breakdown = connect_breakdown(samples)
     if breakdown:
         summary["connect_breakdown"] = breakdown
+    phased = arm_phases(samples)
+    if phased:
+        summary["arm_phases"] = phased
     spent = harness_time(samples, env, config.plan, alpha=config.alpha)
     if spent:
         summary["harness_time"] = spent

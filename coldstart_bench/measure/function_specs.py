@@ -35,7 +35,7 @@ ECHO_OPTIONS = ("--mode", "{mode}", "--target", "{target}", "--payload-size", "{
 LANGUAGES: dict[str, Language] = {
     "python": Language(
         program=("python3", "-m", "components.function"),
-        images={"in-process": "function", "fd3": "cfunction"},
+        images={"in-process": "function", "fd3": "function"},
         options=(*ECHO_OPTIONS, "--socket", "{socket}", "--pool", "{pool}"),
         release_flag="--release",
         in_process_acquire=True,
@@ -53,11 +53,13 @@ LANGUAGES: dict[str, Language] = {
 }
 
 # What runs before the program, per entrypoint, and the --mode the function is then given for an
-# injected (mode "socket") scenario.
+# injected (mode "socket") scenario. Every arm starts through the fd-3 entrypoint, acquiring or
+# not, so all have the same exec chain and the same clock origin (its first instruction).
 ENTRYPOINTS: dict[str, tuple[tuple[str, ...], str]] = {
-    "in-process": ((), "socket"),
+    "in-process": ((ENTRYPOINT_BIN, "--no-acquire", "--"), "socket"),
     "fd3": ((ENTRYPOINT_BIN, "--socket", "{socket}", "--pool", "{pool}", "--"), "fd3"),
 }
+STAMP_ONLY: tuple[str, ...] = ENTRYPOINTS["in-process"][0]
 
 
 class SpecError(ValueError):
@@ -95,7 +97,7 @@ def echo_command(scenario: Scenario, *, target: str, socket: str, pool: str, pay
     elif mode != "direct":
         raise SpecError(f"{scenario.id}: mode must be direct or socket, got {scenario.mode!r}")
     values = {"mode": mode, "target": target, "socket": socket, "pool": pool, "payload": str(payload_size)}
-    command = _fill(wrapper, values) if scenario.mode == "socket" else []
+    command = _fill(wrapper if scenario.mode == "socket" else STAMP_ONLY, values)
     command += [*language.program, *_fill(language.options, values)]
     if scenario.release:
         if not language.release_flag or mode != "socket":

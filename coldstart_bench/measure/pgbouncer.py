@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from .lifecycle import StartStop
+from .lifecycle import StartStop, run_temp_dir, stop_group
 
 PGBOUNCER_PORT = 6432
 ADMIN_USER = "pgbouncer"
@@ -176,7 +176,7 @@ class LocalPgBouncer(_Counters, StartStop):
         exe = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
         if exe is None:
             raise PgBouncerError("pgbouncer not found (apt-get install pgbouncer)")
-        self.base = Path(tempfile.mkdtemp(prefix="csb-pgb-", dir="/tmp"))
+        self.base = run_temp_dir("csb-pgb-")
         self.socket_dir.mkdir()
         auth = self.base / "userlist.txt"
         auth.write_text(userlist({self.db.user: scram_verifier(self.db), ADMIN_USER: self._admin_password}))
@@ -196,10 +196,13 @@ class LocalPgBouncer(_Counters, StartStop):
             for p in (self.base, self.socket_dir, auth, ini):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
         argv = [exe, str(ini)]
+        # The user switch happens in the child itself (not through runuser, whose child outlives a
+        # signal to runuser), in a session of its own: the pid is pgbouncer's and the group all of it.
+        user: dict[str, Any] = {}
         if self._run_as:
-            argv = ["runuser", "-u", self._run_as, "--", *argv]
+            user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         self._log = open(self.base / "pgbouncer.log", "wb")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, **user)
         deadline = time.monotonic() + READY_TIMEOUT_S
         sock = self.socket_dir / f".s.PGSQL.{self.port}"
         while not sock.exists():
@@ -221,13 +224,7 @@ class LocalPgBouncer(_Counters, StartStop):
 
     def stop(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)  # safe shutdown
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
+            stop_group(self.proc, signal.SIGINT)  # SIGINT: pgbouncer's safe shutdown
             self.proc = None
             self._log.close()
         if self.base is not None:

@@ -14,6 +14,7 @@ import docker
 import docker.errors
 from docker.utils.socket import STDOUT, frames_iter
 
+from ..phases import PHASES, STAMPS, derived
 from ..samples import ACQUIRE_RECORD_FIELDS, Sample
 from .events import EventTimeout, LifecycleEvents
 
@@ -192,6 +193,11 @@ def _seq(record: dict[str, Any], key: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
+def _stamp(record: dict[str, Any], key: str) -> int:
+    value = record.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _ms_between(events: dict[str, int], a: str, b: str) -> float:
     if a in events and b in events:
         return (events[b] - events[a]) / 1e6
@@ -215,6 +221,9 @@ def to_sample(
     start_to_ready = math.nan
     if "start" in ev and isinstance(record.get("t_main_ns"), int):
         start_to_ready = (int(record["t_main_ns"]) - ev["start"]) / 1e6
+    # The stamps, the phases named alike in every arm and what follows from them (phases.py).
+    footing: dict[str, Any] = {name: _stamp(record, name) for name in STAMPS}
+    footing.update({name: _us(record, name) for name in (*ACQUIRE_RECORD_FIELDS, *PHASES)}, **derived(record))
     return Sample(
         scenario=scenario,
         iteration=iteration,
@@ -252,7 +261,6 @@ def to_sample(
         query_p50_us=_us(record, "query_p50_us"),
         position=position,
         after_switch=after_switch,
-        **{name: _us(record, name) for name in ACQUIRE_RECORD_FIELDS},
         ssl_import_us=_us(record, "ssl_import_us"),
         tls_context_us=_us(record, "tls_context_us"),
         tls_handshake_us=_us(record, "tls_handshake_us"),
@@ -262,4 +270,6 @@ def to_sample(
         tls_path=str(record.get("tls_path") or ""),
         tls_server_seq=_seq(record, "tls_server_seq"),
         tls_client_seq=_seq(record, "tls_client_seq"),
+        library=str(record.get("library") or ""),
+        **footing,
     )

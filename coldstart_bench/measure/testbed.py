@@ -547,12 +547,11 @@ class Testbed:
         )
         command += tls_args
         image = function_specs.image_key(scenario)
-        if scenario.language == "python" and scenario.entrypoint == "in-process":  # flags of function.py
-            if scenario.handoff == "relay":
-                command += ["--handoff", "relay"]
-            if self.config.requests != 1:
-                command += ["--requests", str(self.config.requests)]
-        if scenario.language == "python" and not self.config.prefetch:  # function.py's own page-in
+        if scenario.language == "python" and scenario.entrypoint == "in-process" and scenario.handoff == "relay":
+            command += ["--handoff", "relay"]
+        if self.config.requests != 1:  # every arm the same number of round trips, whatever its language
+            command += ["--requests", str(self.config.requests)]
+        if scenario.language in ("python", "c") and not self.config.prefetch:  # their own page-in
             command.append("--no-prefetch")
         return FunctionSpec(
             image=getattr(self.images, image, "") or self.images.extra[image],
@@ -567,6 +566,7 @@ class Testbed:
         assert self.pg is not None
         route = function_specs.pg_route(scenario, self.pg, self.pgbouncer)
         command = [
+            *function_specs.STAMP_ONLY,
             "python3", "-m", "components.pg_function",
             "--mode", scenario.mode,
             "--host", route.host, "--port", str(route.port),
@@ -578,6 +578,8 @@ class Testbed:
             # Only a function that authenticates itself gets the credential.
             command += ["--password-file", f"{SECRET_MOUNT}/pgpassword"]
             binds[self.secret_volume] = {"bind": SECRET_MOUNT, "mode": "ro"}
+        if not self.config.prefetch:
+            command.append("--no-prefetch")
         return FunctionSpec(
             image=self.images.extra["pgfunction"],
             command=command,

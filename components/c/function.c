@@ -3,12 +3,20 @@
  * print one JSON record with the keys of components/function.py, exit 0 iff ok.
  *
  * usage: function --mode {direct,fd3} [--target HOST:PORT] [--payload-size N] [--timeout S]
- *                 [--no-fallback]
- *   direct  resolve the target (resolve_us) and TCP-connect (handshake_us); connect_us = both.
+ *                 [--requests N] [--no-fallback] [--no-prefetch]
+ *   direct  resolve the target and TCP-connect (acquire_us = resolve_us + handshake_us), then
+ *           check the socket (verify_us).
  *   fd3     adopt the connection fd3_entrypoint placed at fd 3 (LISTEN_FDS=1 and LISTEN_PID =
- *           this process); fd_recv_us = the entrypoint's acquire, connect_us = that plus the
- *           adoption here. Without an inherited fd (COLDSTART_FD3_FALLBACK says why) it
- *           connects directly and reports path "fallback" (--no-fallback: fail instead).
+ *           this process); acquire_us = fd_recv_us = the entrypoint's acquire, verify_us = its fd
+ *           check plus this one, session_setup_us = the rest of the adoption here. Without an
+ *           inherited fd (COLDSTART_FD3_FALLBACK says why) it connects directly and reports path
+ *           "fallback" (--no-fallback: fail instead).
+ * connect_us = acquire_us + verify_us + session_setup_us (+ socket_attempt_us on a fallback);
+ * library_load_us = 0 (nothing is loaded for the connection). --requests N echo round trips,
+ * request_rtt_us their median, first_request_us the first.
+ * Raw CLOCK_REALTIME stamps: t_entry_ns (the entrypoint's first instruction when started by it,
+ * else main), t_main_ns, t_connected_ns, t_first_reply_ns, t_end_ns. Before any of them past
+ * main, the function pages in its own code (prefetch.h, prefetch_us) unless --no-prefetch.
  * Runtime start-up: runtime_startup_us = t_main_ns - COLDSTART_FD3_T_EXEC_NS (exec to main)
  * when started by the entrypoint.
  */
@@ -31,9 +39,11 @@
 #include <unistd.h>
 
 #include "pool_acquire.h"
+#include "prefetch.h"
 
 #define LISTEN_FD 3
 #define MAX_PAYLOAD 65536
+#define MAX_REQUESTS 1000
 
 static long long realtime_ns(void) {
     struct timespec ts;
@@ -243,6 +253,18 @@ static long long echo_check(int fd, size_t size, double timeout_s, char *err, si
     return elapsed;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median_us(const double *values, size_t n) {
+    static double sorted[MAX_REQUESTS];
+    memcpy(sorted, values, n * sizeof(double));
+    qsort(sorted, n, sizeof(double), cmp_double);
+    return n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+}
+
 static long long env_ll(const char *name) {
     const char *v = getenv(name);
     return v && *v ? atoll(v) : 0;
@@ -261,7 +283,8 @@ static int inherited_fd3(void) {
 
 static int usage(int code) {
     fprintf(code ? stderr : stdout,
-            "usage: function --mode {direct,fd3} [--target HOST:PORT] [--payload-size N] [--timeout S] [--no-fallback]\n");
+            "usage: function --mode {direct,fd3} [--target HOST:PORT] [--payload-size N] [--timeout S] [--requests N]\n"
+            "                [--no-fallback] [--no-prefetch]\n");
     return code;
 }
 
@@ -270,7 +293,8 @@ int main(int argc, char **argv) {
     const char *mode = NULL, *target = "echo:7000";
     long payload_size = 64;
     double timeout_s = 2.0;
-    int fallback = 1;
+    long requests = 1;
+    int fallback = 1, prefetch = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(0);
@@ -282,6 +306,10 @@ int main(int argc, char **argv) {
             fallback = 1;
             continue;
         }
+        if (!strcmp(a, "--no-prefetch")) {
+            prefetch = 0;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "%s needs a value\n", a);
             return usage(2);
@@ -291,6 +319,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--target")) target = v;
         else if (!strcmp(a, "--payload-size")) payload_size = strtol(v, NULL, 10);
         else if (!strcmp(a, "--timeout")) timeout_s = atof(v);
+        else if (!strcmp(a, "--requests")) requests = strtol(v, NULL, 10);
         else {
             fprintf(stderr, "unknown argument %s\n", a);
             return usage(2);
@@ -308,16 +337,33 @@ int main(int argc, char **argv) {
         fprintf(stderr, "--timeout must be > 0\n");
         return usage(2);
     }
+    if (requests < 1 || requests > MAX_REQUESTS) {
+        fprintf(stderr, "--requests must be in [1, %d]\n", MAX_REQUESTS);
+        return usage(2);
+    }
+    /* Same for every mode and before any connection clock (prefetch.h). */
+    double prefetch_us = -1;
+    long long prefetch_bytes = -1;
+    if (prefetch) {
+        long long tp = monotonic_ns();
+        prefetch_bytes = prefetch_self();
+        prefetch_us = (double)(monotonic_ns() - tp) / 1e3;
+    }
 
     const char *path = mode;
     char error[600] = "", fallback_reason[600] = "", expected_peer_buf[80] = "";
     const char *expected_peer = NULL;
-    long long resolve_ns = -1, handshake_ns = -1, pool_id = -1, t_connected_ns = 0;
-    double fd_recv_us = -1, attempt_us = -1, connect_us = -1, rtt_us = -1;
+    long long resolve_ns = -1, handshake_ns = -1, pool_id = -1, t_connected_ns = 0, t_first_reply_ns = 0;
+    double fd_recv_us = -1, attempt_us = -1, connect_us = -1, rtt_us = -1, first_rtt_us = -1;
+    double acquire_phase_us = -1, verify_us = -1, setup_us = -1;
+    static double rtts_us[MAX_REQUESTS];
     int have_check = 0, ok = 0, fd = -1;
     struct fd_check chk;
     long long t_exec_ns = env_ll("COLDSTART_FD3_T_EXEC_NS");
     double acquire_us = env_us("COLDSTART_FD3_ACQUIRE_US");
+    double entry_verify_us = env_us("COLDSTART_FD3_VERIFY_US");
+    long long t_entry_ns = env_ll("COLDSTART_FD3_T_START_NS");
+    if (t_entry_ns <= 0) t_entry_ns = t_main_ns;
 
     if (!strcmp(mode, "fd3")) {
         long long t0 = monotonic_ns();
@@ -327,15 +373,19 @@ int main(int argc, char **argv) {
                 expected_peer = expected_peer_buf;
             const char *id = reply ? strstr(reply, "\"id\":") : NULL;
             if (id) pool_id = atoll(id + 5);
+            long long t_check = monotonic_ns();
             check_fd(LISTEN_FD, expected_peer, &chk);
             have_check = 1;
-            double adopt_us = (double)(monotonic_ns() - t0) / 1e3;
+            long long t_checked = monotonic_ns();
             if (chk.ok) {
                 fd = LISTEN_FD;
                 fcntl(fd, F_SETFD, FD_CLOEXEC); /* ours now, not for any child */
+                long long t_adopted = monotonic_ns();
                 t_connected_ns = realtime_ns();
-                fd_recv_us = acquire_us;
-                connect_us = (acquire_us > 0 ? acquire_us : 0) + adopt_us;
+                fd_recv_us = acquire_phase_us = acquire_us > 0 ? acquire_us : 0;
+                verify_us = (entry_verify_us > 0 ? entry_verify_us : 0) + (double)(t_checked - t_check) / 1e3;
+                setup_us = (double)((t_check - t0) + (t_adopted - t_checked)) / 1e3;
+                connect_us = acquire_phase_us + verify_us + setup_us;
             } else {
                 close(LISTEN_FD);
                 snprintf(fallback_reason, sizeof(fallback_reason), "bad_fd: fd 3 is not a connected, blocking TCP socket to %s",
@@ -352,22 +402,33 @@ int main(int argc, char **argv) {
                 goto done;
             }
             path = "fallback";
-            attempt_us = (acquire_us > 0 ? acquire_us : 0) + (double)(monotonic_ns() - t0) / 1e3;
+            attempt_us = (acquire_us > 0 ? acquire_us : 0) + (entry_verify_us > 0 ? entry_verify_us : 0) +
+                         (double)(monotonic_ns() - t0) / 1e3;
         }
     }
     if (fd < 0) {
         fd = connect_direct(target, timeout_s, &resolve_ns, &handshake_ns, error, sizeof(error));
         if (fd < 0) goto done;
-        t_connected_ns = realtime_ns();
-        connect_us = (attempt_us > 0 ? attempt_us : 0) + (double)(resolve_ns + handshake_ns) / 1e3;
+        long long t_check = monotonic_ns();
         check_fd(fd, NULL, &chk);
         have_check = 1;
+        verify_us = (double)(monotonic_ns() - t_check) / 1e3;
+        t_connected_ns = realtime_ns();
+        acquire_phase_us = (double)(resolve_ns + handshake_ns) / 1e3;
+        setup_us = 0;
+        connect_us = (attempt_us > 0 ? attempt_us : 0) + acquire_phase_us + verify_us + setup_us;
     }
-    long long rtt_ns = echo_check(fd, (size_t)payload_size, timeout_s, error, sizeof(error));
-    if (rtt_ns >= 0) {
-        rtt_us = (double)rtt_ns / 1e3;
-        ok = 1;
+    for (long r = 0; r < requests; r++) {
+        long long rtt_ns = echo_check(fd, (size_t)payload_size, timeout_s, error, sizeof(error));
+        if (rtt_ns < 0) goto done;
+        rtts_us[r] = (double)rtt_ns / 1e3;
+        if (r == 0) {
+            t_first_reply_ns = realtime_ns();
+            first_rtt_us = rtts_us[0];
+        }
     }
+    rtt_us = median_us(rtts_us, (size_t)requests);
+    ok = 1;
 done:
     if (fd >= 0) close(fd);
     long long t_end_ns = realtime_ns();
@@ -381,7 +442,8 @@ done:
     put_ns("t_main_ns", t_main_ns);
     put_ns("t_connected_ns", t_connected_ns);
     put_ns("t_end_ns", t_end_ns);
-    put_ns("t_entry_ns", env_ll("COLDSTART_FD3_T_START_NS"));
+    put_ns("t_first_reply_ns", t_first_reply_ns);
+    put_ns("t_entry_ns", t_entry_ns);
     put_ns("t_exec_ns", t_exec_ns);
     put_us("runtime_startup_us", t_exec_ns > 0 ? (double)(t_main_ns - t_exec_ns) / 1e3 : -1);
     put_us("resolve_us", resolve_ns >= 0 ? (double)resolve_ns / 1e3 : -1);
@@ -389,7 +451,20 @@ done:
     put_us("fd_recv_us", fd_recv_us);
     put_us("socket_attempt_us", attempt_us);
     put_us("connect_us", connect_us);
+    put_us("library_load_us", 0);
+    put_str("library", strcmp(mode, "fd3") ? "libc" : "fd3-entrypoint");
+    put_us("pre_main_us", strcmp(mode, "fd3") ? 0 : (acquire_us > 0 ? acquire_us : 0) + (entry_verify_us > 0 ? entry_verify_us : 0));
+    put_us("acquire_us", acquire_phase_us);
+    put_us("verify_us", verify_us);
+    put_us("session_setup_us", setup_us);
+    put_us("first_request_us", first_rtt_us);
     put_us("request_rtt_us", rtt_us);
+    put("\"request_rtts_us\":[");
+    for (long r = 0; ok && r < requests; r++) put("%s%.1f", r ? "," : "", rtts_us[r]);
+    put("],");
+    put_us("prefetch_us", prefetch_us);
+    if (prefetch_bytes >= 0) put("\"prefetch_bytes\":%lld,", prefetch_bytes);
+    else put("\"prefetch_bytes\":null,");
     put_str("peer", have_check && chk.connected ? chk.peer : NULL);
     if (have_check) put_fd_check(&chk, expected_peer);
     else put("\"fd_check\":null,");

@@ -16,6 +16,7 @@ import os
 import queue
 import select
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from components.cpm.handoff import FD_PASSING
 from components.cpm.model import (
     EPOLLIN,
+    EPOLLOUT,
     LAT_BOUNDS_US,
     SEND_FLAGS,
     Client,
@@ -34,10 +36,85 @@ from components.cpm.model import (
     cookies_supported,
     socket_cookie,
 )
-from components.pool_config import ManagerConfig
+from components.pool_config import ConfigError, ManagerConfig
 from components.pool_connector import start_connector
 from components.protocol import PROTOCOL_VERSION
 from components.relay import RelayHub
+
+PLUGIN_ENTRY_POINTS = ("open_session", "check_session")
+ACCEPT_BACKOFF_MIN = 0.01  # seconds the listener rests after running out of descriptors, doubling
+ACCEPT_BACKOFF_MAX = 1.0
+ACCEPT_LOG_WINDOW = 10.0  # at most one line about failed accepts per window
+REPLY_DRAIN_S = 5.0  # a reply larger than the socket buffer has at least this long to be read
+LOG_QUEUE_LINES = 20_000  # log lines waiting for a slow stderr; beyond, lines are dropped and counted
+
+
+class LogWriter:
+    """Writes log lines to stderr from a thread of its own, through a bounded queue.
+
+    A stderr pipe nobody drains blocks only this thread; when the queue is full, new lines are
+    dropped and counted, and a ``log_dropped`` line says how many once lines flow again."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque()
+        self.dropped = 0  # since the start
+        self.unreported = 0
+        self.cond = threading.Condition()
+        self.busy = False
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="cpm-log", daemon=True)
+        self.thread.start()
+
+    def put(self, buf: deque[str]) -> None:
+        with self.cond:
+            room = LOG_QUEUE_LINES - len(self.lines)
+            while buf and room > 0:
+                self.lines.append(buf.popleft())
+                room -= 1
+            if buf:
+                self.dropped += len(buf)
+                self.unreported += len(buf)
+                buf.clear()
+            self.cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.lines and not self.closed:
+                    self.cond.wait()
+                if not self.lines:
+                    return
+                batch = list(self.lines)
+                self.lines.clear()
+                if self.unreported and len(batch) < LOG_QUEUE_LINES:
+                    note = {"ts": round(time.time(), 6), "level": "warning", "event": "log_dropped"}
+                    batch.append(json.dumps({**note, "count": self.unreported}, separators=(",", ":")))
+                    self.unreported = 0
+                self.busy = True
+            data = ("\n".join(batch) + "\n").encode()
+            with contextlib.suppress(OSError):
+                while data:
+                    data = data[os.write(2, data) :]
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (bounded) until every queued line is written."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.lines or self.busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def close(self, timeout: float) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join(timeout)
 
 
 class ManagerCore:
@@ -48,6 +125,12 @@ class ManagerCore:
         self.pools: dict[str, Pool] = {}
         for name, pcfg in cfg.pools.items():
             plugin = importlib.import_module(pcfg.plugin_module) if pcfg.kind != "tcp" else None
+            if plugin is not None:
+                missing = [f for f in PLUGIN_ENTRY_POINTS if not callable(getattr(plugin, f, None))]
+                if missing:
+                    raise ConfigError(
+                        f"pool {name!r}: plug-in module {pcfg.plugin_module!r} has no {' or '.join(missing)}()"
+                    )
             self.pools[name] = Pool(pcfg, plugin)
             self.pools[name].handoff = FD_PASSING
         self.tcp_pools = [p for p in self.pools.values() if p.plugin is None]
@@ -92,6 +175,18 @@ class ManagerCore:
         self.errors: dict[str, int] = {}
         self.lat_counts = [0] * (len(LAT_BOUNDS_US) + 1)
         self.logbuf: deque[str] = deque()
+        self.log_writer = LogWriter()
+        self.parked_fds = 0  # fds attached to request lines still arriving, all callers together
+        self.pending_by_uid: dict[int, int] = {}  # callers still sending their line, per uid
+        self.busy_refused = 0
+        self.accept_paused_until = 0.0  # out of descriptors: the listener rests until then
+        self.accept_backoff = ACCEPT_BACKOFF_MIN
+        self.accept_failures = 0  # accepts failed for lack of descriptors since the last log line
+        self.accept_log_until = 0.0
+        self.busy_log_until = 0.0
+        self.peergroups_supported = True
+        self.signals_pending: set[int] = set()  # set by signal handlers, handled on the loop
+        self.argv: list[str] | None = None  # the command line, for a reload (SIGHUP)
         self.ready_announced = False
         self.demand_pending = False
         self.log_grants = cfg.log_grants == "each"
@@ -114,15 +209,9 @@ class ManagerCore:
         self.logbuf.append(json.dumps(rec, separators=(",", ":"), default=str))
 
     def flush_log(self) -> None:
-        lines = []
-        buf = self.logbuf
-        while buf:
-            lines.append(buf.popleft())
-        if lines:
-            data = ("\n".join(lines) + "\n").encode()
-            with contextlib.suppress(OSError):
-                while data:
-                    data = data[os.write(2, data) :]
+        """Hand the buffered lines to the writer thread: a stderr nobody reads never stalls the loop."""
+        if self.logbuf:
+            self.log_writer.put(self.logbuf)
 
     def release_key(self, sock: Any, peer: str) -> Any:
         """What identifies a handed-out socket when it comes back (op release)."""
@@ -134,9 +223,46 @@ class ManagerCore:
             return None
 
     def reply(self, client: Client, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            client.sock.send(data, SEND_FLAGS)
-        self.close_client(client)
+        """Send the whole reply, then close: what one send cannot take goes out as the socket drains."""
+        self.unpend(client)
+        try:
+            sent = client.sock.send(data, SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = len(data)
+        if sent >= len(data):
+            self.close_client(client)
+            return
+        client.out = data[sent:]
+        client.deadline = time.monotonic() + max(self.cfg.request_timeout, REPLY_DRAIN_S)
+        if client.registered:
+            self.ep.modify(client.fd, EPOLLOUT)
+        else:
+            client.registered = True
+            self.ep.register(client.fd, EPOLLOUT)
+
+    def client_writable(self, client: Client) -> None:
+        try:
+            sent = client.sock.send(client.out, SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close_client(client)
+            return
+        client.out = client.out[sent:]
+        if not client.out:
+            self.close_client(client)
+
+    def unpend(self, client: Client) -> None:
+        """The caller's request line is complete (or it is gone): it no longer counts for its uid."""
+        if client.pending:
+            client.pending = False
+            left = self.pending_by_uid[client.uid] - 1
+            if left:
+                self.pending_by_uid[client.uid] = left
+            else:
+                del self.pending_by_uid[client.uid]
 
     def reply_error(self, client: Client, code: str, detail: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -157,15 +283,22 @@ class ManagerCore:
                 client.pool.waiters.remove(client)
             client.pool = None
         if client.fds:
+            self.parked_fds -= len(client.fds)
             close_fds(client.fds)
             client.fds = []
+        self.unpend(client)
         if client.allowed:
             self.allowed_clients -= 1
         else:
             self.denied_clients -= 1
         # close() drops the epoll registration too: nobody else holds this descriptor.
         client.sock.close()
-        if not self.accepting and self.listener is not None and self.allowed_clients < self.cfg.max_clients:
+        if (
+            not self.accepting
+            and self.listener is not None
+            and self.allowed_clients < self.cfg.max_clients
+            and not self.accept_paused_until
+        ):
             self.accepting = True
             self.ep.modify(self.listener.fileno(), EPOLLIN)
 
@@ -217,3 +350,7 @@ class ManagerCore:
         def relay_tick(self, now: float) -> None: ...
         def relay_stats(self) -> dict[str, Any]: ...
         def relay_shutdown(self) -> None: ...
+        def backend_room(self, pool: Pool, now: float) -> int: ...
+        def backend_held(self, pool: Pool) -> int: ...
+        def note_handed_out(self, pool: Pool, conn: Conn) -> None: ...
+        def cap_detail(self, pool: Pool) -> str: ...

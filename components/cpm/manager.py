@@ -11,6 +11,7 @@ import sys
 import time
 from types import FrameType
 
+from components.cpm.backend_cap import BackendCapRoom
 from components.cpm.policy import PolicyRoom
 from components.cpm.refill import RefillRoom
 from components.cpm.relaying import RelayRoom
@@ -19,7 +20,7 @@ from components.cpm.stats import StatsRoom
 from components.pool_config import FDS_PER_RELAY, ConfigError, ManagerConfig, load_config
 
 
-class Manager(ServerRoom, PolicyRoom, RefillRoom, StatsRoom, RelayRoom):
+class Manager(ServerRoom, PolicyRoom, RefillRoom, StatsRoom, RelayRoom, BackendCapRoom):
     """One thread, one epoll set: every room works on the state in ``ManagerCore``."""
 
     def __init__(self, cfg: ManagerConfig) -> None:
@@ -45,43 +46,57 @@ def raise_fd_limit(cfg: ManagerConfig) -> tuple[int, int]:
     return soft, need
 
 
+def config_error(event: str, error: str) -> int:
+    """One JSON line on stderr and exit status 2: the configuration cannot work."""
+    line = json.dumps({"ts": time.time(), "level": "error", "event": event, "error": error.replace("\n", " ")})
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Until the loop handles them, a reload or stats request must not end the manager.
+    for early in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(early, signal.SIG_IGN)
     try:
         cfg = load_config(argv)
         limit, need = raise_fd_limit(cfg)
     except ConfigError as exc:
-        sys.stderr.write(
-            json.dumps({"ts": time.time(), "level": "error", "event": "config_error", "error": str(exc)}) + "\n"
-        )
-        return 2
+        return config_error("config_error", str(exc))
     try:
         manager = Manager(cfg)
+    except ConfigError as exc:
+        return config_error("config_error", str(exc))
     except ImportError as exc:
-        sys.stderr.write(
-            json.dumps({"ts": time.time(), "level": "error", "event": "plugin_import_failed", "error": str(exc)}) + "\n"
-        )
-        return 2
+        return config_error("plugin_import_failed", str(exc))
+    manager.argv = list(sys.argv[1:] if argv is None else argv)
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
         manager.stopping = True
         with contextlib.suppress(OSError):
             os.eventfd_write(manager.evfd, 1)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_request(signum: int, _frame: FrameType | None) -> None:
+        manager.signals_pending.add(signum)
+        with contextlib.suppress(OSError):
+            os.eventfd_write(manager.evfd, 1)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_request)
+    signal.signal(signal.SIGUSR1, on_request)
     manager.log("starting", pools={n: p.as_dict() for n, p in cfg.pools.items()}, nofile=limit, fd_budget=need)
     try:
         manager.bind()
     except (ConfigError, OSError) as exc:
         manager.log("bind_failed", level="error", error=str(exc))
-        manager.flush_log()
         manager.close()
         return 2
     try:
         manager.run()
     finally:
-        manager.log("stopped", requests=manager.requests)
-        manager.flush_log()
+        manager.log("stopped", requests=manager.requests, log_dropped=manager.log_writer.dropped)
         manager.close()
     return 0
 

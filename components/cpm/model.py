@@ -67,6 +67,7 @@ class Conn:
     __slots__ = (
         "anc",
         "created",
+        "diag",
         "eligible_at",
         "expires",
         "fd",
@@ -77,6 +78,7 @@ class Conn:
         "reply_tail",
         "session",
         "sock",
+        "traffic",
     )
 
     def __init__(self, sock: _socket.socket, peer: str, key: Any, meta: bytes, now: float, expires: float) -> None:
@@ -94,6 +96,9 @@ class Conn:
         # the reply after the hand-out id.
         self.anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", self.fd))]
         self.reply_tail = b',"meta":' + meta + b"}\n"
+        # (bytes acked, bytes received) when pooled: a release compares against it (release_check).
+        self.traffic = (-1, -1)
+        self.diag: Any = None  # how the kernel finds it once handed out (backend_cap), when capped
 
 
 class Client:
@@ -106,7 +111,10 @@ class Client:
         "fd",
         "fds",
         "gid",
+        "half_closed",
         "handoff",
+        "out",
+        "pending",
         "pid",
         "pool",
         "registered",
@@ -120,12 +128,15 @@ class Client:
         self.fd = sock.fileno()
         self.buf = b""
         self.fds: list[int] = []  # fds attached to the part of the request line read so far
+        self.pending = False  # counted among its uid's callers still sending their line
+        self.out = b""  # the rest of a reply too large for one send, sent as the socket drains
         self.t0 = now
         self.deadline = deadline
         self.registered = False
         self.allowed = False
         self.pool: Pool | None = None  # set while waiting for a connection
         self.handoff: Any = None  # the hand-off strategy the request asked for; None: the pool's
+        self.half_closed = False  # the caller shut down its sending side while waiting for its reply
         try:
             self.pid, self.uid, self.gid = PEERCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
@@ -152,12 +163,23 @@ class Pool:
         self.addrs: list[tuple[int, tuple[Any, ...]]] = []
         self.addrs_expire = 0.0
         self.resolving = False
+        self.resolved_at = -float("inf")  # when the addresses were last resolved (kept through outages)
+        self.addr_index = 0  # the address connects go to: the first, until it fails
+        self.addrs_failed = 0  # addresses that failed in a row since the last connection
+        self.connect_addr: dict[int, int] = {}  # fd of a connect in flight -> its address index
+        self.address = ""  # the backend address the last connection reached (stats, log)
+        self.out: dict[int, Any] = {}  # handed-out connections maybe still open (with max_backend)
+        self.out_checked = 0.0
+        self.out_unverifiable = False
         self.tcp_index = -1
         self.level = 0  # backoff level: consecutive failed connect rounds
         self.next_attempt = 0.0
         self.last_error = ""
         self.last_acquire = time.monotonic()  # start full; shrink to min_idle only after max_idle unused
-        self.handed: OrderedDict[Any, float] = OrderedDict()
+        # Handed-out connections that may come back: key -> (created, traffic at hand-out).
+        self.handed: OrderedDict[Any, tuple[float, tuple[int, int]]] = OrderedDict()
+        # What a fresh socket of this pool looks like, per address family (release_check.baseline).
+        self.release_baseline: dict[int, dict[str, Any]] = {}
         self.peer_names: dict[tuple[Any, ...], str] = {}
         self.reply_head = ('{"ok":true,"pool":' + json.dumps(cfg.name) + ',"peer":"').encode()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -180,6 +202,8 @@ class Pool:
                 "send_failures",
                 "relayed",
                 "relay_refused",
+                "release_reset",
+                "address_failures",
             ),
             0,
         )
@@ -194,6 +218,7 @@ class Pool:
                 self._literal = (family, (host, port))
                 self.addrs = [self._literal]
                 self.addrs_expire = float("inf")
+                self.resolved_at = float("inf")
                 break
 
     @property

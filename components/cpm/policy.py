@@ -9,6 +9,7 @@ import os
 import socket
 import time
 
+from components.cpm.backend_cap import diag_id
 from components.cpm.core import ManagerCore
 from components.cpm.model import (
     DISCARD_LOG_WINDOW,
@@ -26,6 +27,7 @@ from components.cpm.model import (
     run_check,
     unhealthy_reason,
 )
+from components.cpm.release_check import baseline, dirty_bytes, restore_state
 from components.protocol import format_peer
 
 
@@ -62,7 +64,10 @@ class PolicyRoom(ManagerCore):
             self.reply_error(client, "backend_unavailable", f"pool {pool.name}: {pool.last_error or 'backend down'}")
         else:
             pool.stats["exhausted"] += 1
-            self.reply_error(client, "pool_exhausted", f"pool {pool.name} has no idle connection")
+            detail = f"pool {pool.name} has no idle connection"
+            if pool.cfg.max_backend and self.backend_held(pool) >= pool.cfg.max_backend:
+                detail = self.cap_detail(pool)
+            self.reply_error(client, "pool_exhausted", detail)
 
     def take_healthy(self, pool: Pool, now: float) -> Conn | None:
         """The first idle connection that is healthy now; at most HANDOUT_PROBES dead ones are
@@ -128,9 +133,11 @@ class PolicyRoom(ManagerCore):
             self.close_client(client)
             return False
         pool.stats["handed_out"] += 1
+        if pool.cfg.max_backend:
+            self.note_handed_out(pool, conn)
         if pool.cfg.accept_release and conn.key is not None:
             handed = pool.handed
-            handed[conn.key] = conn.created
+            handed[conn.key] = (conn.created, conn.traffic)
             if len(handed) > HANDED_MEMORY:
                 handed.popitem(last=False)
         if self.log_grants:
@@ -154,7 +161,7 @@ class PolicyRoom(ManagerCore):
             os.close(fd)
             self.reply_error(client, "bad_request", "attached fd is not a socket")
             return
-        reason = self.release_verdict(pool, sock)
+        reason, reset = self.release_verdict(pool, sock)
         if reason:
             sock.close()
             pool.stats["discard_release"] += 1
@@ -164,17 +171,44 @@ class PolicyRoom(ManagerCore):
             return
         peer = format_peer(sock.getpeername())
         key = self.release_key(sock, peer)
-        created = pool.handed.pop(key)
-        sock.setblocking(True)
+        created, _traffic = pool.handed.pop(key)
         conn = Conn(sock, peer, key, b"{}", now, float("inf"))
         conn.created = created
+        if pool.cfg.max_backend:
+            conn.diag = diag_id(sock)
+            if conn.diag is not None:
+                pool.out.pop(conn.diag[3], None)  # back inside the pool: counted there now
         conn.expires = pool.expiry(created) if pool.cfg.ttl > 0 else float("inf")
         pool.stats["released_reused"] += 1
-        self.reply(client, b'{"ok":true,"op":"release","pool":%s,"reused":true}\n' % json.dumps(pool.name).encode())
+        if reset:
+            # The caller changed socket state; it was put back. Say what, to the caller and the log.
+            pool.stats["release_reset"] += 1
+            self.log("release_reset", pool=pool.name, reset=reset, pid=client.pid, uid=client.uid)
+            body = {"ok": True, "op": "release", "pool": pool.name, "reused": True, "reset": reset}
+            self.reply(client, (json.dumps(body, separators=(",", ":")) + "\n").encode())
+        else:
+            self.reply(client, b'{"ok":true,"op":"release","pool":%s,"reused":true}\n' % pool.jname.encode())
         self.conn_ready(pool, conn, now)
 
-    def release_verdict(self, pool: Pool, sock: socket.socket) -> str:
-        """Empty string if a handed-back connection may be pooled again, else why not."""
+    def release_verdict(self, pool: Pool, sock: socket.socket) -> tuple[str, list[str]]:
+        """("", what was reset) if a handed-back connection is clean and may be pooled again,
+        else (why not, ...). Clean: this pool's own connection, established, nothing queued either
+        way, no request still being answered, every option and flag back at the pool's settings."""
+        reason = self._release_refusal(pool, sock)
+        if reason:
+            return reason, []
+        want = pool.release_baseline.get(sock.family)
+        if want is None:
+            want = pool.release_baseline[sock.family] = baseline(sock.family, pool.cfg)
+        try:
+            reset, reason = restore_state(sock, want)
+        except OSError as exc:
+            return f"socket_error: {exc.strerror or exc}", []
+        return reason, reset
+
+    def _release_refusal(self, pool: Pool, sock: socket.socket) -> str:
+        # Plug-in kinds (postgres, tls) cannot prove a session clean from outside its protocol
+        # state (a transaction, a TLS record half sent): release is refused for them.
         if not pool.cfg.accept_release or pool.plugin is not None:
             return "release_disabled"
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
@@ -203,6 +237,12 @@ class PolicyRoom(ManagerCore):
             return "eof"
         if data:
             return "unread_data"
+        try:
+            dirty = dirty_bytes(sock, pool.handed[key][1])
+        except OSError:
+            return "socket_error"
+        if dirty:
+            return dirty
         if len(pool.idle) + len(pool.settling) + pool.connecting >= 2 * pool.cfg.size:
             return "pool_full"
         return ""

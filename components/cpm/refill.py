@@ -14,6 +14,7 @@ import socket
 import time
 from typing import Any
 
+from components.cpm.backend_cap import diag_id
 from components.cpm.core import ManagerCore
 from components.cpm.model import (
     EPOLLOUT,
@@ -26,6 +27,7 @@ from components.cpm.model import (
     run_open,
     unhealthy_reason,
 )
+from components.cpm.release_check import traffic
 from components.pool_config import apply_socket_options
 from components.pool_connector import ANC_SPACE as CONNECTOR_ANC_SPACE
 from components.protocol import format_peer
@@ -73,7 +75,7 @@ class RefillRoom(ManagerCore):
             # Connect on demand: one extra connection per waiting caller (plug-in pools always
             # open sessions for their waiters; they have no other refill path).
             need += len(pool.waiters)
-        return min(need, self._connect_limit(pool) - pool.connecting)
+        return min(need, self._connect_limit(pool) - pool.connecting, self.backend_room(pool, now))
 
     def flush_demand(self) -> None:
         chan = self.connector_chan
@@ -167,14 +169,16 @@ class RefillRoom(ManagerCore):
             if deadline <= now:
                 del self.connecting[fd]
                 pool.connecting -= 1
+                index = pool.connect_addr.pop(fd, pool.addr_index)
                 sock.close()  # closing drops it from epoll
-                self.connect_failed(pool, now, "connect timed out")
+                if self.address_failed(pool, index, now, "connect timed out"):
+                    self.refill(pool, now)
 
     def start_connect(self, pool: Pool, now: float) -> bool:
         cfg = pool.cfg
         if pool.plugin is not None:
             pool.connecting += 1
-            self.submit("opened", pool, run_open, pool.plugin, cfg.as_dict())
+            self.submit("opened", pool, run_open, pool.plugin, cfg.session_dict())
             return True
         if self.connector_chan is not None:
             # The connector process connects (and resolves); demands go out once per loop round.
@@ -183,12 +187,15 @@ class RefillRoom(ManagerCore):
             self.demand_pending = True
             return True
         if now >= pool.addrs_expire:
-            # getaddrinfo blocks: resolve in a worker thread, connect when the answer is back.
+            # getaddrinfo blocks: resolve in a worker thread; connect to the last good addresses
+            # meanwhile, or when there are none, once the answer is back.
             if not pool.resolving:
                 pool.resolving = True
                 self.submit("resolved", pool, resolve, cfg.target)
-            return False
-        family, addr = pool.addrs[0]
+            if not pool.addrs:
+                return False
+        index = pool.addr_index % len(pool.addrs)
+        family, addr = pool.addrs[index]
         # The C-level socket type: no Python-level constructor or close() wrapper on the hot path.
         sock = _socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -197,18 +204,17 @@ class RefillRoom(ManagerCore):
             err = sock.connect_ex(addr)
         except OSError as exc:
             sock.close()
-            self.connect_failed(pool, now, exc.strerror or str(exc))
-            return False
+            return self.address_failed(pool, index, now, exc.strerror or str(exc))
         if err not in (0, errno.EINPROGRESS):
             sock.close()
-            self.connect_failed(pool, now, os.strerror(err))
-            return False
+            return self.address_failed(pool, index, now, os.strerror(err))
         try:
             # Over loopback or a veth pair the handshake completes inside connect(): skip the epoll round.
             peer_addr = sock.getpeername()
         except OSError:
             fd = sock.fileno()
             pool.connecting += 1
+            pool.connect_addr[fd] = index
             self.connecting[fd] = (pool, sock, now + cfg.connect_timeout)
             self.ep.register(fd, EPOLLOUT)
             return True
@@ -218,6 +224,7 @@ class RefillRoom(ManagerCore):
     def connect_done(self, fd: int, ev: int) -> None:
         pool, sock, _deadline = self.connecting.pop(fd)
         pool.connecting -= 1
+        index = pool.connect_addr.pop(fd, pool.addr_index)
         self.ep.unregister(fd)
         now = time.monotonic()
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -227,7 +234,8 @@ class RefillRoom(ManagerCore):
             peer_addr = sock.getpeername()
         except OSError as exc:
             sock.close()
-            self.connect_failed(pool, now, exc.strerror or str(exc))
+            if self.address_failed(pool, index, now, exc.strerror or str(exc)):
+                self.refill(pool, now)
             return
         self.connected(pool, sock, peer_addr, now)
         self.refill(pool, now)
@@ -249,8 +257,14 @@ class RefillRoom(ManagerCore):
         greets first, shows it (FIN or data) within the settle period; only then is it checked
         and, if quiet, pooled (``promote_settled``)."""
         pool.stats["refills"] += 1
+        pool.addrs_failed = 0
+        if peer != pool.address:
+            self.log("address_in_use", pool=pool.name, address=peer, previous=pool.address or None)
+            pool.address = peer
         key = self.release_key(sock, peer) if pool.cfg.accept_release else None
         conn = Conn(sock, peer, key, b"{}", now, pool.expiry(now))
+        if pool.cfg.max_backend:
+            conn.diag = diag_id(sock)
         conn.eligible_at = now + pool.cfg.settle_ms / 1000.0
         pool.settling.append(conn)
         self.next_settle = min(self.next_settle, conn.eligible_at)
@@ -279,26 +293,60 @@ class RefillRoom(ManagerCore):
         self.next_settle = min((p.settling[0].eligible_at for p in self.tcp_pools if p.settling), default=float("inf"))
 
     def conn_ready(self, pool: Pool, conn: Conn, now: float) -> None:
+        if conn.key is not None and pool.plugin is None:
+            # The byte counters a release is compared with (nothing moves while it is pooled).
+            try:
+                conn.traffic = traffic(conn.sock)
+            except OSError:
+                conn.traffic = (-1, -1)
         pool.idle.append(conn)
         if pool.plugin is not None:
             self.serve_plugin_waiters(pool)
         elif pool.waiters:
             self.serve_waiters(pool, now)
 
-    def connect_failed(self, pool: Pool, now: float, error: str) -> None:
+    def connect_failed(self, pool: Pool, now: float, error: str, retry_after: float = 0.0) -> None:
+        """A connect (or session open) failed; ``retry_after``: the least wait before the next
+        attempt (a refused login waits the pool's login_retry, like PgBouncer's server_login_retry)."""
         pool.stats["connect_failures"] += 1
         pool.last_error = error
         if now >= pool.next_attempt:
             # One backoff step per failed round, however many connects were in flight.
             pool.level += 1
             delay = min(pool.cfg.backoff_max, pool.cfg.backoff_initial * (2 ** (pool.level - 1)))
-            pool.next_attempt = now + delay * (0.5 + random.random() / 2)
+            delay *= 0.5 + random.random() / 2
+            delay = max(delay, retry_after)
+            pool.next_attempt = now + delay
             if pool._literal is None:
                 pool.addrs_expire = 0.0  # re-resolve: the backend may have moved
             self.log("connect_failed", level="warning", pool=pool.name, error=error, retry_in_s=round(delay, 3))
         if pool.connecting == 0 and not pool.idle and not pool.settling and pool.waiters:
             # Nothing can arrive soon: let waiting callers fall back now instead of at their deadline.
             self.reject_waiters(pool, error)
+
+    def address_failed(self, pool: Pool, index: int, now: float, error: str) -> bool:
+        """A connect to address ``index`` failed. While the pool's other addresses are untried, move
+        on to the next (no backoff) and return True; after the last, a failed round: False."""
+        n = len(pool.addrs)
+        if n > 1 and index == pool.addr_index % n and pool.addrs_failed + 1 < n:
+            pool.addrs_failed += 1
+            pool.addr_index = (index + 1) % n
+            pool.stats["address_failures"] += 1
+            self.log(
+                "address_failed",
+                level="warning",
+                pool=pool.name,
+                address=format_peer(pool.addrs[index][1]),
+                error=error,
+                next=format_peer(pool.addrs[pool.addr_index][1]),
+            )
+            return True
+        if n > 1 and index != pool.addr_index % n:
+            return True  # an older connect to an address already given up: the round goes on
+        pool.addrs_failed = 0
+        pool.addr_index = 0  # the next round starts again from the first address
+        self.connect_failed(pool, now, error)
+        return False
 
     def drain_results(self) -> None:
         """Woken by the eventfd: results of worker-thread jobs (resolution, plug-in sessions)."""
@@ -313,15 +361,33 @@ class RefillRoom(ManagerCore):
             if kind == "resolved":
                 pool.resolving = False
                 if ok and value:
-                    pool.addrs = value
+                    if value != pool.addrs:
+                        pool.addr_index = 0
+                        pool.addrs_failed = 0
+                    pool.addrs, pool.resolved_at = value, now
                     pool.addrs_expire = now + pool.cfg.resolve_ttl
                     self.refill(pool, now)
+                elif pool.addrs and now - pool.resolved_at <= pool.cfg.resolve_keep:
+                    # A resolver outage is not a backend outage: keep the last good addresses
+                    # (for resolve_keep at most) and ask again later.
+                    pool.addrs_expire = now + max(pool.cfg.resolve_ttl, 1.0)
+                    self.log(
+                        "resolve_failed",
+                        level="warning",
+                        pool=pool.name,
+                        error=str(value)[:200],
+                        kept=[format_peer(a) for _f, a in pool.addrs],
+                        age_s=round(now - pool.resolved_at, 1),
+                    )
+                    self.refill(pool, now)
                 else:
+                    pool.addrs = []
                     self.connect_failed(pool, now, f"resolve {pool.cfg.target}: {value}")
             elif kind == "opened":
                 pool.connecting -= 1
                 if not ok:
-                    self.connect_failed(pool, now, f"{type(value).__name__}: {value}")
+                    retry = pool.cfg.login_retry if getattr(value, "login_refused", False) else 0.0
+                    self.connect_failed(pool, now, f"{type(value).__name__}: {value}", retry)
                     continue
                 sock, meta = value
                 try:
@@ -336,6 +402,8 @@ class RefillRoom(ManagerCore):
                 pool.level = 0
                 session = Conn(sock, peer, None, meta_json, now, pool.expiry(now))
                 session.session = meta
+                if pool.cfg.max_backend:
+                    session.diag = diag_id(sock)
                 self.conn_ready(pool, session, now)
                 self.refill(pool, now)
             elif kind == "refreshed":

@@ -8,12 +8,12 @@ import errno
 import json
 import os
 import socket
-import stat
 import sys
 import time
 from typing import Any
 
-from components.cpm.core import ManagerCore
+from components.cpm.core import ACCEPT_BACKOFF_MIN
+from components.cpm.guard import GuardRoom
 from components.cpm.model import (
     AF_UNIX,
     ANC_SPACE,
@@ -26,70 +26,11 @@ from components.cpm.model import (
     close_fds,
     fds_of,
 )
-from components.pool_config import DENIED_SLOTS, ConfigError
+from components.pool_config import DENIED_SLOTS, MAX_PARKED_FDS
 from components.protocol import MAX_REQUEST_BYTES, PROTOCOL_VERSION
 
-DENIAL_LOG_WINDOW = 1.0  # seconds
-DENIAL_LOG_BURST = 20  # denials logged one by one per window; the rest are counted in one line
 
-
-class ServerRoom(ManagerCore):
-    # ---------------------------------------------------------------- start-up
-    def bind(self) -> None:
-        cfg = self.cfg
-        path = cfg.socket
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            os.makedirs(directory, mode=cfg.socket_dir_mode if cfg.socket_dir_mode is not None else 0o750)
-            os.chmod(directory, cfg.socket_dir_mode if cfg.socket_dir_mode is not None else 0o750)
-        elif cfg.socket_dir_mode is not None:
-            os.chmod(directory, cfg.socket_dir_mode)
-        self._clear_stale(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bind under a tight umask so the file never exists with looser permissions than asked.
-        old = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, cfg.socket_mode)
-        sock.listen(4096)
-        sock.setblocking(False)
-        self.listener = sock
-        self.ep.register(sock.fileno(), EPOLLIN)
-        self.log(
-            "listening",
-            socket=path,
-            socket_mode=oct(cfg.socket_mode),
-            dir_mode=oct(stat.S_IMODE(os.stat(directory).st_mode)),
-            allow_uids=sorted(cfg.allow_uids),
-            allow_gids=sorted(cfg.allow_gids),
-            release_identity=self.release_identity,
-        )
-
-    def _clear_stale(self, path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            err = probe.connect_ex(path)
-        finally:
-            probe.close()
-        if err in (errno.ECONNREFUSED, errno.ENOENT):
-            # Nobody listens: a crashed run left it behind. Only a refusal proves that: a busy
-            # manager with a full accept backlog answers EAGAIN, and it must keep its socket.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            self.log("stale_socket_removed", socket=path)
-            return
-        if err in (0, errno.EAGAIN, errno.EINPROGRESS):
-            raise ConfigError(f"another manager is listening on {path}")
-        raise ConfigError(f"cannot tell whether {path} is in use ({os.strerror(err)}); refusing to replace it")
-
+class ServerRoom(GuardRoom):
     # ---------------------------------------------------------------- main loop
     def run(self) -> None:
         ep_poll = self.ep.poll
@@ -114,7 +55,11 @@ class ServerRoom(ManagerCore):
                 if fd == lfd:
                     self.accept()
                 elif fd in clients:
-                    self.client_readable(clients[fd])
+                    client = clients[fd]
+                    if client.out:
+                        self.client_writable(client)
+                    else:
+                        self.client_readable(client)
                 elif fd == chan_fd:
                     self.connector_readable()
                     if self.connector_chan is None:
@@ -136,6 +81,8 @@ class ServerRoom(ManagerCore):
                 if now >= self.next_sweep:
                     self.next_sweep = now + self.cfg.health_interval
                     self.sweep(now)
+            if self.signals_pending:
+                self.handle_signals()
             if not self.ready_announced:
                 self.announce_ready()
             if self.logbuf:
@@ -151,8 +98,15 @@ class ServerRoom(ManagerCore):
             }
             self.log("ready", pools={n: len(p.idle) for n, p in self.pools.items()})
             self.flush_log()  # logs first: whoever waits for the ready line may read them next
-            sys.stdout.write(json.dumps(line) + "\n")
-            sys.stdout.flush()
+            self.log_writer.drain(1.0)
+            try:
+                sys.stdout.write(json.dumps(line) + "\n")
+                sys.stdout.flush()
+            except (OSError, ValueError) as exc:
+                # Nobody reads the ready line (stdout closed): serving matters more than announcing.
+                self.log("stdout_closed", level="warning", error=str(exc))
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the dead stream for good
 
     # ---------------------------------------------------------------- callers
     def accept(self) -> None:
@@ -177,14 +131,19 @@ class ServerRoom(ManagerCore):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log("accept_failed", level="error", error=exc.strerror)
+                    self.pause_accepting(exc)
                     return
                 continue
+            self.accept_backoff = ACCEPT_BACKOFF_MIN
             client = Client(_socket.socket(AF_UNIX, SOCK_STREAM, 0, fd), time.monotonic(), deadline)
             # Credentials are known now (SO_PEERCRED): denied callers never take an allowed caller's
             # place. A few are kept until they send their line (so they read a clean error); the
             # rest get the error line at once.
-            client.allowed = client.uid in allow_uids or client.gid in allow_gids
+            client.allowed = (
+                client.uid in allow_uids
+                or client.gid in allow_gids
+                or (bool(allow_gids) and not allow_gids.isdisjoint(self.peer_groups(client)))
+            )
             clients[client.fd] = client
             if client.allowed:
                 self.allowed_clients += 1
@@ -195,25 +154,8 @@ class ServerRoom(ManagerCore):
                     continue
             # Callers usually send right after connecting: try before paying for an epoll round.
             self.client_readable(client)
-
-    def deny(self, client: Client) -> None:
-        self.denied += 1
-        now = time.monotonic()
-        if now >= self.denial_window_until:
-            self.flush_denials()
-            self.denial_window_until = now + DENIAL_LOG_WINDOW
-            self.denials_logged = 0
-        if self.denials_logged < DENIAL_LOG_BURST:
-            self.denials_logged += 1
-            self.log("denied", level="warning", pid=client.pid, uid=client.uid, gid=client.gid)
-        else:
-            self.denials_unlogged += 1
-        self.reply_error(client, "forbidden", f"uid {client.uid} / gid {client.gid} is not allowed")
-
-    def flush_denials(self) -> None:
-        if self.denials_unlogged:
-            self.log("denied_more", level="warning", count=self.denials_unlogged, window_s=DENIAL_LOG_WINDOW)
-            self.denials_unlogged = 0
+            if client.allowed and client.fd in clients and client.pool is None and not client.out:
+                self.count_pending(client)
 
     def client_readable(self, client: Client) -> None:
         """Read and serve a caller's request; whatever goes wrong, the caller gets an error line
@@ -233,8 +175,7 @@ class ServerRoom(ManagerCore):
 
     def read_request(self, client: Client) -> None:
         if client.pool is not None:
-            # A waiting caller that sends more or hangs up: drop it (its wait is over).
-            self.close_client(client)
+            self.waiter_readable(client)
             return
         try:
             data, anc, _flags, _addr = client.sock.recvmsg(MAX_REQUEST_BYTES + 1, ANC_SPACE, RECV_FLAGS)
@@ -251,6 +192,7 @@ class ServerRoom(ManagerCore):
             if pool is not None:
                 # The common case, a complete plain acquire from an allowed caller: straight to hand-out.
                 self.requests += 1
+                self.unpend(client)
                 self.acquire(client, pool)
                 return
         fds = fds_of(anc) if anc else []
@@ -263,8 +205,13 @@ class ServerRoom(ManagerCore):
         if nl < 0:
             # Fds ride on the first byte of a request, which may arrive before the rest of its line.
             client.fds.extend(fds)
+            self.parked_fds += len(fds)
             if len(client.fds) > MAX_PENDING_FDS:
                 self.reply_error(client, "bad_request", f"more than {MAX_PENDING_FDS} fds attached to one request")
+                return
+            if fds and self.parked_fds > MAX_PARKED_FDS:
+                # Counted in the fd budget: parked descriptors never push the manager into EMFILE.
+                self.reply_error(client, "busy", f"more than {MAX_PARKED_FDS} fds wait on unfinished requests")
                 return
             if len(buf) >= MAX_REQUEST_BYTES:
                 self.reply_error(client, "bad_request", f"request line longer than {MAX_REQUEST_BYTES} bytes")
@@ -275,6 +222,7 @@ class ServerRoom(ManagerCore):
                 self.ep.register(client.fd, EPOLLIN)
             return
         if client.fds:
+            self.parked_fds -= len(client.fds)
             fds, client.fds = client.fds + fds, []
         if nl + 1 > MAX_REQUEST_BYTES:
             close_fds(fds)
@@ -282,8 +230,30 @@ class ServerRoom(ManagerCore):
             return
         self.handle_request(client, buf[: nl + 1], fds)
 
+    def waiter_readable(self, client: Client) -> None:
+        """A waiting caller stirred. A half-close (shutdown(SHUT_WR), EOF on our side) still wants
+        its reply: from now on only a full hang-up is watched. Anything else ends its wait."""
+        if client.half_closed:
+            # Registered for hang-up only: both directions are gone, nobody reads a reply.
+            self.close_client(client)
+            return
+        try:
+            data = client.sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close_client(client)
+            return
+        if data:
+            # More bytes after a complete request: not a caller of this protocol; its wait is over.
+            self.close_client(client)
+            return
+        client.half_closed = True
+        self.ep.modify(client.fd, 0)  # EPOLLHUP and EPOLLERR are always reported
+
     def handle_request(self, client: Client, line: bytes, fds: list[int]) -> None:
         self.requests += 1
+        self.unpend(client)
         if not client.allowed:
             # Checked before parsing: a denied caller learns nothing about pools or ops.
             close_fds(fds)
@@ -371,13 +341,17 @@ class ServerRoom(ManagerCore):
     def tick(self, now: float) -> None:
         for client in [c for c in self.clients.values() if c.deadline <= now]:
             pool = client.pool
-            if pool is None:
+            if client.out:
+                self.close_client(client)  # a reply nobody reads within its time
+            elif pool is None:
                 self.reply_error(client, "timeout", f"no complete request within {self.cfg.request_timeout}s")
             else:
                 pool.stats["borrow_timeouts"] += 1
                 self.reject_unavailable(client, pool)
         if self.connecting:
             self.expire_connects(now)
+        if self.accept_paused_until and now >= self.accept_paused_until:
+            self.resume_accepting()
         if self.denials_unlogged and now >= self.denial_window_until:
             self.flush_denials()
         for pool in self.pools.values():
@@ -387,6 +361,8 @@ class ServerRoom(ManagerCore):
         self.relay_tick(now)
 
     def close(self) -> None:
+        if self.stopping:
+            self.drain_for_shutdown()
         if self.connector_chan is not None:
             self.connector_chan.close()  # EOF tells the connector to exit
             self.connector_chan = None
@@ -412,3 +388,5 @@ class ServerRoom(ManagerCore):
                 os.unlink(self.cfg.socket)
         self.ep.close()
         os.close(self.evfd)
+        self.flush_log()
+        self.log_writer.close(2.0)

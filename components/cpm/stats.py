@@ -8,6 +8,7 @@ from typing import Any
 
 from components.cpm.core import ManagerCore
 from components.cpm.model import LAT_BOUNDS_US
+from components.protocol import format_peer
 
 
 class StatsRoom(ManagerCore):
@@ -34,6 +35,10 @@ class StatsRoom(ManagerCore):
                 + pool.stats["discard_release"]
                 + pool.stats["discard_fresh"],
                 "settling": len(pool.settling),
+                "address": pool.address,
+                "max_backend": pool.cfg.max_backend,
+                "backend_connections": self.backend_held(pool),
+                "addresses": [format_peer(a) for _f, a in pool.addrs],
             }
         total = sum(self.lat_counts)
         return {

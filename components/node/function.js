@@ -2,13 +2,19 @@
 // echo, print one JSON record with the keys of components/function.py, exit 0 iff ok.
 //
 // usage: node function.js --mode {direct,fd3} [--target HOST:PORT] [--payload-size N]
-//                         [--timeout S] [--no-fallback]
-//   direct  dns.lookup the target (resolve_us), then TCP-connect (handshake_us); connect_us = both.
+//                         [--timeout S] [--requests N] [--no-fallback]
+//   direct  dns.lookup the target (resolve_us), then TCP-connect (handshake_us): acquire_us = both;
+//           verify_us = the socket check.
 //   fd3     adopt the connection components/c/fd3_entrypoint.c placed at fd 3 (LISTEN_FDS=1,
 //           LISTEN_PID = this process): new net.Socket({fd: 3}). Node's standard library cannot
 //           receive an fd over a Unix socket, but it can adopt an inherited one. fd_recv_us = the
 //           entrypoint's acquire; connect_us adds the adoption here. Without an inherited fd
 //           (COLDSTART_FD3_FALLBACK says why) it connects directly, path "fallback".
+// Phases as in every function of the project (coldstart_bench/phases.py): library_load_us (0:
+// nothing is loaded for the connection), acquire_us, verify_us, session_setup_us (fd3: the
+// adoption), connect_us = their sum (+ socket_attempt_us on a fallback), first_request_us;
+// --requests N round trips, request_rtt_us their median. Node cannot page in its own code (no
+// madvise in its standard library): prefetch_us is null, in both of its arms.
 // Timing: t_*_ns are CLOCK_REALTIME (performance.timeOrigin + performance.now(), sub-µs);
 // runtime_startup_us = t_main_ns - COLDSTART_FD3_T_EXEC_NS (exec to main, needs the entrypoint);
 // runtime_init_us = Node's own bootstrap (its time origin) to main.
@@ -27,10 +33,10 @@ const os = require("os");
 
 const LISTEN_FD = 3;
 const USAGE =
-  "usage: node function.js --mode {direct,fd3} [--target HOST:PORT] [--payload-size N] [--timeout S] [--no-fallback]\n";
+  "usage: node function.js --mode {direct,fd3} [--target HOST:PORT] [--payload-size N] [--timeout S] [--requests N] [--no-fallback]\n";
 
 function parse(argv) {
-  const opts = { mode: null, target: "echo:7000", payloadSize: 64, timeout: 2.0, fallback: true };
+  const opts = { mode: null, target: "echo:7000", payloadSize: 64, timeout: 2.0, fallback: true, requests: 1 };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "-h" || arg === "--help") {
@@ -46,7 +52,7 @@ function parse(argv) {
       continue;
     }
     let [key, value] = arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)] : [arg, undefined];
-    if (!["--mode", "--target", "--payload-size", "--timeout"].includes(key)) throw new Error(`unknown argument ${arg}`);
+    if (!["--mode", "--target", "--payload-size", "--timeout", "--requests"].includes(key)) throw new Error(`unknown argument ${arg}`);
     if (value === undefined) {
       if (++i >= argv.length) throw new Error(`${key} needs a value`);
       value = argv[i];
@@ -54,11 +60,13 @@ function parse(argv) {
     if (key === "--mode") opts.mode = value;
     else if (key === "--target") opts.target = value;
     else if (key === "--payload-size") opts.payloadSize = Number(value);
+    else if (key === "--requests") opts.requests = Number(value);
     else opts.timeout = Number(value);
   }
   if (opts.mode !== "direct" && opts.mode !== "fd3") throw new Error("--mode must be direct or fd3");
   if (!Number.isInteger(opts.payloadSize) || opts.payloadSize < 24) throw new Error("--payload-size must be an integer >= 24");
   if (!(opts.timeout > 0)) throw new Error("--timeout must be > 0");
+  if (!Number.isInteger(opts.requests) || opts.requests < 1 || opts.requests > 1000) throw new Error("--requests must be an integer in [1, 1000]");
   return opts;
 }
 
@@ -155,6 +163,9 @@ const inheritedFd3 = () => process.env.LISTEN_FDS === "1" && Number(process.env.
 function adoptFd3(rec, fallback) {
   const t0 = monoNs();
   const acquireUs = envNumber("COLDSTART_FD3_ACQUIRE_US") ?? 0;
+  const entryVerifyUs = envNumber("COLDSTART_FD3_VERIFY_US") ?? 0;
+  rec.pre_main_us = Math.round((acquireUs + entryVerifyUs) * 10) / 10;
+  rec.library = "fd3-entrypoint";
   let why = process.env.COLDSTART_FD3_FALLBACK || "no_listen_fds: LISTEN_FDS/LISTEN_PID do not name this process";
   if (inheritedFd3()) {
     let reply = {};
@@ -172,11 +183,15 @@ function adoptFd3(rec, fallback) {
     if (sock) {
       sock.setNoDelay(true);
       rec.pool_id = reply.id ?? null;
+      const tCheck = monoNs();
       rec.fd_check = checkSocket(sock, reply.peer);
+      const checkUs = usSince(tCheck);
       if (rec.fd_check.ok) {
         rec.t_connected_ns = wallNs();
-        rec.fd_recv_us = acquireUs;
-        rec.connect_us = Math.round((acquireUs + usSince(t0)) * 10) / 10;
+        rec.fd_recv_us = rec.acquire_us = acquireUs;
+        rec.verify_us = Math.round((entryVerifyUs + checkUs) * 10) / 10;
+        rec.session_setup_us = Math.round((usSince(t0) - checkUs) * 10) / 10;
+        rec.connect_us = Math.round((rec.acquire_us + rec.verify_us + rec.session_setup_us) * 10) / 10;
         return { sock, attemptUs: 0 };
       }
       sock.destroy();
@@ -186,7 +201,7 @@ function adoptFd3(rec, fallback) {
   if (!fallback) throw new Error(`PoolError: no connection at fd 3: ${why}`);
   rec.path = "fallback";
   rec.fallback_reason = why;
-  rec.socket_attempt_us = Math.round((acquireUs + usSince(t0)) * 10) / 10;
+  rec.socket_attempt_us = Math.round((acquireUs + entryVerifyUs + usSince(t0)) * 10) / 10;
   return { sock: null, attemptUs: rec.socket_attempt_us };
 }
 
@@ -200,8 +215,10 @@ async function run(opts) {
     error: null,
     t_main_ns: T_MAIN_NS,
     t_connected_ns: null,
+    t_first_reply_ns: null,
     t_end_ns: null,
-    t_entry_ns: envNumber("COLDSTART_FD3_T_START_NS"),
+    // The entrypoint's first instruction when it started us, else Node's own time origin.
+    t_entry_ns: envNumber("COLDSTART_FD3_T_START_NS") ?? Math.round(performance.timeOrigin * 1e6),
     t_exec_ns: tExec,
     runtime_startup_us: tExec ? Math.round((T_MAIN_NS - tExec) / 100) / 10 : null,
     runtime_init_us: Math.round(T_MAIN_NS / 1e3 - performance.timeOrigin * 1e3),
@@ -210,7 +227,17 @@ async function run(opts) {
     fd_recv_us: null,
     socket_attempt_us: null,
     connect_us: null,
+    library_load_us: 0,
+    library: "net",
+    pre_main_us: 0,
+    acquire_us: null,
+    verify_us: null,
+    session_setup_us: null,
+    first_request_us: null,
     request_rtt_us: null,
+    request_rtts_us: [],
+    prefetch_us: null,
+    prefetch_bytes: null,
     peer: null,
     fd_check: null,
     interfaces: [],
@@ -229,14 +256,29 @@ async function run(opts) {
       const t1 = monoNs();
       sock = await connectTcp(address, port, opts.timeout);
       const t2 = monoNs();
+      rec.fd_check = checkSocket(sock, null);
+      const t3 = monoNs();
       rec.t_connected_ns = wallNs();
       rec.resolve_us = Number(t1 - t0) / 1e3;
       rec.handshake_us = Number(t2 - t1) / 1e3;
-      rec.connect_us = Math.round((attemptUs + Number(t2 - t0) / 1e3) * 10) / 10;
-      rec.fd_check = checkSocket(sock, null);
+      rec.acquire_us = Math.round(Number(t2 - t0) / 100) / 10;
+      rec.verify_us = Math.round(Number(t3 - t2) / 100) / 10;
+      rec.session_setup_us = 0;
+      rec.connect_us = Math.round((attemptUs + rec.acquire_us + rec.verify_us) * 10) / 10;
     }
     rec.peer = peerOf(sock);
-    rec.request_rtt_us = (await echo(sock, opts.payloadSize, opts.timeout)) / 1e3;
+    const rtts = [];
+    for (let r = 0; r < opts.requests; r++) {
+      rtts.push((await echo(sock, opts.payloadSize, opts.timeout)) / 1e3);
+      if (r === 0) {
+        rec.t_first_reply_ns = wallNs();
+        rec.first_request_us = rtts[0];
+      }
+    }
+    const sorted = [...rtts].sort((a, b) => a - b);
+    const mid = Math.floor(sorted.length / 2);
+    rec.request_rtts_us = rtts;
+    rec.request_rtt_us = sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
     rec.ok = true;
   } catch (err) {
     rec.error = err.code ? `${err.code}: ${err.message}` : err.message;

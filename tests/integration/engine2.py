@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from coldstart_bench.measure.lifecycle import stop_group
+
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 ADDRESS_POOL = "10.214.0.0/16"  # the second engine's networks
@@ -91,7 +93,9 @@ class SecondEngine:
                 raise EngineStartError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
         self._allow_forwarding()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         env = {**os.environ, "DOCKER_HOST": self.docker_host}
         while time.monotonic() < deadline:
@@ -124,13 +128,8 @@ class SecondEngine:
         if self.forward_rule is not None:
             subprocess.run(["iptables", "-w", "5", "-D", *self.forward_rule], capture_output=True)
             self.forward_rule = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.process is not None:
+            stop_group(self.process, signal.SIGTERM, STOP_TIMEOUT_S)  # dockerd and what it started
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
         # Whatever dockerd left mounted under its roots would make rmtree fail; ignore it.
         for sub in ("exec", "data"):

@@ -34,6 +34,12 @@ def test_node_and_pgbouncer_arms_end_to_end(docker_client: Any, tmp_path: Path) 
     assert set(by) == {"node-socket", "node-direct", "pg-pgbouncer-unix", "pg-direct", "pg-socket"}
     assert all(s.ok and s.path == "fd3" and s.runtime.startswith("node") for s in by["node-socket"])
     assert all(s.runtime_startup_us > 0 for s in by["node-socket"])
+    # One clock origin and the same phases in every arm, kept in samples.csv.
+    for s in samples:
+        assert s.t_entry_ns <= s.t_main_ns <= s.t_connected_ns <= s.t_first_reply_ns <= s.t_end_ns, s
+        parts = s.acquire_us + s.verify_us + s.session_setup_us
+        assert s.connect_us == pytest.approx(parts, abs=1.0) and s.library_load_us >= 0, s
+        assert s.runtime_start_us > 0 and s.time_to_first_reply_us > s.connect_us, s
     assert all(s.path == "direct" for s in by["node-direct"])
     assert all(s.interfaces == "lo" and s.query_p50_us > 0 for s in by["pg-pgbouncer-unix"])
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench import phases
 from coldstart_bench.measure.database import PostgresBackend
+from coldstart_bench.measure.function_specs import STAMP_ONLY
 from coldstart_bench.measure.pgbouncer import CONTAINER_SOCKET_DIR, PGBOUNCER_PORT, PgBouncerContainer
 from coldstart_bench.measure.testbed import run_labels
 
@@ -37,7 +39,7 @@ def pool_dir(docker_client: Any, network: str, run_id: str) -> Iterator[Path]:
 
     images = ensure_images(docker_client, ["echo", "pool"], log=lambda _msg: None)
     base = Path(tempfile.mkdtemp(prefix="csb-lang-", dir="/tmp"))
-    base.chmod(0o777)
+    base.chmod(0o755)  # callers reach the socket through it; only the manager (root) writes in it
     labels = run_labels(run_id)
     echo = docker_client.containers.create(images.echo, name=f"csb-echo-{run_id}", labels=labels)
     docker_client.networks.get(network).connect(echo, aliases=["echo"])
@@ -68,7 +70,7 @@ def run_function(client: Any, image: str, argv: list[str], run_id: str, **kwargs
     ("image", "argv", "networked"),
     [
         ("cfunction", ["/usr/local/bin/c-function"], True),
-        ("cfunction", ["python3", "-m", "components.function"], True),
+        ("function", ["python3", "-m", "components.function"], True),
         ("nodefunction", NODE_FUNCTION, True),
         ("nodefunction", NODE_FUNCTION, False),
     ],
@@ -79,7 +81,8 @@ def test_function_image_adopts_fd3_from_the_entrypoint(
 ) -> None:
     from coldstart_bench.measure.images import ensure_images
 
-    tag = ensure_images(docker_client, [image], log=lambda _msg: None).extra[image]
+    images = ensure_images(docker_client, [image], log=lambda _msg: None)
+    tag = images.extra.get(image) or getattr(images, image)  # "function" is a core image
     where: dict[str, Any] = {"network": network} if networked else {"network_mode": "none"}
     mounts = {str(pool_dir): {"bind": POOL_MOUNT, "mode": "rw"}}
     rec = run_function(
@@ -89,11 +92,14 @@ def test_function_image_adopts_fd3_from_the_entrypoint(
     assert rec["ok"] is True and rec["path"] == "fd3", rec
     assert rec["fd_check"]["ok"] is True and rec["fd_check"]["peer_matches"] is True
     assert rec["runtime_startup_us"] > 0 and rec["fd_recv_us"] > 0
+    assert phases.check(rec) == [] and rec["pre_main_us"] >= rec["fd_recv_us"]
     if not networked:
         assert rec["interfaces"] == ["lo"]
     if networked:
-        direct = run_function(docker_client, tag, [*argv, "--mode", "direct", "--target", "echo:7000"], run_id, **where)
+        direct_argv = [*STAMP_ONLY, *argv, "--mode", "direct", "--target", "echo:7000"]
+        direct = run_function(docker_client, tag, direct_argv, run_id, **where)
         assert direct["ok"] is True and direct["path"] == "direct" and direct["resolve_us"] > 0, direct
+        assert phases.check(direct) == [] and direct["pre_main_us"] == 0 and direct["t_entry_ns"] < direct["t_main_ns"]
 
 
 def test_pgbouncer_in_front_of_postgres(docker_client: Any, network: str, run_id: str) -> None:

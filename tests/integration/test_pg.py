@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench import phases
 from coldstart_bench.measure.database import POOL_NAME, PostgresBackend
+from coldstart_bench.measure.lifecycle import run_temp_dir
 from coldstart_bench.measure.testbed import run_labels
 from components import pg_pool, pg_wire
 
@@ -48,7 +49,7 @@ def db(docker_client: Any, pg_images: dict[str, str], network: str, run_id: str)
 @pytest.fixture(scope="module")
 def shared_dirs(db: PostgresBackend) -> Iterator[tuple[Path, Path]]:
     """(socket dir, config dir) on the host, bind-mounted into the manager and functions."""
-    base = Path(tempfile.mkdtemp(prefix="csb-pgint-", dir="/tmp"))
+    base = run_temp_dir("csb-pgint-")
     sock_dir, cfg_dir = base / "sock", base / "cfg"
     sock_dir.mkdir()
     cfg_dir.mkdir()
@@ -202,7 +203,12 @@ def test_functions_direct_socket_nonet_and_balances(
     assert all(r["ok"] for r in recs), [r["error"] for r in recs]
     direct, socket_bridge, socket_nonet = recs[0::3], recs[1::3], recs[2::3]
     assert all(r["auth_method"] == "sasl" and r["auth_us"] > 0 for r in direct)
-    assert all(r["path"] == "socket" and r["fd_recv_us"] == r["connect_us"] for r in socket_bridge + socket_nonet)
+    assert all(r["path"] == "socket" and r["fd_recv_us"] == r["acquire_us"] for r in socket_bridge + socket_nonet)
+    # Equal footing: the same driver module set loaded in both arms, the same phases, prefetch in both.
+    assert all(phases.check(r) == [] and r["library_load_us"] > 0 and r["prefetch_us"] > 0 for r in recs), recs
+    assert {r["library"] for r in direct} == {"pg8000+pg_wire"}
+    assert {r["library"] for r in socket_bridge + socket_nonet} == {"pg8000+pg_wire+protocol"}
+    assert all(r["first_request_us"] == r["first_query_us"] > 0 for r in recs)
     # No networking at all inside the container, yet the injected session works.
     assert all(r["interfaces"] == ["lo"] for r in socket_nonet)
     assert len({r["backend_pid"] for r in recs}) == len(recs)
@@ -239,7 +245,7 @@ def test_wrong_credentials_in_manager_config(
     run_id: str,
     db: PostgresBackend,
 ) -> None:
-    base = Path(tempfile.mkdtemp(prefix="csb-pgbad-", dir="/tmp"))
+    base = run_temp_dir("csb-pgbad-")
     try:
         sock_dir, cfg_dir = base / "sock", base / "cfg"
         sock_dir.mkdir()

@@ -7,14 +7,14 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from coldstart_bench.measure.database import DEFAULT_PASSWORD, SCHEMA_PATH, PgBackendError, _Admin, _psql_flags
-from coldstart_bench.measure.lifecycle import StartStop
+from coldstart_bench.measure.lifecycle import StartStop, run_temp_dir
 
 
 def find_pg_bindir() -> Path | None:
@@ -85,7 +85,7 @@ class LocalCluster(_Admin, StartStop):
         return proc.stdout
 
     def start(self) -> LocalCluster:
-        self.base = Path(tempfile.mkdtemp(prefix="csb-pg-", dir="/tmp"))
+        self.base = run_temp_dir("csb-pg-")
         self.sockdir.mkdir()
         if self._run_as:
             pw = pwd.getpwnam(self._run_as)
@@ -123,9 +123,14 @@ class LocalCluster(_Admin, StartStop):
     def stop(self) -> None:
         if self.base is None:
             return
-        if (self.datadir / "postmaster.pid").exists():
+        pidfile = self.datadir / "postmaster.pid"
+        if pidfile.exists():
             with contextlib.suppress(Exception):
                 self._cmd([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"])
+        if pidfile.exists():
+            # pg_ctl could not stop it: the postmaster goes by its pid (its children follow it).
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)
         self.base = None
 

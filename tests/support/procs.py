@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from coldstart_bench.measure.lifecycle import stop_group
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -54,13 +56,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """Stop the process and its group (each helper runs in a session of its own), close its pipes."""
+    stop_group(proc, sig, timeout)
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
@@ -76,6 +73,7 @@ class Echo:
             stderr=self._err,
             env=env(),
             cwd=REPO,
+            start_new_session=True,
         )
         try:
             ready = read_json_line(self.proc, 10)
@@ -121,6 +119,7 @@ class Manager:
             *extra,
         ]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process lifetime
+        kw.setdefault("start_new_session", True)
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self._log, env=env(), cwd=REPO, **kw)
         self.ready: dict[str, Any] | None = None
         if wait_ready:

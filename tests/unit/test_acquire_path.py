@@ -358,7 +358,7 @@ def test_function_falls_back_on_a_dropped_fd_and_reports_it_after_the_clock(
     assert rec["path"] == "fallback" and rec["fallback_reason"] == "fd_dropped"
     assert rec["fd_drop_reported"] is True
     assert rec["connect_us"] == pytest.approx(
-        rec["socket_attempt_us"] + rec["resolve_us"] + rec["handshake_us"], rel=1e-6
+        rec["socket_attempt_us"] + rec["resolve_us"] + rec["handshake_us"] + rec["verify_us"], rel=1e-6
     )
     assert rec["socket_attempt_us"] < m.report_delay * 1e6
     for name in protocol.ACQUIRE_PHASES[:-1]:  # everything up to the reply happened
@@ -420,8 +420,9 @@ def test_socket_record_carries_the_breakdown(recording_echo: RecordingEcho) -> N
             mgr.stop()
     assert rc == 0 and rec["path"] == "socket", rec
     phases = [rec[name] for name in protocol.ACQUIRE_PHASES]
-    assert all(p >= 0 for p in phases) and sum(phases) <= rec["connect_us"]
-    assert rec["fd_check_us"] > 0 and rec["protocol_import_us"] > 0
+    assert all(p >= 0 for p in phases) and sum(phases) <= rec["acquire_us"]
+    assert rec["fd_check_us"] == rec["verify_us"] > 0 and rec["protocol_import_us"] > 0
+    assert rec["connect_us"] == pytest.approx(rec["acquire_us"] + rec["verify_us"], rel=1e-6)
     assert rec["prefetch_us"] > 0 and rec["prefetch_bytes"] > 0
 
 

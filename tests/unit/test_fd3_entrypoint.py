@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench import phases
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from test_pool_manager_support import Echo, Manager, env, short_tmpdir
@@ -266,9 +268,13 @@ def test_function_through_entrypoint_uses_fd3(setup: Setup, language: str) -> No
     assert rec["path"] == "fd3" and rec["mode"] == "fd3" and rec["fallback_reason"] is None
     assert rec["fd_check"]["ok"] is True and rec["fd_check"]["peer_matches"] is True
     assert rec["peer"] == setup.echo.target and rec["resolve_us"] is None
-    assert 0 < rec["fd_recv_us"] <= rec["connect_us"] and rec["request_rtt_us"] > 0
+    assert 0 < rec["fd_recv_us"] == rec["acquire_us"] <= rec["connect_us"] and rec["request_rtt_us"] > 0
+    assert phases.check(rec) == []
     assert rec["t_entry_ns"] <= rec["t_exec_ns"] <= rec["t_main_ns"] <= rec["t_connected_ns"] <= rec["t_end_ns"]
     assert rec["runtime_startup_us"] == pytest.approx((rec["t_main_ns"] - rec["t_exec_ns"]) / 1e3, abs=1)
+    # The entrypoint's acquire and check happened before main: connection work, not runtime start-up.
+    assert rec["acquire_us"] < rec["pre_main_us"] <= rec["acquire_us"] + rec["verify_us"] + 0.2
+    assert phases.derived(rec)["runtime_start_us"] < (rec["t_main_ns"] - rec["t_entry_ns"]) / 1e3
     assert isinstance(rec["pool_id"], int)
     assert handed_out(setup.manager) == before + 1
 
@@ -304,8 +310,39 @@ def test_c_function_direct(setup: Setup) -> None:
     )
     assert rc == 0 and rec["ok"] is True and rec["path"] == "direct" and rec["runtime"] == "c"
     assert rec["peer"] == setup.echo.target and rec["fd_check"]["ok"] is True
-    assert rec["connect_us"] == pytest.approx(rec["resolve_us"] + rec["handshake_us"], abs=0.2)
+    assert rec["acquire_us"] == pytest.approx(rec["resolve_us"] + rec["handshake_us"], abs=0.2)
+    assert phases.check(rec) == [] and rec["verify_us"] > 0 and rec["library_load_us"] == 0
     assert rec["request_rtt_us"] > 0 and "lo" in rec["interfaces"]
+    assert rec["prefetch_us"] > 0 and rec["prefetch_bytes"] > 0
+
+
+def test_c_function_requests_and_no_prefetch(setup: Setup) -> None:
+    argv = [str(setup.function), "--mode", "direct", "--target", setup.echo.target, "--requests", "4"]
+    rc, rec = run_json([*argv, "--no-prefetch"])
+    assert rc == 0 and rec["ok"] is True, rec
+    assert len(rec["request_rtts_us"]) == 4 and rec["first_request_us"] == rec["request_rtts_us"][0]
+    ordered = sorted(rec["request_rtts_us"])
+    assert rec["request_rtt_us"] == pytest.approx((ordered[1] + ordered[2]) / 2, abs=0.11)
+    assert rec["t_connected_ns"] <= rec["t_first_reply_ns"] <= rec["t_end_ns"]
+    assert rec["prefetch_us"] is None and rec["prefetch_bytes"] is None
+    bad = subprocess.run([*argv[:-2], "--requests", "0"], capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "--requests" in bad.stderr
+
+
+def test_entrypoint_without_acquire_only_stamps(setup: Setup) -> None:
+    before = handed_out(setup.manager)
+    rc, rec = run_json(
+        through(
+            setup,
+            ["--socket", setup.manager.sock_path, "--no-acquire"],
+            [str(setup.function), "--mode", "direct", "--target", setup.echo.target],
+        ),
+        {"LISTEN_FDS": "1", "COLDSTART_FD3_ACQUIRE_US": "5"},
+    )
+    assert rc == 0 and rec["ok"] is True and rec["path"] == "direct", rec
+    assert handed_out(setup.manager) == before  # nothing acquired
+    assert rec["t_entry_ns"] <= rec["t_exec_ns"] <= rec["t_main_ns"] and rec["pre_main_us"] == 0
+    assert phases.check(rec) == []
 
 
 def test_c_function_reports_errors(setup: Setup) -> None:

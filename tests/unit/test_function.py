@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench import phases
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from test_pool_manager_support import REPO, Echo, Manager, dead_port, env, short_tmpdir, wait_for
@@ -21,9 +23,18 @@ FIELDS = {
     "mode",
     "path",
     "error",
+    "t_entry_ns",
     "t_main_ns",
     "t_connected_ns",
+    "t_first_reply_ns",
     "t_end_ns",
+    "library",
+    "library_load_us",
+    "acquire_us",
+    "verify_us",
+    "session_setup_us",
+    "first_request_us",
+    "pre_main_us",
     "resolve_us",
     "handshake_us",
     "fd_recv_us",
@@ -67,8 +78,8 @@ def run_function(*args: str) -> tuple[int, dict[str, Any], str]:
 
 def check_common(rec: dict[str, Any]) -> None:
     assert set(rec) >= FIELDS
-    assert rec["t_main_ns"] <= rec["t_connected_ns"] <= rec["t_end_ns"]
-    assert rec["request_rtt_us"] > 0
+    assert phases.check(rec) == []  # stamps in order; connect_us = acquire + verify + set-up (+ attempt)
+    assert rec["request_rtt_us"] > 0 and rec["first_request_us"] == rec["request_rtts_us"][0]
     assert "lo" in rec["interfaces"]
 
 
@@ -78,7 +89,9 @@ def test_direct_mode(echo: Echo) -> None:
     assert rec["mode"] == rec["path"] == "direct"
     check_common(rec)
     assert rec["resolve_us"] > 0 and rec["handshake_us"] > 0
-    assert rec["connect_us"] == pytest.approx(rec["resolve_us"] + rec["handshake_us"], rel=1e-6)
+    assert rec["acquire_us"] == pytest.approx(rec["resolve_us"] + rec["handshake_us"], rel=1e-6)
+    assert rec["verify_us"] == rec["fd_check_us"] > 0 and rec["session_setup_us"] == 0
+    assert rec["library_load_us"] == 0 and rec["library"] == "socket"
     assert rec["fd_recv_us"] is None
     assert rec["peer"] == echo.target
     assert rec["fd_check"]["ok"] is True
@@ -96,7 +109,9 @@ def test_socket_mode(echo: Echo, manager: Manager) -> None:
     assert rc == 0 and rec["ok"] is True, rec
     assert rec["mode"] == rec["path"] == "socket"
     check_common(rec)
-    assert rec["fd_recv_us"] == rec["connect_us"] > 0
+    assert rec["fd_recv_us"] == rec["acquire_us"] > 0
+    assert rec["connect_us"] == pytest.approx(rec["acquire_us"] + rec["verify_us"], rel=1e-6)
+    assert rec["library_load_us"] == rec["protocol_import_us"] > 0 and rec["library"] == "components.pool_acquire"
     assert rec["resolve_us"] is None and rec["handshake_us"] is None
     assert rec["peer"] == echo.target
     check = rec["fd_check"]
@@ -128,8 +143,9 @@ def test_fallback_when_manager_missing(echo: Echo) -> None:
     assert rec["fallback_reason"].startswith("manager_unavailable")
     assert rec["socket_attempt_us"] > 0 and rec["resolve_us"] > 0 and rec["handshake_us"] > 0
     assert rec["connect_us"] == pytest.approx(
-        rec["socket_attempt_us"] + rec["resolve_us"] + rec["handshake_us"], rel=1e-6
+        rec["socket_attempt_us"] + rec["resolve_us"] + rec["handshake_us"] + rec["verify_us"], rel=1e-6
     )
+    assert phases.check(rec) == []
     assert rec["peer"] == echo.target
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coldstart_bench.analyse.harness_time import connect_breakdown, harness_time, warmup_evidence
+from coldstart_bench.analyse.harness_time import arm_phases, connect_breakdown, harness_time, warmup_evidence
 from coldstart_bench.analyse.report.content import build_document
 from coldstart_bench.analyse.report.markdown import render as render_markdown
 from coldstart_bench.analyse.report.terminal import harness_time_lines
@@ -235,9 +235,12 @@ def test_testbed_switch_time_is_named_by_what_opened_the_block() -> None:
 
 def _socket_sample(i: int, recv: float) -> Sample:
     phases = dict(zip(ACQUIRE_PHASES, (50.0, 15.0, recv, 20.0, 8.0), strict=True))
-    return Sample("socket", i, "socket", f"s{i}", True, connect_us=sum(phases.values()) + 20.0, lifecycle_ms=400.0,
+    acquire = sum(phases.values()) + 20.0
+    return Sample("socket", i, "socket", f"s{i}", True, connect_us=acquire + 80.0, lifecycle_ms=400.0,
                   path="socket", fd_check_us=80.0, protocol_import_us=300.0, prefetch_us=2800.0,
-                  prefetch_bytes=8 * 2**20, **phases)  # fmt: skip
+                  prefetch_bytes=8 * 2**20, acquire_us=acquire, verify_us=80.0, session_setup_us=0.0,
+                  library_load_us=300.0, connection_total_us=acquire + 380.0, library="components.pool_acquire",
+                  runtime_start_us=20_000.0 + i, **phases)  # fmt: skip
 
 
 def test_connect_breakdown_in_summary_and_report() -> None:
@@ -247,7 +250,7 @@ def test_connect_breakdown_in_summary_and_report() -> None:
     breakdown = connect_breakdown(samples)
     sock = breakdown["socket"]
     assert sock["reply_recv_us"] == 252.0 and sock["acquire_other_us"] == pytest.approx(20.0)
-    assert sock["reply_recv_share"] == pytest.approx(252.0 / 365.0)
+    assert sock["reply_recv_share"] == pytest.approx(252.0 / 445.0)  # of connect_us, the fd check included
     assert "connect_us" not in breakdown["direct"] and breakdown["direct"]["prefetch_us"] == 2900.0
     analysis = analyse(samples, {}, AnalysisConfig(bootstrap_resamples=50))
     assert analysis.summary["connect_breakdown"]["socket"]["n"] == 5
@@ -258,6 +261,24 @@ def test_connect_breakdown_in_summary_and_report() -> None:
            for i in range(3)]  # fmt: skip
     assert connect_breakdown(old) == {}
     assert math.isnan(old[0].reply_recv_us)
+
+
+def test_arm_phases_in_summary_and_report() -> None:
+    samples = [_socket_sample(i, 250.0 + i) for i in range(5)]
+    samples.append(Sample("socket", 9, "socket", "bad", False, connection_total_us=1.0))  # failed: left out
+    samples += [
+        Sample("direct", i, "direct", f"d{i}", True, connect_us=3000.0, lifecycle_ms=410.0, path="direct")
+        for i in range(3)
+    ]  # fmt: skip  (no phases reported: an older image, left out)
+    phased = arm_phases(samples)
+    assert set(phased) == {"socket"}
+    sock = phased["socket"]
+    assert sock["n"] == 5 and sock["library"] == "components.pool_acquire" and sock["runtime_start_us"] == 20_002.0
+    assert sock["connection_total_us"] == pytest.approx(sock["library_load_us"] + sock["connect_us"])
+    analysis = analyse(samples, {}, AnalysisConfig(bootstrap_resamples=50))
+    assert analysis.summary["arm_phases"]["socket"]["verify_us"] == 80.0
+    text = render_markdown(build_document(analysis.summary, []))
+    assert "## Connection phases per arm" in text and "library + connect µs" in text
 
 
 def test_no_prefetch_reaches_the_echo_function_of_every_mode() -> None:

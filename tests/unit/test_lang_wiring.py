@@ -34,7 +34,15 @@ def test_each_language_and_entrypoint_gets_its_image_and_command() -> None:
     cat = default_catalogue()
     node_direct, node_fd3 = cat.by_id("node-direct"), cat.by_id("node-socket")
     assert image_key(node_direct) == image_key(node_fd3) == "nodefunction"
-    assert echo_command(node_direct, **NAMES)[:4] == ["node", "/app/components/node/function.js", "--mode", "direct"]
+    # Every arm starts through the entrypoint: the direct and in-process ones without an acquire.
+    stamp = ["/usr/local/bin/fd3-entrypoint", "--no-acquire", "--"]
+    assert echo_command(node_direct, **NAMES)[:7] == [
+        *stamp,
+        "node",
+        "/app/components/node/function.js",
+        "--mode",
+        "direct",
+    ]
     fd3 = echo_command(node_fd3, **NAMES)
     assert fd3[:6] == ["/usr/local/bin/fd3-entrypoint", "--socket", "/run/cpm/pool.sock", "--pool", "echo", "--"]
     assert fd3[6:10] == ["node", "/app/components/node/function.js", "--mode", "fd3"]
@@ -42,13 +50,11 @@ def test_each_language_and_entrypoint_gets_its_image_and_command() -> None:
     c = echo_command(cat.by_id("c-socket-nonet"), **NAMES)
     assert c[6:9] == ["/usr/local/bin/c-function", "--mode", "fd3"] and image_key(cat.by_id("c-direct")) == "cfunction"
     py_fd3 = cat.by_id("socket-fd3")
-    assert image_key(py_fd3) == "cfunction" and echo_command(py_fd3, **NAMES)[6:11] == [
-        "python3", "-m", "components.function", "--mode", "fd3",
-    ]  # fmt: skip
-    # The thesis's in-process acquire is unchanged.
+    # The same image as the in-process arms it is compared with.
+    assert image_key(py_fd3) == image_key(cat.by_id("socket")) == image_key(cat.by_id("direct")) == "function"
+    assert echo_command(py_fd3, **NAMES)[6:11] == ["python3", "-m", "components.function", "--mode", "fd3"]
     socket_cmd = echo_command(cat.by_id("socket"), **NAMES)
-    assert socket_cmd[:5] == ["python3", "-m", "components.function", "--mode", "socket"]
-    assert image_key(cat.by_id("socket")) == "function"
+    assert socket_cmd[:8] == [*stamp, "python3", "-m", "components.function", "--mode", "socket"]
     assert echo_command(cat.by_id("socket-return"), **NAMES)[-1] == "--release"
 
 

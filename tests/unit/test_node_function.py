@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from coldstart_bench import phases
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from test_fd3_entrypoint import CC, Setup, handed_out, run_json, through
@@ -43,7 +45,8 @@ def test_node_direct(setup: Setup) -> None:
     assert rc == 0 and rec["ok"] is True, rec
     assert rec["path"] == "direct" and rec["runtime"].startswith("node v")
     assert rec["peer"] == setup.echo.target and rec["fd_check"]["ok"] is True
-    assert rec["connect_us"] == pytest.approx(rec["resolve_us"] + rec["handshake_us"], abs=0.2)
+    assert rec["acquire_us"] == pytest.approx(rec["resolve_us"] + rec["handshake_us"], abs=0.2)
+    assert phases.check(rec) == [] and rec["library_load_us"] == 0
     assert rec["request_rtt_us"] > 0 and rec["fd_recv_us"] is None
     assert isinstance(rec["t_main_ns"], int) and rec["t_main_ns"] <= rec["t_connected_ns"] <= rec["t_end_ns"]
 
@@ -58,7 +61,8 @@ def test_node_through_entrypoint_adopts_fd3(setup: Setup) -> None:
     assert rec["path"] == "fd3" and rec["fallback_reason"] is None and rec["resolve_us"] is None
     assert rec["fd_check"]["ok"] is True and rec["fd_check"]["expected_peer"] == setup.echo.target
     assert rec["peer"] == setup.echo.target
-    assert 0 < rec["fd_recv_us"] <= rec["connect_us"]
+    assert 0 < rec["fd_recv_us"] == rec["acquire_us"] <= rec["connect_us"]
+    assert phases.check(rec) == [] and rec["pre_main_us"] >= rec["acquire_us"]
     assert rec["t_entry_ns"] <= rec["t_exec_ns"] <= rec["t_main_ns"] <= rec["t_connected_ns"] <= rec["t_end_ns"]
     assert rec["runtime_startup_us"] > 0 and isinstance(rec["pool_id"], int)
     assert handed_out(setup.manager) == before + 1

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from coldstart_bench import phases
 from coldstart_bench.measure.database import ACCOUNTS
 from components import pg_pool, pg_wire, protocol
 from tests.support.pg_cluster import LocalCluster
@@ -327,6 +328,10 @@ def test_n_transfers_commit_exactly_n_rows(cluster: LocalCluster, manager: tuple
     direct = [r for r in recs if r["mode"] == "direct"]
     assert all(r["auth_method"] == "sasl" and r["auth_us"] > 0 and r["startup_us"] > 0 for r in direct)
     assert all(r["connect_us"] >= r["resolve_us"] + r["handshake_us"] for r in direct)
+    # Equal footing: both modes load the same driver set (socket mode also the pool client), the
+    # phases add up, and both query through pg_wire.
+    assert all(phases.check(r) == [] and r["library_load_us"] > 0 for r in recs), recs
+    assert {r["library"] for r in recs} == {"pg8000+pg_wire", "pg8000+pg_wire+protocol"}
     # Every cold start got its own backend: no session handed out twice.
     assert len({r["backend_pid"] for r in recs}) == len(recs)
     n, ok = cluster.check_balances()

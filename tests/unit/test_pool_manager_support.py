@@ -9,11 +9,12 @@ import contextlib
 import json
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from coldstart_bench.measure.lifecycle import run_temp_dir
 
 # The process helpers live in the package, where the load benchmarks use them too.
 from tests.support.procs import REPO, Echo, Manager, env, read_json_line, stop  # noqa: F401
@@ -22,7 +23,7 @@ from tests.support.procs import REPO, Echo, Manager, env, read_json_line, stop  
 @contextlib.contextmanager
 def short_tmpdir() -> Iterator[Path]:
     """Unix socket paths must stay under 108 bytes; pytest's tmp_path can be longer."""
-    d = tempfile.mkdtemp(prefix="cpm-", dir="/tmp")
+    d = str(run_temp_dir("cpm-"))
     try:
         yield Path(d)
     finally:

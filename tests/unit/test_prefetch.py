@@ -47,3 +47,12 @@ def test_prefetch_of_this_process_and_of_unreadable_maps_never_raises(tmp_path: 
     files, covered = prefetch.prefetch()
     assert files >= 1 and covered > 0
     assert prefetch.prefetch(str(tmp_path / "no-maps")) == (0, 0)
+
+
+def test_prefetch_modules_reads_the_compiled_files(tmp_path: Path) -> None:
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    (cache / f"a.{sys.implementation.cache_tag}.pyc").write_bytes(b"x" * 70_000)
+    (cache / f"b.{sys.implementation.cache_tag}.pyc").write_bytes(b"y" * 10)
+    assert prefetch.prefetch_modules(("a", "b", "missing"), str(tmp_path)) == 70_010
+    assert prefetch.prefetch_modules((), str(tmp_path)) == 0
