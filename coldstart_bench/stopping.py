@@ -66,7 +66,7 @@ def looks_of(headlines: Sequence[Headline], measured: Mapping[str, Sequence[Samp
     looks = {}
     for h in headlines:
         a, b = block_values(measured.get(h.a, ()), h.metric), block_values(measured.get(h.b, ()), h.metric)
-        res = paired_blocks(h.a, a, h.b, b, h.metric, resamples=0) if a and b else None
+        res = paired_blocks(h.a, a, h.b, b, h.metric) if a and b else None
         diffs = [float(x) for x in res["diffs"]] if res else []
         ref = [v for vals in b.values() for v in vals]
         looks[h.name] = Look(diffs, float(np.median(ref)) if ref else None, "ms")

@@ -43,10 +43,13 @@ COVARIATES: tuple[tuple[str, str], ...] = (
 )
 COVARIATE_COLUMNS: tuple[str, ...] = tuple(c for c, _ in COVARIATES)
 SHORT_NAME: dict[str, str] = dict(COVARIATES)
-# The time inside the function: start→die less the runtime's start (start→ready).
+# The time inside the function: main → end as the function stamps it (function_us, with the connection
+# work an fd-3 entrypoint did before main), else start→die less the runtime's start (start→ready).
 RUN_PHASE = "start_to_die_ms"
 READY = "start_to_ready_ms"
-ALIGNED_COLUMNS: tuple[str, ...] = (LIFECYCLE, RUN_PHASE, *COVARIATE_COLUMNS)
+PRE_MAIN = "pre_main_us"  # connection work done before main (the fd-3 entrypoint's acquire and check)
+FUNCTION = "function_us"
+ALIGNED_COLUMNS: tuple[str, ...] = (LIFECYCLE, RUN_PHASE, *COVARIATE_COLUMNS, PRE_MAIN, FUNCTION)
 # Fewer residual degrees of freedom than this and the fit says little; the comparison falls back.
 MIN_RESIDUAL_DF = 5
 # A covariate measured in fewer than this share of an arm's cold starts is left out rather than the rows.
@@ -61,23 +64,34 @@ def aligned_rows(
     samples: Sequence[Sample], columns: Sequence[str] = ALIGNED_COLUMNS
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per scenario, the successful cold starts' columns side by side (row i of every column is the same
-    cold start), NaN kept: the adjusted estimator needs each lifecycle with its own covariates."""
+    cold start), NaN kept: the adjusted estimator needs each lifecycle with its own covariates.
+
+    start_to_ready_ms is taken less the connection work an fd-3 entrypoint did before main
+    (pre_main_us): that is the connection method's, not the runtime's start."""
     per: dict[str, list[Sample]] = {}
     for s in samples:
         if s.ok:
             per.setdefault(s.scenario, []).append(s)
-    return {
-        name: {c: np.array([float(getattr(s, c, math.nan)) for s in group], dtype=float) for c in columns}
-        for name, group in per.items()
-    }
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, group in per.items():
+        cols = {c: np.array([float(getattr(s, c, math.nan)) for s in group], dtype=float) for c in columns}
+        if READY in cols and PRE_MAIN in cols:
+            cols[READY] = cols[READY] - np.nan_to_num(cols[PRE_MAIN], nan=0.0) / 1000.0
+        out[name] = cols
+    return out
 
 
-def in_function_ms(rows: Mapping[str, np.ndarray]) -> np.ndarray:
-    """start→die − start→ready per cold start: from the function's main to the container's death."""
+def in_function_ms(rows: Mapping[str, np.ndarray]) -> tuple[str, np.ndarray]:
+    """What the function itself took per cold start, and how it was measured: main → end from the
+    function's own stamps (function_us) when most cold starts have them, else
+    start→die − start→ready (main to the container's death)."""
+    function = rows.get(FUNCTION)
+    if function is not None and function.size and float(np.mean(np.isfinite(function))) >= MIN_COVERAGE:
+        return "function_us / 1000 (main → end)", as_array(function / 1000.0)
     run, ready = rows.get(RUN_PHASE), rows.get(READY)
     if run is None or ready is None:
-        return np.array([])
-    return as_array(run - ready)
+        return "", np.array([])
+    return "start_to_die_ms − start_to_ready_ms", as_array(run - ready)
 
 
 def covariate_label(column: str) -> str:

@@ -262,9 +262,17 @@ class Verdict:
             return f"{head} — {obs}; {self.note}"
         sig = "<" if self.p_holm < self.alpha else "≥"
         return (
-            f"{head} — {obs}; {self.test} p={pvalue(self.p)} (Holm {pvalue(self.p_holm)}) "
+            f"{head} — {obs}; {self.test} p{self.p_text()} (Holm {pvalue(self.p_holm)}) "
             f"{sig} alpha={self.alpha:g}" + (f"; {self.note}" if self.note else "")
         )
+
+    def p_text(self) -> str:
+        """'=0.012', or at the bootstrap's floor '≤ 2/(B+1) = 1.0e-03': no replicate fell on the other side
+        of the threshold, so the p-value is only known to be at most that."""
+        floor = self.extra.get("p_floor")
+        if self.test == "bootstrap" and floor and math.isfinite(self.p) and self.p <= floor * (1 + 1e-9):
+            return f" ≤ 2/(B+1) = {pvalue(floor)} (B = {self.extra.get('resamples')} resamples)"
+        return f"={pvalue(self.p)}"
 
     def to_dict(self) -> dict[str, Any]:
         e = self.expectation
@@ -286,6 +294,7 @@ class Verdict:
                 "min_n": self.min_n,
                 "test": self.test,
                 "p": self.p,
+                "p_text": self.p_text().lstrip("= ").strip(),
                 "p_holm": self.p_holm,
                 "alpha": self.alpha,
                 "note": self.note,
@@ -322,6 +331,60 @@ def _bootstrap_test(
     return (min(1.0, 2.0 * float(min(below, above))), _sign(point))
 
 
+# Finding kinds whose claim an expectation can state, by the statistic it names.
+_LOCATION_KINDS = ("lifecycle_saving", "connect_speedup", "control")
+_SPREAD_KINDS = ("predictability",)
+
+
+def _first_minus_second_sign(finding: Mapping[str, Any]) -> int:
+    """The sign of (first scenario − second) as the finding estimated it."""
+    estimate = finding.get("estimate")
+    if not isinstance(estimate, int | float) or not math.isfinite(estimate):
+        return 0
+    if finding["kind"] == "connect_speedup":  # first / second
+        return _sign(estimate - 1.0)
+    if finding["kind"] == "predictability":  # variance of the second / of the first
+        return _sign(1.0 - estimate)
+    return _sign(estimate)
+
+
+def _claimed_by(e: Expectation, finding: Mapping[str, Any]) -> bool:
+    if e.rhs is None or e.factor != 1.0 or finding.get("p_adjusted") is None:
+        return False
+    scenarios = finding.get("scenarios") or []
+    if sorted(scenarios) != sorted([e.lhs.scenario, e.rhs.scenario]) or len(set(scenarios)) != 2:
+        return False
+    if e.lhs.metric != e.rhs.metric or e.lhs.metric != finding.get("metric"):
+        return False
+    if finding.get("kind") in _SPREAD_KINDS:
+        return e.test in ("levene", "brown-forsythe") and e.lhs.stat in SPREAD_STATS
+    return finding.get("kind") in _LOCATION_KINDS and e.test == "mannwhitney" and e.lhs.stat in LOCATION_STATS
+
+
+def _adopt(v: Verdict, findings: Sequence[Mapping[str, Any]]) -> bool:
+    """Give `v` the verdict of the finding that judges the same claim; False when none does."""
+    e = v.expectation
+    finding = next((f for f in findings if _claimed_by(e, f)), None)
+    if finding is None:
+        return False
+    sign = _first_minus_second_sign(finding)
+    v.direction = sign if e.lhs.scenario == finding["scenarios"][0] else -sign
+    v.test = str(finding.get("estimator", v.test))
+    v.p = float(finding.get("p_value") or math.nan)
+    v.p_holm = float(finding["p_adjusted"])
+    v.alpha = float(finding.get("alpha", v.alpha) or v.alpha)
+    if finding.get("significant"):
+        v.status = PASS if v.direction == e.expected_sign else WORSE
+    else:
+        v.status = NO_EVIDENCE
+    v.note = (
+        f"the claim of the finding {finding.get('comparison') or ' vs '.join(finding['scenarios'])}: judged with it, "
+        f"Holm over the {finding.get('family_size')} tests of the findings' family"
+    )
+    v.extra["judged_with"] = finding.get("comparison") or finding.get("topic")
+    return True
+
+
 def evaluate(
     expectations: Sequence[Expectation],
     values: Mapping[str, Mapping[str, Values]],
@@ -329,8 +392,14 @@ def evaluate(
     alpha: float = 0.05,
     resamples: int = 2000,
     seed: int = 12345,
+    findings: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Verdict]:
-    """Verdicts for all expectations; `values[scenario][metric]` holds the successful samples' values."""
+    """Verdicts for all expectations; `values[scenario][metric]` holds the successful samples' values.
+
+    An expectation that states the claim of one of the run's `findings` (same two scenarios and metric,
+    a location or spread claim as the finding is) takes the finding's verdict: its test, its p-value
+    and its Holm adjustment over the findings' family, so a claim has one verdict everywhere. The
+    others are Holm-adjusted among themselves."""
     from .compare import cliffs_delta, holm, levene, mann_whitney  # deferred: parsing runs at start-up
 
     verdicts: list[Verdict] = []
@@ -358,6 +427,8 @@ def evaluate(
             continue
         if e.test == "bootstrap":
             v.p, v.direction = _bootstrap_test(a, b, e, resamples, seed + i)
+            v.extra["p_floor"] = 2.0 / (resamples + 1)
+            v.extra["resamples"] = resamples
         elif e.test == "mannwhitney":
             assert b is not None
             scaled = b * e.factor
@@ -371,7 +442,7 @@ def evaluate(
             center = "mean" if e.test == "levene" else "median"
             _w, v.p = levene(a, b * scale, center)
             v.direction = _sign(v.lhs_value - v.rhs_value)
-    tested = [v for v in verdicts if v.status == NO_EVIDENCE]
+    tested = [v for v in verdicts if v.status == NO_EVIDENCE and not _adopt(v, findings or ())]
     for v, p_adj in zip(tested, holm([v.p for v in tested]), strict=True):
         v.p_holm = p_adj
         if math.isnan(p_adj):

@@ -4,7 +4,9 @@ A run reports about twenty comparisons; at 95 % each, one or more excludes zero 
 runs. Here each of the k testable comparisons of a family gets
 
 - `p_value`: the rank test — Mann–Whitney U for two independent samples, Wilcoxon signed-rank for
-  per-block paired differences (scipy, asymptotic method with continuity correction);
+  per-block paired differences: exact up to 50 values a side (50 blocks) without ties, a permutation
+  test there with ties, the continuity-corrected normal approximation above (`compare.rank_sum_p`,
+  `compare.signed_rank_p`);
 - `p_adjusted`: Holm's step-down adjustment of those p-values over the family (`compare.holm`);
 - `ci_adjusted`: the test-inverted interval at the Bonferroni level 1 − alpha/k for the
   **Hodges–Lehmann location shift**, not the difference of medians:
@@ -14,18 +16,21 @@ runs. Here each of the k testable comparisons of a family gets
   Adjusted comparisons (the lifecycle findings, adjusted.py) instead take the least-squares coefficient
   of the arm, adjusted for the engine phases and the runtime's start, with its t interval at the same
   level 1 − alpha/k and its t-test p-value.
-- `significant`: the adjusted interval excludes 0. With the order statistics taken from the same
-  normal approximation (continuity-corrected) that scipy's asymptotic test uses, this is exactly
-  "the test rejects at alpha/k", i.e. Bonferroni-adjusted p ≤ alpha, for data without ties; with
-  ties only the tie correction of the variance differs, so the two can disagree only at the boundary,
-  and the interval decides. Bonferroni intervals over k comparisons hold simultaneously with
-  probability ≥ 1 − alpha, so P(any A/A comparison significant) ≤ alpha.
+- `significant`: the adjusted interval excludes 0. The interval's order statistics come from the same
+  null distribution as the test (exact up to 50 a side, else the normal approximation below), so for
+  data without ties this is exactly "the test rejects at alpha/k", i.e. Bonferroni-adjusted p ≤ alpha;
+  with ties only the test's handling of them differs, so the two can disagree only at the boundary, and
+  the interval decides. Bonferroni intervals over k comparisons hold simultaneously with probability
+  ≥ 1 − alpha, so P(any A/A comparison significant) ≤ alpha. (The normal approximation is not used at
+  small n: at the extreme levels of a family, 1 − 0.05/20 with 10 values a side, it is far off.)
 
   Holm rejects at least what Bonferroni rejects, and occasionally more: such a finding has
   p_adjusted ≤ alpha but significant = False, because no interval at the family-wise level
   supports a size for it. A run never states a saving that its interval does not support.
 
-Order statistics: let M be the number of pairwise differences (n·m) or Walsh averages (N(N+1)/2),
+Order statistics: let M be the number of pairwise differences (n·m) or Walsh averages (N(N+1)/2).
+Up to 50 a side, C is the largest c with P(T ≤ c − 1) ≤ alpha'/2 under the exact null distribution of
+the statistic T (U, resp. W+; counted by recurrence). Above, with
 mu = M/2 resp. N(N+1)/4, s² = n·m(n+m+1)/12 resp. N(N+1)(2N+1)/24, z = Φ⁻¹(1 − alpha'/2),
 h = mu − 1/2 − z·s and C = ⌊h⌋ + 1. The interval is [D_(C), D_(M+1−C)] (1-based, ascending);
 when C < 1 the data cannot bound the shift at that level and there is no interval (not significant).
@@ -33,6 +38,7 @@ when C < 1 the data cannot bound the shift at that level and there is no interva
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,13 +48,21 @@ import numpy as np
 from scipy import stats as sps
 
 from .adjusted import ADJUSTED, AdjustedData, AdjustedFit, ancova, covariate_label
-from .compare import DelayFit, delay_fit, holm
+from .compare import (
+    EXACT_MAX_N,
+    MIN_BLOCKS_PAIRED,
+    DelayFit,
+    TooFewBlocks,
+    delay_fit,
+    holm,
+    rank_sum_p,
+    signed_rank_p,
+)
 from .stats import DEFAULT_CONFIDENCE, Values, as_array, json_safe
 
 DEFAULT_ALPHA = 0.05
 # Below this many values per side (two samples) or blocks (paired) no comparison is tested.
 MIN_N_TWO_SAMPLE = 3
-MIN_BLOCKS_PAIRED = 5
 # A slope through two delay levels always fits perfectly; three is the least that can show a line.
 MIN_DELAY_LEVELS = 3
 # Pairwise differences are materialised; above this many the interval uses a counting search instead.
@@ -64,11 +78,52 @@ def _order_index(mu: float, s: float, confidence: float) -> int:
     return math.floor(mu - 0.5 - z * s) + 1
 
 
+@functools.lru_cache(maxsize=256)
+def _rank_sum_null(n: int, m: int) -> np.ndarray:
+    """P(U = u), u = 0..n·m, for the Mann–Whitney U of samples of n and m without ties: the number of
+    ways counted by the recurrence N(i, j; u) = N(i − 1, j; u − j) + N(i, j − 1; u)."""
+    rows = [np.zeros(n * m + 1) for _ in range(m + 1)]
+    for j in range(m + 1):
+        rows[j][0] = 1.0  # i = 0: U = 0 in one way
+    for _i in range(1, n + 1):
+        new = [np.zeros(n * m + 1) for _ in range(m + 1)]
+        new[0][0] = 1.0
+        for j in range(1, m + 1):
+            new[j] = new[j - 1].copy()
+            new[j][j:] += rows[j][: n * m + 1 - j]
+        rows = new
+    pmf = rows[m]
+    return pmf / pmf.sum()
+
+
+@functools.lru_cache(maxsize=256)
+def _signed_rank_null(n: int) -> np.ndarray:
+    """P(W+ = w), w = 0..n(n+1)/2, for n differences without ties or zeros."""
+    top = n * (n + 1) // 2
+    pmf = np.zeros(top + 1)
+    pmf[0] = 1.0
+    for i in range(1, n + 1):
+        shifted = np.zeros_like(pmf)
+        shifted[i:] = pmf[: top + 1 - i]
+        pmf = 0.5 * (pmf + shifted)
+    return pmf
+
+
+def _exact_order_index(pmf: np.ndarray, confidence: float) -> int:
+    """The largest C with P(T ≤ C − 1) ≤ (1 − confidence)/2 under the exact null."""
+    tail = (1.0 - confidence) / 2.0
+    return int(np.sum(np.cumsum(pmf) <= tail * (1 + 1e-9)))
+
+
 def mann_whitney_order_index(n: int, m: int, confidence: float) -> int:
+    if max(n, m) <= EXACT_MAX_N:
+        return _exact_order_index(_rank_sum_null(n, m), confidence)
     return _order_index(n * m / 2.0, math.sqrt(n * m * (n + m + 1) / 12.0), confidence)
 
 
 def signed_rank_order_index(n: int, confidence: float) -> int:
+    if n <= EXACT_MAX_N:
+        return _exact_order_index(_signed_rank_null(n), confidence)
     return _order_index(n * (n + 1) / 4.0, math.sqrt(n * (n + 1) * (2 * n + 1) / 24.0), confidence)
 
 
@@ -135,11 +190,17 @@ def walsh_averages(d: np.ndarray) -> np.ndarray:
     return (d[..., i] + d[..., j]) / 2.0
 
 
-def paired_interval(diffs: Values, confidence: float) -> tuple[float, tuple[float, float] | None]:
-    """Hodges–Lehmann pseudo-median of paired differences and its signed-rank-inverted interval."""
+def pseudo_median(diffs: Values) -> float:
     d = as_array(diffs)
-    if d.size == 0:
-        return (math.nan, None)
+    return float(np.median(walsh_averages(d))) if d.size else math.nan
+
+
+def paired_interval(diffs: Values, confidence: float) -> tuple[float, tuple[float, float] | None]:
+    """Hodges–Lehmann pseudo-median of paired differences and its signed-rank-inverted interval;
+    refuses (TooFewBlocks) fewer than MIN_BLOCKS_PAIRED blocks."""
+    d = as_array(diffs)
+    if d.size < MIN_BLOCKS_PAIRED:
+        raise TooFewBlocks(f"a paired interval needs at least {MIN_BLOCKS_PAIRED} blocks, got {d.size}")
     w = np.sort(walsh_averages(d))
     estimate = float(np.median(w))
     c = signed_rank_order_index(d.size, confidence)
@@ -150,6 +211,8 @@ def paired_interval(diffs: Values, confidence: float) -> tuple[float, tuple[floa
 
 def paired_intervals_batch(d: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised `paired_interval` over leading axes: d (..., N) -> (lower, upper) (...)."""
+    if d.shape[-1] < MIN_BLOCKS_PAIRED:
+        raise TooFewBlocks(f"a paired interval needs at least {MIN_BLOCKS_PAIRED} blocks, got {d.shape[-1]}")
     w = np.sort(walsh_averages(d), axis=-1)
     c = signed_rank_order_index(d.shape[-1], confidence)
     if c < 1:
@@ -233,14 +296,8 @@ def _raw_p(c: FamilyComparison, fit: AdjustedFit | None = None) -> float:
     if fit is not None:
         return fit.p_value
     if c.paired_diffs is not None:
-        d = as_array(c.paired_diffs)
-        if not np.any(d != 0):
-            return 1.0
-        return float(sps.wilcoxon(d, zero_method="wilcox", method="asymptotic", correction=True).pvalue)
-    xa, xb = _arr(c.a), _arr(c.b)
-    if np.ptp(np.concatenate([xa, xb])) == 0:
-        return 1.0
-    return float(sps.mannwhitneyu(xa, xb, alternative="two-sided", method="asymptotic", use_continuity=True).pvalue)
+        return signed_rank_p(c.paired_diffs)
+    return rank_sum_p(_arr(c.a), _arr(c.b))
 
 
 def family_findings(
@@ -287,7 +344,7 @@ def family_findings(
             d = as_array(c.paired_diffs)
             n = {"blocks": int(d.size)}
             estimator = "Hodges–Lehmann pseudo-median of per-block differences (Wilcoxon signed-rank interval)"
-            estimate, ci = paired_interval(d, confidence) if ok else (paired_interval(d, DEFAULT_CONFIDENCE)[0], None)
+            estimate, ci = paired_interval(d, confidence) if ok else (pseudo_median(d), None)
             if not ok:
                 notes.append(f"fewer than {MIN_BLOCKS_PAIRED} blocks: not tested")
         else:

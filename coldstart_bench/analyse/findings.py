@@ -6,7 +6,8 @@ Which pairs produce which sentence is declared in the catalogue (a Reference's `
 worded. Every finding of a run belongs to one family of k tests (`familywise`): location findings get
 a Hodges–Lehmann estimate with a test-inverted interval at the Bonferroni level 1 − alpha/k (lifecycle
 findings: the arm's effect adjusted for what the connection method cannot change, adjusted.py), ratios
-the same on the log scale, the variance finding a Levene test and the delay slope its regression test;
+the same on the log scale, the variance finding a Brown–Forsythe test (Levene's, median-centred: robust
+to the skew of latencies) and the delay slope its regression test;
 p-values are Holm-adjusted over all k. A finding is `significant` only when its family-wise interval
 excludes the null (0, or a ratio of 1) — or, without an interval, when its Holm-adjusted p is below
 alpha — and only a significant finding states a saving.
@@ -43,6 +44,7 @@ from .phase_effects import LIFECYCLE, RUN_PHASE, BlocksByScenario, comparison_na
 from .stats import json_safe
 
 CONTROL_TOPIC = "control"
+VARIANCE_ESTIMATOR = "ratio of lifecycle variances (Brown–Forsythe test)"
 # The thesis's result: injection cut the cold start's lifecycle by 4.4 % (of direct's median).
 THESIS_LIFECYCLE_SHARE = 0.044
 RUN_PHASE_TOPIC_SUFFIX = "-start-to-die"
@@ -174,7 +176,7 @@ class _Builder:
             self._add(_Pending(kind, topic, slow, fast, subject, comparison=comp))
 
     def variance(self, topic: str, slow: str, fast: str, subject: str) -> None:
-        _stat, p = levene(self.values[fast]["lifecycle_ms"], self.values[slow]["lifecycle_ms"], "mean")
+        _stat, p = levene(self.values[fast]["lifecycle_ms"], self.values[slow]["lifecycle_ms"], "median")
         self._add(_Pending(PREDICTABILITY, topic, slow, fast, subject, p_value=p))
 
 
@@ -227,24 +229,26 @@ def _thesis_check(result: FamilyResult, reference_median: float) -> tuple[dict[s
 
 
 def _in_function(rows: Rows | None, slow: str, fast: str, result: FamilyResult) -> tuple[dict[str, Any] | None, str]:
-    """In-function time (start→die − start→ready) beside a lifecycle finding, at the family's level."""
+    """In-function time (main → end, or start→die − start→ready without the stamps) beside a lifecycle
+    finding, at the family's level."""
     if rows is None or slow not in rows or fast not in rows:
         return None, ""
-    a, b = in_function_ms(rows[slow]), in_function_ms(rows[fast])
-    if a.size < 2 or b.size < 2:
+    (how_a, a), (how_b, b) = in_function_ms(rows[slow]), in_function_ms(rows[fast])
+    if a.size < 2 or b.size < 2 or how_a != how_b:
         return None, ""
+    what = "main → end" if how_a.startswith("function_us") else "start→die − start→ready"
     level = result.confidence_adjusted if math.isfinite(result.confidence_adjusted) else 0.95
     d, ci = welch_interval(a, b, level)
     ci_text = f", CI {ci[0]:.1f} to {ci[1]:.1f} ms at the same level" if ci else ""
     entry = {
-        "metric": "start_to_die_ms − start_to_ready_ms",
+        "metric": how_a,
         "estimate": d,
         "ci": list(ci) if ci else None,
         "confidence": level,
         "estimator": "difference of means (Welch t interval)",
         "median": {slow: float(np.median(a)), fast: float(np.median(b))},
     }
-    return entry, f" In-function time (start→die − start→ready), {slow} − {fast}: {d:.1f} ms{ci_text}."
+    return entry, f" In-function time ({what}), {slow} − {fast}: {d:.1f} ms{ci_text}."
 
 
 def _word(
@@ -501,7 +505,7 @@ def _variance_entry(
     who = p.subject or p.fast
     text = (
         f"Lifecycle variance is {v_s['variance']:.2f} ms² with {who} vs {v_d['variance']:.2f} ms² {p.slow}; "
-        f"p99 {v_s['p99']:.1f} vs {v_d['p99']:.1f} ms (Levene, mean-centred: p = {p.p_value:.2g}, "
+        f"p99 {v_s['p99']:.1f} vs {v_d['p99']:.1f} ms (Brown–Forsythe: p = {p.p_value:.2g}, "
         f"{_holm_text(p_adj, k)}): {verdict}."
     )
     ratio = v_s["variance"] / v_d["variance"] if v_d["variance"] else math.nan
@@ -519,7 +523,7 @@ def _variance_entry(
         "ci_adjusted": None,
         "ci": None,
         "confidence_adjusted": confidence,
-        "estimator": "ratio of lifecycle variances (Levene test, mean-centred)",
+        "estimator": VARIANCE_ESTIMATOR,
         "family_size": k,
     }
 

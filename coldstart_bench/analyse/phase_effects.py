@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .compare import holm, mann_whitney, paired_blocks
-from .familywise import MIN_BLOCKS_PAIRED, MIN_N_TWO_SAMPLE, FamilyComparison, FamilyResult, saving_text
+from .compare import MIN_BLOCKS_PAIRED, holm, mann_whitney, paired_blocks
+from .familywise import MIN_N_TWO_SAMPLE, FamilyComparison, FamilyResult, saving_text
 from .stats import Values, as_array, json_safe
 
 LIFECYCLE = "lifecycle_ms"
@@ -52,7 +52,7 @@ def block_differences(slow: str, fast: str, metric: str, blocks: BlocksByScenari
     a, b = blocks[slow].get(metric), blocks[fast].get(metric)
     if not a or not b:
         return None
-    res = paired_blocks(slow, a, fast, b, metric, resamples=0)
+    res = paired_blocks(slow, a, fast, b, metric)
     if res is None or res["blocks"] < MIN_BLOCKS_PAIRED:
         return None
     return [float(x) for x in res["diffs"]]

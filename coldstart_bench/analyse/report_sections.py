@@ -11,16 +11,18 @@ from typing import Any
 import numpy as np
 
 from ..catalogue import LIFECYCLE_SAVING, Catalogue
+from .arms import arm_factors
 from .familywise import FamilyResult
 from .phase_effects import (
     LIFECYCLE,
     RUN_PHASE,
     BlocksByScenario,
     block_differences,
+    comparison_name,
     engine_phase_checks,
     side_by_side_text,
 )
-from .planning import connection_saving_ms, plan_paired, plan_two_sample
+from .planning import connection_saving_ms, plan_adjusted, plan_paired, plan_two_sample
 from .stats import json_safe
 
 ValuesByScenario = Mapping[str, Mapping[str, np.ndarray]]
@@ -86,16 +88,33 @@ def sample_size_plans(
     *,
     alpha: float,
     power: float = 0.80,
+    results: Mapping[str, FamilyResult] | None = None,
 ) -> list[dict[str, Any]]:
     """For each headline pair: cold starts per arm that would resolve a difference the size of the
-    connection-time saving (median connect of the reference − of the scenario) at `power`, at the
-    family-wise level alpha/k; on the lifecycle and on start→die, paired by block when interleaved."""
+    connection-time saving (median connect of the reference − of the scenario, signed: a negative one
+    is a cost) at `power`, at the family-wise level alpha/k; on the lifecycle and on start→die, paired by
+    block when interleaved, and with the adjusted lifecycle estimator's residual SD when the finding
+    used it. A zero saving, or one that would need more than planning.MAX_PLANNED, has no count. Pairs
+    whose arms differ in more than the connection method (arms.arm_factors) are not planned."""
     level = alpha / max(1, int(family.get("size") or 1))
     out = []
     for slow, fast in headline_saving_pairs(catalogue, list(values)):
+        if arm_factors(catalogue, slow, fast):
+            continue  # arms differing in more than the connection method: their connect times do not plan it
         saving = connection_saving_ms(values[slow].get("connect_us", []), values[fast].get("connect_us", []))
-        if not math.isfinite(saving) or saving == 0:
+        if not math.isfinite(saving):
             continue
+        adjusted = (results or {}).get(comparison_name(slow, fast, LIFECYCLE))
+        if adjusted is not None and adjusted.design == "adjusted" and adjusted.details.get("residual_sd"):
+            plan = plan_adjusted(
+                float(adjusted.details["residual_sd"]),
+                saving,
+                metric=LIFECYCLE,
+                cold_starts_per_arm_run=int(min(adjusted.n.values())),
+                alpha=level,
+                power=power,
+            )
+            out.append(plan.to_dict() | {"scenarios": [slow, fast]})
         for metric in (LIFECYCLE, RUN_PHASE):
             a, b = values[slow].get(metric), values[fast].get(metric)
             if a is None or b is None or a.size < 2 or b.size < 2:

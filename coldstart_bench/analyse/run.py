@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..catalogue import Catalogue, default_catalogue
+from ..catalogue import CONNECT_SPEEDUP, LIFECYCLE_SAVING, PREDICTABILITY, Catalogue, default_catalogue
 from ..results import SUMMARY_VERSION, EnvironmentRecord, RunAnalysis, RunResult
 from ..samples import ALL_METRICS, PRIMARY_METRICS, Sample, group_by_scenario
 from .adjusted import aligned_rows
@@ -162,7 +162,7 @@ def _paired_blocks(
             for metric in PRIMARY_METRICS:
                 a, b = by_block(groups[scenario], metric), by_block(groups[ref], metric)
                 if len(a) > 1 and len(b) > 1:
-                    res = paired_blocks(scenario, a, ref, b, metric, resamples=resamples, seed=seed)
+                    res = paired_blocks(scenario, a, ref, b, metric)
                     if res is not None:
                         out.append(res)
     return out
@@ -245,6 +245,32 @@ def _delay_fits(
     return fits
 
 
+def _with_finding_verdicts(row: dict[str, Any], findings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A comparison whose pair and metric a finding judges shows the finding's verdict, not one of its
+    own (one verdict per claim): its location verdict (`significant`) and its variance claim (the
+    Brown–Forsythe p Holm-adjusted over the findings' family; the mean-centred Levene p stays as a
+    description, without a verdict of its own). The findings it defers to are listed in `judged_by`."""
+    pair = {row["a"], row["b"]}
+    judged_by = []
+    for f in findings:
+        if set(f.get("scenarios") or []) != pair or f.get("metric") != row["metric"] or f.get("p_adjusted") is None:
+            continue
+        judged_by.append(
+            {k: f.get(k) for k in ("kind", "comparison", "estimator", "estimate", "ci_adjusted", "significant")}
+            | {"p_adjusted": f.get("p_adjusted"), "family_size": f.get("family_size")}
+        )
+        if f.get("kind") == PREDICTABILITY:
+            row["levene_median_p"] = f.get("p_value")
+            row["levene_median_p_holm"] = f.get("p_adjusted")
+            row["levene_mean_p_holm"] = None
+        elif f.get("kind") in (LIFECYCLE_SAVING, CONNECT_SPEEDUP, "control"):
+            row["significant"] = bool(f.get("significant"))
+            row["mannwhitney_p_holm"] = None
+    if judged_by:
+        row["judged_by"] = judged_by
+    return row
+
+
 def _factors(catalogue: Catalogue, a: str, b: str) -> dict[str, Any]:
     """What the arms differ in besides the connection method, and so what kind of comparison it is."""
     factors = arm_factors(catalogue, a, b)
@@ -271,7 +297,6 @@ def analyse(
     sample_groups = {k: g.samples for k, g in groups.items()}
     blocks = _paired_blocks(sample_groups, catalogue, resamples, seed)
     by_block = blocks_by_scenario(sample_groups)
-    verdicts = evaluate(config.expectations, values, alpha=config.alpha, resamples=resamples, seed=seed)
     gate_results = evaluate_gate(
         config.gate_rules,
         values,
@@ -291,12 +316,19 @@ def analyse(
         stopping=config.stopping,
         rows=aligned_rows(samples),
     )
+    # An expectation stating a finding's claim takes the finding's verdict (one verdict per claim).
+    verdicts = evaluate(
+        config.expectations, values, alpha=config.alpha, resamples=resamples, seed=seed, findings=judged.findings
+    )
     # The A/A control is judged with the findings (at the family-wise level), not per comparison.
     records = noise_records(samples, env) + judged.warnings
     warnings = [r["text"] for r in records]
     shifts = _adjusted_shifts(comparisons, values, config.alpha)
     comparison_dicts = [
-        c.to_dict() | shifts[i] | _factors(catalogue, c.a, c.b) | ({"role": roles[i]} if i in roles else {})
+        _with_finding_verdicts(
+            c.to_dict() | shifts[i] | _factors(catalogue, c.a, c.b) | ({"role": roles[i]} if i in roles else {}),
+            judged.findings,
+        )
         for i, c in enumerate(comparisons)
     ]
     summary: dict[str, Any] = {
@@ -322,7 +354,9 @@ def analyse(
         "findings": judged.findings,
         "family": judged.family,
         "effects": lower_variance(catalogue, values, judged.results, alpha=config.alpha),
-        "planning": sample_size_plans(catalogue, values, by_block, judged.family, alpha=config.alpha),
+        "planning": sample_size_plans(
+            catalogue, values, by_block, judged.family, alpha=config.alpha, results=judged.results
+        ),
     }
     if config.plan is not None:
         summary["plan"] = config.plan

@@ -4,6 +4,7 @@ No Docker."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from coldstart_bench.analyse.adjusted import (
     ancova,
     choose_covariates,
     estimator_name,
+    in_function_ms,
 )
 from coldstart_bench.analyse.familywise import FamilyComparison, family_findings
 from coldstart_bench.analyse.findings import build_findings
@@ -190,6 +192,9 @@ def test_a_run_judges_its_lifecycle_findings_with_the_adjusted_estimator() -> No
     stack = by[("lifecycle_saving", ("direct", "socket-nonet"))]
     assert stack["comparison_kind"] == "stack" and stack["text"].startswith("Stack comparison")
     assert not any(f["text"].startswith("Injection") for f in summary["findings"] if f.get("differs_in"))
+    plans = summary["planning"]
+    assert {tuple(p["scenarios"]) for p in plans} == {("direct", "socket")}  # not the network-namespace pairs
+    assert any(p["design"] == "adjusted" and p["cold_starts_per_arm"] for p in plans)
     pairs = {(c["a"], c["b"]): c for c in summary["comparisons"]}
     assert pairs[("socket-nonet", "direct")]["differs_in"] == ["network_mode"]
     assert pairs[("socket", "direct")]["differs_in"] == []
@@ -210,3 +215,19 @@ def test_build_findings_without_rows_keeps_the_unadjusted_estimator() -> None:
     life = next(f for f in result.findings if f["kind"] == "lifecycle_saving")
     assert life["estimator"].startswith("Hodges–Lehmann")
     assert any("not adjusted" in n for n in life["notes"])
+
+
+def test_connection_work_before_main_is_not_runtime_start_and_in_function_time_uses_the_stamps() -> None:
+    """An fd-3 arm acquires before main: start→ready less pre_main_us is the runtime's start, and the
+    in-function time is the function's own main → end (function_us) when it stamped it."""
+    fd3 = Sample(
+        "socket-fd3", 0, "socket", "c", True, lifecycle_ms=400.0, start_to_ready_ms=130.0, start_to_die_ms=150.0
+    )
+    fd3.pre_main_us, fd3.function_us = 2000.0, 21_000.0
+    plain = Sample("direct", 0, "direct", "d", True, lifecycle_ms=400.0, start_to_ready_ms=128.0, start_to_die_ms=150.0)
+    rows = aligned_rows([fd3, plain, dataclasses.replace(plain, ok=False)])
+    assert rows["socket-fd3"]["start_to_ready_ms"][0] == pytest.approx(128.0)
+    assert rows["direct"]["start_to_ready_ms"][0] == pytest.approx(128.0) and rows["direct"]["lifecycle_ms"].size == 1
+    assert in_function_ms(rows["socket-fd3"]) == ("function_us / 1000 (main → end)", pytest.approx([21.0]))
+    how, values = in_function_ms(rows["direct"])
+    assert how == "start_to_die_ms − start_to_ready_ms" and values == pytest.approx([22.0])

@@ -65,10 +65,16 @@ def test_comparisons(result: RunAnalysis) -> None:
     comps = {(c["a"], c["b"], c["metric"]): c for c in result.summary["comparisons"]}
     c = comps[("socket", "direct", "connect_us")]
     assert c["emphasis"] and c["ratio_median"] < 0.5 and c["ratio_median_ci"][1] < 0.5
-    assert c["mannwhitney_p_holm"] < 0.05 and c["effect"] == "large"
+    # The connection claim is the connect_speedup finding's: the row shows its verdict, not one of its own.
+    assert c["significant"] and c["mannwhitney_p_holm"] is None and c["effect"] == "large"
+    assert [j["kind"] for j in c["judged_by"]] == ["connect_speedup"]
     life = comps[("socket", "direct", "lifecycle_ms")]
     assert life["levene_mean_p"] < 0.05 and life["levene_median_p"] < 0.05  # socket steadier by construction
-    assert life["levene_mean_p_holm"] >= life["levene_mean_p"]
+    # The variance claim is the predictability finding's (Brown–Forsythe, Holm over the findings).
+    finding = next(f for f in result.summary["findings"] if f["kind"] == "predictability")
+    assert life["levene_median_p_holm"] == finding["p_adjusted"] and life["levene_mean_p_holm"] is None
+    other = comps[("direct-10ms", "direct", "lifecycle_ms")]
+    assert other["levene_mean_p_holm"] >= other["levene_mean_p"] and "judged_by" not in other
     assert ("direct-10ms", "direct", "lifecycle_ms") in comps
 
 

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from coldstart_bench.analyse.compare import (
+    MIN_BLOCKS_PAIRED,
+    TooFewBlocks,
     adjust,
     cliffs_delta,
     cliffs_magnitude,
@@ -20,8 +22,10 @@ from coldstart_bench.analyse.compare import (
     linear_fit,
     mann_whitney,
     paired_blocks,
+    paired_t_interval,
     ratio_of_medians,
 )
+from coldstart_bench.analyse.familywise import paired_interval
 
 RNG = np.random.default_rng(11)
 A = RNG.normal(100, 3, 40)
@@ -54,8 +58,10 @@ def test_levene_hand_example() -> None:
 
 @pytest.mark.parametrize("alternative", ["two-sided", "greater", "less"])
 def test_mann_whitney_matches_scipy(alternative: str) -> None:
-    ref = sps.mannwhitneyu(A, B, alternative=alternative)
-    assert mann_whitney(A, B, alternative) == pytest.approx((ref.statistic, ref.pvalue))
+    # 40 and 35 values without ties: the exact null distribution (the normal approximation's p is
+    # three orders of magnitude off this far in the tail).
+    ref = sps.mannwhitneyu(A, B, alternative=alternative, method="exact")
+    assert mann_whitney(A, B, alternative) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-9, abs=0)
 
 
 def test_mann_whitney_hand_example() -> None:
@@ -176,7 +182,7 @@ def test_compare_and_adjust() -> None:
     c1 = compare("socket", B, "direct", A, "lifecycle_ms", resamples=100)
     c2 = compare("x", A, "y", A, "lifecycle_ms", resamples=100)
     adjust([c1, c2])
-    assert c1.mannwhitney_p == pytest.approx(sps.mannwhitneyu(B, A).pvalue)
+    assert c1.mannwhitney_p == pytest.approx(sps.mannwhitneyu(B, A, method="exact").pvalue, rel=1e-9, abs=0)
     assert c1.mannwhitney_p_holm >= c1.mannwhitney_p
     assert c1.levene_mean_p == pytest.approx(sps.levene(B, A, center="mean").pvalue)
     assert c1.levene_median_p == pytest.approx(sps.levene(B, A, center="median").pvalue)
@@ -192,19 +198,58 @@ def test_paired_blocks_cancel_drift() -> None:
     # Both arms drift upwards together; the per-block difference stays at −15.
     a = {k: [338.0 + 10 * k, 338.0 + 10 * k + 1] for k in range(8)}
     b = {k: [353.0 + 10 * k, 353.0 + 10 * k + 1] for k in range(8)}
-    res = paired_blocks("socket", a, "direct", b, "lifecycle_ms", resamples=100)
+    res = paired_blocks("socket", a, "direct", b, "lifecycle_ms")
     assert res is not None
-    assert res["blocks"] == 8 and res["mean_diff"] == pytest.approx(-15.0) and res["mean_diff_ci"] is None
-    assert res["wilcoxon_p"] == pytest.approx(sps.wilcoxon([-15.0] * 8).pvalue)
+    assert res["blocks"] == 8 and res["mean_diff"] == pytest.approx(-15.0)
+    assert res["mean_diff_ci"] == pytest.approx([-15.0, -15.0])
+    # Eight equal differences: every sign flip but two is less extreme, the exact p is 2/2^8.
+    assert res["wilcoxon_p"] == pytest.approx(2 / 2**8)
     assert paired_blocks("a", {0: [1.0]}, "b", {0: [2.0], 1: [3.0]}, "lifecycle_ms") is None
+
+
+def test_small_samples_with_ties_get_a_permutation_test_large_ones_the_normal_approximation() -> None:
+    tied_a, tied_b = [1.0, 2.0, 2.0, 3.0, 5.0, 5.0], [4.0, 5.0, 6.0, 6.0, 7.0]
+    exact = sps.mannwhitneyu(
+        tied_a, tied_b, method=sps.PermutationMethod(n_resamples=9999, rng=np.random.default_rng(0))
+    ).pvalue
+    assert mann_whitney(tied_a, tied_b)[1] == pytest.approx(exact)
+    rng = np.random.default_rng(12)
+    big_a, big_b = rng.normal(0, 1, 80), rng.normal(0.5, 1, 70)
+    assert mann_whitney(big_a, big_b)[1] == pytest.approx(sps.mannwhitneyu(big_a, big_b, method="asymptotic").pvalue)
+
+
+def test_paired_intervals_refuse_fewer_blocks_than_the_minimum() -> None:
+    a = {k: [100.0 + k] for k in range(MIN_BLOCKS_PAIRED - 1)}
+    b = {k: [90.0 + 2 * k] for k in range(MIN_BLOCKS_PAIRED - 1)}
+    res = paired_blocks("a", a, "b", b, "lifecycle_ms")
+    assert res is not None and res["blocks"] == MIN_BLOCKS_PAIRED - 1
+    assert res["mean_diff_ci"] is None and res["wilcoxon_p"] is None and str(MIN_BLOCKS_PAIRED) in res["refused"]
+    few = [1.0, 2.0, 3.0, 4.0, 5.0][: MIN_BLOCKS_PAIRED - 1]
+    with pytest.raises(TooFewBlocks, match=f"at least {MIN_BLOCKS_PAIRED} blocks"):
+        paired_t_interval(few)
+    with pytest.raises(TooFewBlocks):
+        paired_interval(few, 0.95)
+    mean, (lo, hi) = paired_t_interval([*few, 6.0])
+    assert mean == 3.5 and lo < 3.5 < hi
+
+
+def test_a_paired_interval_at_the_minimum_keeps_its_level_under_the_null() -> None:
+    """The refused case of the old bootstrap: A/A per-block differences, 6 blocks, 2000 simulated runs:
+    the 95 % t interval excludes 0 in about 5 % of them (the bootstrap over 2 blocks did in about half)."""
+    rng = np.random.default_rng(8)
+    d = rng.normal(0.0, 20.0, size=(2000, MIN_BLOCKS_PAIRED))
+    intervals = [paired_t_interval(row)[1] for row in d]
+    misses = sum(not lo <= 0 <= hi for lo, hi in intervals)
+    assert misses / 2000 == pytest.approx(0.05, abs=0.015)
 
 
 def test_paired_blocks_against_scipy() -> None:
     rng = np.random.default_rng(4)
     a = {k: rng.normal(100 + k, 1, 3) for k in range(10)}
     b = {k: rng.normal(102 + k, 1, 3) for k in range(10)}
-    res = paired_blocks("a", a, "b", b, "connect_us", resamples=300)
+    res = paired_blocks("a", a, "b", b, "connect_us")
     assert res is not None
     diffs = [np.median(a[k]) - np.median(b[k]) for k in range(10)]
-    assert res["diffs"] == pytest.approx(diffs) and res["wilcoxon_p"] == pytest.approx(sps.wilcoxon(diffs).pvalue)
+    exact = sps.wilcoxon(diffs, method="exact").pvalue
+    assert res["diffs"] == pytest.approx(diffs) and res["wilcoxon_p"] == pytest.approx(exact)
     assert res["mean_diff_ci"][0] <= res["mean_diff"] <= res["mean_diff_ci"][1]

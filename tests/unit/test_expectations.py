@@ -100,7 +100,8 @@ def test_clear_improvement_passes_and_reversal_is_significantly_worse() -> None:
     for v in verdicts:
         assert v.p_holm >= v.p
         line = v.line()
-        assert v.expectation.lhs.metric in line and "p=" in line and "alpha=0.05" in line and v.test in line
+        assert v.expectation.lhs.metric in line and "alpha=0.05" in line and v.test in line
+        assert "p=" in line or "p ≤ 2/(B+1) = 0.005 (B = 400 resamples)" in line
 
 
 def test_same_distribution_gives_no_evidence() -> None:
@@ -187,3 +188,44 @@ def test_verdict_dict_is_json_safe() -> None:
     d = v.to_dict()
     json.dumps(d, allow_nan=False)
     assert d["status"] == TOO_FEW and d["lhs_value"] is None and math.isnan(v.lhs_value)
+
+
+def test_a_bootstrap_p_at_its_floor_says_so() -> None:
+    rng = np.random.default_rng(4)
+    values = {"a": {"connect_us": rng.normal(100, 5, 40)}, "b": {"connect_us": rng.normal(900, 5, 40)}}
+    (v,) = evaluate([parse_expectation("a.connect_us.median <= b.connect_us.median / 2")], values, resamples=999)
+    assert v.p == pytest.approx(2 / 1000) and v.status == PASS
+    assert "bootstrap p ≤ 2/(B+1) = 0.002 (B = 999 resamples)" in v.line() and "1.0e-03" not in v.line()
+    assert v.to_dict()["p_text"].startswith("≤ 2/(B+1)")
+
+
+def test_an_expectation_stating_a_findings_claim_takes_its_verdict() -> None:
+    """One verdict per claim: the variance expectation of the catalogue and the predictability finding
+    (Brown–Forsythe, Holm over the findings' family) say the same, whatever test the text names."""
+    rng = np.random.default_rng(5)
+    values = {"socket": {"lifecycle_ms": rng.normal(340, 2, 30)}, "direct": {"lifecycle_ms": rng.normal(350, 3, 30)}}
+    finding = {
+        "kind": "predictability",
+        "scenarios": ["direct", "socket"],
+        "metric": "lifecycle_ms",
+        "estimate": 0.4,  # variance of socket / of direct
+        "estimator": "ratio of lifecycle variances (Brown–Forsythe test)",
+        "p_value": 0.004,
+        "p_adjusted": 0.03,
+        "significant": True,
+        "family_size": 8,
+        "alpha": 0.05,
+        "comparison": "predictability",
+    }
+    exps = [
+        parse_expectation("socket.lifecycle_ms.variance < direct.lifecycle_ms.variance (levene)"),
+        parse_expectation("direct.lifecycle_ms.variance < socket.lifecycle_ms.variance (brown-forsythe)"),
+        parse_expectation("socket.lifecycle_ms.median < direct.lifecycle_ms.median (mannwhitney)"),
+    ]
+    same, reversed_, other = evaluate(exps, values, resamples=100, findings=[finding])
+    assert (same.status, same.p, same.p_holm, same.test) == (PASS, 0.004, 0.03, finding["estimator"])
+    assert reversed_.status == WORSE and reversed_.p_holm == 0.03 and "findings' family" in reversed_.note
+    # Not a claim of that finding: judged on its own, Holm over the expectations not adopted (one here).
+    assert "judged_with" not in other.extra and other.p_holm == pytest.approx(other.p)
+    finding["significant"] = False
+    assert evaluate(exps[:1], values, resamples=100, findings=[finding])[0].status == NO_EVIDENCE

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -8,10 +9,12 @@ from scipy import stats as sps
 
 from coldstart_bench.analyse.familywise import paired_intervals_batch, shift_intervals_batch
 from coldstart_bench.analyse.planning import (
+    MAX_PLANNED,
     blocks_for_precision,
     blocks_needed,
     cold_starts_per_arm,
     connection_saving_ms,
+    plan_adjusted,
     plan_paired,
     plan_two_sample,
 )
@@ -55,6 +58,34 @@ def test_bad_levels() -> None:
         plan_paired([1.0, 2.0], 1.0, metric="lifecycle_ms", per_block=0)
 
 
+def test_planning_never_states_more_than_ten_million_and_keeps_the_sign() -> None:
+    """The run that printed 17,166,474,112 cold starts per arm for a saving of 0.00 ms: no count above
+    10^7, "no effect to resolve" instead; a negative saving is planned as a cost, never as a saving."""
+    rng = np.random.default_rng(2)
+    direct, socket = rng.normal(450, 50, 60), rng.normal(450, 50, 60)
+    for difference in (0.0, 1e-3, -1e-3, 0.004):
+        plan = plan_two_sample(direct, socket, difference, metric="lifecycle_ms", alpha=0.05 / 8)
+        assert plan.cold_starts_per_arm is None and plan.no_effect_to_resolve and not plan.resolved_by_this_run
+        assert plan.sentence().startswith("No effect to resolve") and "10^7" in plan.sentence()
+        assert plan.to_dict()["cold_starts_per_arm"] is None
+        paired = plan_paired(rng.normal(0, 20, 12), difference, metric="lifecycle_ms", per_block=5)
+        assert paired.cold_starts_per_arm is None and paired.blocks is None
+        adjusted = plan_adjusted(6.0, difference, metric="lifecycle_ms", cold_starts_per_arm_run=60)
+        assert adjusted.cold_starts_per_arm is None
+    for difference in np.geomspace(1e-3, 1e3, 61):
+        for signed in (difference, -difference):
+            plan = plan_two_sample(direct, socket, float(signed), metric="lifecycle_ms", alpha=0.05 / 20)
+            assert plan.cold_starts_per_arm is None or plan.cold_starts_per_arm <= MAX_PLANNED
+            assert plan.cold_starts_per_arm_rank_bound is None or plan.cold_starts_per_arm_rank_bound <= MAX_PLANNED
+            numbers = [int(x) for x in re.findall(r"\d+", plan.sentence().replace(",", ""))]
+            assert max(numbers) <= MAX_PLANNED
+    cost = plan_two_sample(direct, socket, -30.0, metric="lifecycle_ms")
+    assert cost.difference == -30.0 and "a cost of 30.00 ms" in cost.sentence() and "saving" not in cost.sentence()
+    adjusted = plan_adjusted(6.0, 3.0, metric="lifecycle_ms", cold_starts_per_arm_run=60, alpha=0.05 / 8)
+    assert adjusted.cold_starts_per_arm == cold_starts_per_arm(3.0, 6.0, 6.0, alpha=0.05 / 8, power=0.8)
+    assert "residual SD of the adjusted fit 6.0 ms" in adjusted.sentence()
+
+
 def test_connection_saving_in_ms() -> None:
     assert connection_saving_ms([4500.0, 4400.0, 4600.0], [800.0, 700.0, 900.0]) == pytest.approx(3.7)
     assert math.isnan(connection_saving_ms([], [1.0]))
@@ -69,7 +100,7 @@ def test_plan_from_the_runs_own_samples() -> None:
     assert plan.cold_starts_per_arm_rank_bound == math.ceil(plan.cold_starts_per_arm / 0.864)
     assert not plan.resolved_by_this_run
     text = plan.sentence()
-    assert "3.70 ms (the connection-time saving) on lifecycle_ms" in text and "80% power" in text
+    assert "a saving of 3.70 ms (the difference in median connect time) on lifecycle_ms" in text and "80% power" in text
     assert f"about {plan.cold_starts_per_arm} cold starts per arm" in text and "this run had 200 per arm" in text
     assert plan.to_dict()["sentence"] == text
 

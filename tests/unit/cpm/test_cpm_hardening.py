@@ -33,7 +33,7 @@ from components import pg_wire, protocol
 from tests.support.pg_cluster import LocalCluster
 
 
-def loose_fds(m: Manager) -> int:
+def loose_fds(m: Any) -> int:
     """The manager's open descriptors that are not pooled connections (listener, epoll, clients...)."""
     st = m.stats()
     pooled = sum(p["idle"] + p.get("settling", 0) + p["connecting"] for p in st["pools"].values())
@@ -317,6 +317,7 @@ def test_waiting_caller_that_half_closes_still_gets_its_reply(start_manager: Cal
     try:
         m = start_manager(target, 1, "--exhaustion", "wait", "--borrow-timeout", "0.5", wait_ready=False)
         m.wait_socket()
+        wait_for(lambda: _answers(m.sock_path), timeout=10, interval=0.05)  # listening, not just bound
         with contextlib.suppress(protocol.PoolError):
             for _ in range(3):  # take what the backlog let through
                 held.append(protocol.acquire(m.sock_path, timeout=2)[0])
@@ -542,6 +543,7 @@ def test_every_resolved_address_is_tried_in_order(
         config = {"pools": {"dual": {"target": f"dual-cpm-test:{port}", "size": 2}}}
         m = namespaced("127.0.0.1 dual-cpm-test\n::1 dual-cpm-test\n", config, *(["--connector-process"] * connector))
         wait_for(lambda: m.stats()["pools"]["dual"]["idle"] == 2, timeout=10)
+        before = loose_fds(m)
         st = m.stats()["pools"]["dual"]
         assert st["address"] == f"[::1]:{port}", st
         if not connector:  # (the connector process resolves on its own)
@@ -551,6 +553,7 @@ def test_every_resolved_address_is_tried_in_order(
         assert echo_roundtrip(sock)
         sock.close()
         assert any(e["event"] == "address_in_use" and e["address"] == f"[::1]:{port}" for e in m.log_events())
+        wait_for(lambda: loose_fds(m) == before, timeout=5)
     finally:
         backend.stop()
 
@@ -563,6 +566,7 @@ def test_resolver_outage_keeps_the_last_good_addresses_for_resolve_keep(
     pool.update({"backoff_max": 0.2, "borrow_timeout": 1.0})
     m = namespaced("127.0.0.1 cpm-backend-test\n", {"pools": {"b": pool}}, "--health-interval", "0.2")
     wait_for(lambda: m.stats()["pools"]["b"]["idle"] == 2, timeout=10)
+    before = loose_fds(m)
     _rewrite_in_place(Path(m.sock_path).parent / "hosts", "# the name is gone\n")
     outage_start = time.monotonic()
     # Through the outage: every hand-out needs a new connection, to the address the name had.
@@ -588,3 +592,41 @@ def test_resolver_outage_keeps_the_last_good_addresses_for_resolve_keep(
 
     wait_for(refused, timeout=10, interval=0.1)
     assert "resolve" in m.stats()["pools"]["b"]["last_error"]
+    # The name is back: the pool recovers, with the descriptors it had.
+    _rewrite_in_place(Path(m.sock_path).parent / "hosts", "127.0.0.1 cpm-backend-test\n")
+    wait_for(lambda: m.stats()["pools"]["b"]["idle"] == 2, timeout=10)
+    sock, _ = protocol.acquire(m.sock_path, "b", timeout=3)
+    assert echo_roundtrip(sock)
+    sock.close()
+    wait_for(lambda: loose_fds(m) == before, timeout=5)
+
+
+def test_postgres_pool_cap_keeps_sessions_below_max_backend(
+    cluster: LocalCluster, inline_role: str, echo: Echo, sockdir: Path
+) -> None:
+    """Callers holding sessions cannot make the manager open more than max_backend of them."""
+    cap = 3
+    pool = {"kind": "postgres", "target": cluster.target, "user": inline_role, "database": cluster.database}
+    pool.update({"password": INLINE_PASSWORD, "size": 2, "max_backend": cap, "borrow_timeout": 1.0})
+    m = _pg_manager(sockdir, echo, pool, wait_ready=False)
+
+    def sessions() -> int:
+        sql = f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{inline_role}'"
+        return int(cluster.psql(sql, database="postgres").strip())
+
+    try:
+        wait_for(lambda: m.stats()["pools"]["pg"]["idle"] == 2, timeout=20)
+        before = loose_fds(m)
+        held = [protocol.acquire(m.sock_path, "pg", timeout=10)[0] for _ in range(cap)]
+        with pytest.raises(protocol.PoolError) as exc:
+            protocol.acquire(m.sock_path, "pg", timeout=5)
+        assert exc.value.code == "pool_exhausted" and "max_backend" in exc.value.detail
+        assert sessions() <= cap
+        assert m.stats()["pools"]["pg"]["backend_connections"] == cap
+        for s in held:
+            s.close()
+        wait_for(lambda: m.stats()["pools"]["pg"]["idle"] == 2, timeout=20)
+        assert sessions() <= cap
+        assert_still_serving(m, before)
+    finally:
+        m.stop()
