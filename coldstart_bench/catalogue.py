@@ -88,6 +88,9 @@ class Scenario:
     transport: str = "tcp"  # the connection's security (later "tls")
     entrypoint: str = "in-process"  # how the connection reaches the function (later "fd3")
     handoff: str = "fd"  # how the pool hands it over (later "relay")
+    # Round-trip time added to every packet between function and backend (the database at a network
+    # distance; netem, else the NFQUEUE sidecar delaying everything the backend sends); 0 = none.
+    rtt_ms: float = 0.0
     proxy: str = ""  # a proxy between function and backend: "" | "pgbouncer" (TCP) | "pgbouncer-unix"
     references: tuple[Reference, ...] = ()
     delay_series: str = ""  # name of the DelaySeries this scenario is a member of
@@ -652,6 +655,64 @@ TLS_SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
+# PostgreSQL over TLS (the managed-database default): SSLRequest, TLS 1.3 with verification, startup
+# and SCRAM. Direct: all of it in the cold function. Injected: the manager did all of it; the
+# function continues the session with the handed-over keys (record layer; kernel TLS where the kernel
+# has it) or talks plaintext to the manager's relay, which keeps the keys.
+PG_TLS_FAMILY = "pg-tls"
+PG_TLS_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "pg-tls-direct",
+        "direct",
+        backend="pg",
+        transport="tls",
+        family=PG_TLS_FAMILY,
+        references=(_ref("pg-direct"),),
+        diff_reference="pg-tls-socket",
+        description="SSLRequest, TLS 1.3 handshake with verification, startup and SCRAM in the cold function",
+    ),
+    Scenario(
+        "pg-tls-socket",
+        "socket",
+        backend="pg",
+        transport="tls",
+        family=PG_TLS_FAMILY,
+        references=(
+            _ref(
+                "pg-tls-direct",
+                Finding(CONNECT_SPEEDUP, "pg-tls"),
+                _saving("pg-tls", "On PostgreSQL over TLS, injecting the authenticated TLS session"),
+                headline=True,
+                pulled=True,
+            ),
+        ),
+        diff_reference="pg-tls-socket",
+        description="the manager's TLS session at ReadyForQuery, continued with the handed-over keys",
+    ),
+    Scenario(
+        "pg-tls-relay",
+        "socket",
+        backend="pg",
+        transport="tls",
+        handoff=RELAY,
+        family=PG_TLS_FAMILY,
+        references=(
+            _ref(
+                "pg-tls-direct",
+                Finding(CONNECT_SPEEDUP, "pg-tls"),
+                _saving("pg-tls", "On PostgreSQL over TLS, relaying a session the manager keeps the keys of"),
+                headline=True,
+                pulled=True,
+            ),
+            _ref("pg-tls-socket"),
+        ),
+        diff_reference="pg-tls-socket",
+        # No crypto, no startup, no SCRAM in the function: the best injected arm.
+        expectations=("pg-tls-relay.connect_us.median <= pg-tls-direct.connect_us.median / 10",),
+        description="the manager terminates TLS for an authenticated session and relays plaintext",
+    ),
+)
+
 DELAY_SERIES: tuple[DelaySeries, ...] = (
     DelaySeries("direct", reference="socket", primary=True),
     DelaySeries("pg-direct", reference="pg-socket"),
@@ -700,7 +761,90 @@ def burst_scenarios(sizes: Iterable[int] = DEFAULT_BURST_SIZES) -> tuple[Scenari
     return tuple(out)
 
 
+# --- A database at a network distance (--bench-rtt): the direct and injected arms again with a
+# round-trip time added to every packet between function and backend. Direct pays it once per round
+# trip of its connect (TCP, TLS, SSLRequest, startup, SCRAM); an injected arm pays none before its
+# first reply. Each variant is compared with its own arm without the distance (pulled into the run).
+RTT_FAMILY = "rtt"
+# arm -> the direct arm an injected one is compared with at the same distance ("" for a direct arm)
+RTT_ARMS: dict[str, str] = {
+    "direct": "",
+    "socket": "direct",
+    "pg-direct": "",
+    "pg-socket": "pg-direct",
+    "pg-tls-direct": "",
+    "pg-tls-socket": "pg-tls-direct",
+    "pg-tls-relay": "pg-tls-direct",
+}
+
+
+def rtt_label(rtt_ms: float) -> str:
+    """10.0 -> "10ms", 0.5 -> "0.5ms"."""
+    return f"{rtt_ms:g}ms"
+
+
+def rtt_id(name: str, rtt_ms: float) -> str:
+    return f"{name}-rtt-{rtt_label(rtt_ms)}"
+
+
+def parse_rtts(text: str) -> tuple[float, ...]:
+    """'1ms,10ms' (or '1,10') -> (1.0, 10.0); a clear ValueError for anything else."""
+    out: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        number = part[:-2] if part.endswith("ms") else part
+        try:
+            value = float(number)
+        except ValueError:
+            raise ValueError(f"--bench-rtt expects round-trip times like 1ms,10ms, got {part!r}") from None
+        if not 0 < value <= 1000:
+            raise ValueError(f"--bench-rtt values must be > 0 and <= 1000 ms, got {part!r}")
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def rtt_scenarios(base: Iterable[Scenario], rtts: Iterable[float]) -> tuple[Scenario, ...]:
+    """Per round-trip time, a `<arm>-rtt-<N>ms` twin of each arm of RTT_ARMS present in `base`."""
+    arms = {s.name: s for s in base if s.name in RTT_ARMS and s.runtime == DEFAULT_RUNTIME}
+    out: list[Scenario] = []
+    for rtt in rtts:
+        label = rtt_label(rtt)
+        for name, s in arms.items():
+            direct = RTT_ARMS[name]
+            refs = [_ref(name, pulled=True)]
+            if direct in arms:
+                refs.append(
+                    _ref(
+                        rtt_id(direct, rtt),
+                        Finding(CONNECT_SPEEDUP, f"rtt-{label}"),
+                        _saving(f"rtt-{label}", f"With {label} to the backend, {name}"),
+                        headline=True,
+                        pulled=True,
+                    )
+                )
+            diff = s.diff_reference if s.diff_reference in arms else ""
+            out.append(
+                dataclasses.replace(
+                    s,
+                    name=rtt_id(name, rtt),
+                    rtt_ms=rtt,
+                    delay_ms=0.0,
+                    family=RTT_FAMILY,
+                    references=tuple(refs),
+                    delay_series="",
+                    diff_reference=rtt_id(diff, rtt) if diff else "",
+                    thesis_role="",
+                    expectations=(),
+                    description=f"{name} with {label} added to every round trip between function and backend",
+                )
+            )
+    return tuple(out)
+
+
 _BURST_ID = re.compile(r"^burst-(\d+)-")
+_RTT_ID = re.compile(r"^(?P<arm>.+)-rtt-(?P<ms>\d+(?:\.\d+)?)ms$")
 
 
 class Catalogue:
@@ -761,6 +905,11 @@ class Catalogue:
             for s in burst_scenarios((int(m.group(1)),)):
                 if s.id == scenario_id:
                     return s
+        m = _RTT_ID.match(scenario_id)  # any round-trip time, also one not in --bench-rtt
+        if m and m.group("arm") in self._scenarios:
+            for s in rtt_scenarios(self, (float(m.group("ms")),)):
+                if s.id == scenario_id:
+                    return s
         raise KeyError(f"unknown scenario {scenario_id!r}")
 
     def knows(self, scenario_id: str) -> bool:
@@ -812,7 +961,9 @@ class Catalogue:
 
 
 def default_catalogue(
-    burst_sizes: Iterable[int] = DEFAULT_BURST_SIZES, runtimes: Iterable[str] = (DEFAULT_RUNTIME,)
+    burst_sizes: Iterable[int] = DEFAULT_BURST_SIZES,
+    runtimes: Iterable[str] = (DEFAULT_RUNTIME,),
+    rtts: Iterable[float] = (),
 ) -> Catalogue:
     singles = (
         THESIS_SCENARIOS
@@ -823,8 +974,11 @@ def default_catalogue(
         + LANG_SCENARIOS
         + PG_PROXY_SCENARIOS
         + TLS_SCENARIOS
+        + PG_TLS_SCENARIOS
     )
-    return Catalogue(singles + burst_scenarios(burst_sizes) + runtime_twins(singles, runtimes))
+    return Catalogue(
+        singles + rtt_scenarios(singles, rtts) + burst_scenarios(burst_sizes) + runtime_twins(singles, runtimes)
+    )
 
 
 # The cold-start test's parameters (bursts have their own test, sized by --bench-bursts).

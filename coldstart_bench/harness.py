@@ -65,7 +65,7 @@ class Harness:
         self.options = options
         self.state = state
         self.plan = plan
-        self.catalogue = catalogue or default_catalogue(options.bursts, options.runtimes)
+        self.catalogue = catalogue or default_catalogue(options.bursts, options.runtimes, options.rtts)
         self.write = write
         self.progress = Progress(plan.cold_starts, write)
         self.client: Any = None
@@ -251,7 +251,7 @@ class Harness:
 
         def prepared(scenario: Scenario) -> None:
             delay = getattr(testbed, "delay", None)
-            if scenario.delay_ms > 0 and delay is not None:
+            if (scenario.delay_ms > 0 or scenario.rtt_ms > 0) and delay is not None:
                 self.state.environment.delay_backends_by_scenario[scenario.id] = delay.backend
 
         executor = Executor(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, DEFAULT_RUNTIME, parse_burst_sizes
+from .catalogue import DEFAULT_BURST_SIZES, DEFAULT_GATE, DEFAULT_RUNTIME, parse_burst_sizes, parse_rtts
 from .plan import DEFAULT_WARMUP_AFTER, parse_warmup_after
 from .profiles import PROFILES, profile_named
 from .userscenarios import ScenarioFileError, UserScenario, load_scenario_file
@@ -105,6 +105,13 @@ def addoption(parser: pytest.Parser) -> None:
         default=",".join(map(str, DEFAULT_BURST_SIZES)),
         metavar="N,N,...",
         help="sizes of the concurrency sweep (burst-N-* scenarios), default 1,2,4,8",
+    )
+    group.addoption(
+        "--bench-rtt",
+        default="",
+        metavar="MS,MS,...",
+        help="round-trip times to add between function and backend, e.g. 1ms,10ms: <arm>-rtt-<N>ms variants of "
+        "the direct and injected arms of echo, PostgreSQL and PostgreSQL over TLS (default: none)",
     )
     group.addoption(
         "--bench-pool-size",
@@ -255,6 +262,7 @@ class BenchOptions:
     alpha: float
     pg_external: ExternalPg | None = None
     runtimes: tuple[str, ...] = (DEFAULT_RUNTIME,)
+    rtts: tuple[float, ...] = ()  # --bench-rtt: round-trip times of the rtt variants (ms)
     requests: int = 5
     user_scenarios: tuple[UserScenario, ...] = ()
     warmup_after: frozenset[str] = DEFAULT_WARMUP_AFTER
@@ -385,6 +393,7 @@ def from_config(config: pytest.Config) -> BenchOptions:
         alpha=alpha,
         pg_external=_external_pg(config),
         runtimes=_runtimes(opt("bench_runtimes")),
+        rtts=_rtts(opt("bench_rtt")),
         requests=_positive("--bench-requests", opt("bench_requests"), 1),
         user_scenarios=_user_scenarios(config),
         warmup_after=warmup_after,
@@ -395,6 +404,13 @@ def from_config(config: pytest.Config) -> BenchOptions:
         max_time=opt("bench_max_time"),
         max_cold_starts=max_cold_starts,
     )
+
+
+def _rtts(value: str | None) -> tuple[float, ...]:
+    try:
+        return parse_rtts(value or "")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _runtimes(value: str | None) -> tuple[str, ...]:

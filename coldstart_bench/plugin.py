@@ -83,7 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
             )
     config.stash[INPUTS_KEY] = AnalysisInputs(gate_rules, max_regression, baseline)
     config.stash[OPTIONS_KEY] = opts
-    catalogue = default_catalogue(opts.bursts, opts.runtimes)
+    catalogue = default_catalogue(opts.bursts, opts.runtimes, opts.rtts)
     config.stash[CATALOGUE_KEY] = catalogue
     if opts.user_scenarios:
         from .userscenarios import ScenarioFileError, register_user_scenarios

@@ -6,7 +6,8 @@ can all use it, without pytest or Docker.
 
 Version history: 1 — the first summary.json; 2 — each scenario carries its declared catalogue
 metadata (`declared`) and the run records its campaign plan (`plan`); optional keys within 2:
-`connect_breakdown`, `harness_time`, `languages`, `pg_proxy`, `tls`, `unsupported`; 3 — findings are judged as one
+`connect_breakdown`, `harness_time`, `languages`, `pg_proxy`, `tls`, `unsupported`, `round_trips`; 3 — findings
+are judged as one
 family (`findings[]` gain significant, p_value, p_adjusted, ci_adjusted, confidence_adjusted, estimator;
 `family` states the level), warnings also come grouped per rule (`warning_groups`), and the run records
 the lower-variance estimator (`effects`), sample-size plans (`planning`) and its stopping rule
@@ -210,6 +211,8 @@ class RunResult:
     # cold starts per arm needed to resolve the connection saving at 80 % power
     planning: list[dict[str, Any]] = field(default_factory=list)
     stopping: dict[str, Any] | None = None  # the stopping rule's record, when one was set
+    # per --bench-rtt variant: median connect in round trips, and what the distance added
+    round_trips: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -250,6 +253,8 @@ class RunResult:
             out["tls"] = self.tls
         if self.stopping is not None:
             out["stopping"] = self.stopping
+        if self.round_trips:
+            out["round_trips"] = self.round_trips
         return out
 
     def to_json(self) -> str:
@@ -294,6 +299,7 @@ class RunResult:
                 effects=dict(d.get("effects") or {}),
                 planning=list(d.get("planning") or []),
                 stopping=d.get("stopping"),
+                round_trips=list(d.get("round_trips") or []),
             )
         except ResultFormatError as exc:
             raise ResultFormatError(f"{source}: {exc}") from None

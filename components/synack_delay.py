@@ -1,4 +1,4 @@
-"""Delay only the outgoing SYN-ACKs of one local TCP port by N ms.
+"""Delay the outgoing SYN-ACKs of one local TCP port by N ms (or, ``--scope all``, every packet it sends).
 
 Runs inside the network namespace of the server it slows down (a sidecar
 container sharing it, with CAP_NET_ADMIN). Two backends:
@@ -9,11 +9,13 @@ container sharing it, with CAP_NET_ADMIN). Two backends:
   process holding each one N ms before accepting it (fnfqueue). For kernels
   without sch_netem.
 
-``auto`` uses netem where the kernel has it, nfqueue otherwise. Prints one JSON
+``--scope all`` delays every TCP segment from the port, not only SYN-ACKs: each round trip
+between a client and the server then takes N ms longer (a database at a network distance),
+handshakes and data alike. ``auto`` uses netem where the kernel has it, nfqueue otherwise. Prints one JSON
 line ``{"event": "ready", ...}`` once the delay is in effect; on SIGTERM/SIGINT
 removes its qdisc or rule (normal handshakes restored) and exits.
 
-    python -m components.synack_delay --delay-ms 50 --port 7000 [--backend auto|netem|nfqueue]
+    python -m components.synack_delay --delay-ms 50 --port 7000 [--backend auto|netem|nfqueue] [--scope synack|all]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 BACKENDS = ("netem", "nfqueue")
+SCOPES = ("synack", "all")  # which segments from the port are delayed
 # Offsets assume a 20-byte IPv4 header (no options): Linux never puts options on a SYN-ACK.
 _TCP_SPORT_AT = 20
 _TCP_FLAGS_AT = 33
@@ -50,7 +53,8 @@ class DelayError(RuntimeError):
 # --- command lines (pure) ----------------------------------------------------------------
 
 
-def netem_setup_commands(dev: str, port: int, delay_ms: float) -> list[list[str]]:
+def netem_setup_commands(dev: str, port: int, delay_ms: float, scope: str = "synack") -> list[list[str]]:
+    flags = ["match", "u8", hex(_SYN_ACK), hex(_SYN_ACK), "at", str(_TCP_FLAGS_AT)] if scope == "synack" else []
     return [
         ["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "prio", "bands", str(NETEM_BAND)],
         ["tc", "qdisc", "add", "dev", dev, "parent", f"1:{NETEM_BAND}", "handle", "40:",
@@ -59,7 +63,7 @@ def netem_setup_commands(dev: str, port: int, delay_ms: float) -> list[list[str]
          "match", "ip", "protocol", "6", "0xff",
          "match", "u8", "0x05", "0x0f", "at", "0",
          "match", "u16", str(port), "0xffff", "at", str(_TCP_SPORT_AT),
-         "match", "u8", hex(_SYN_ACK), hex(_SYN_ACK), "at", str(_TCP_FLAGS_AT),
+         *flags,
          "flowid", f"1:{NETEM_BAND}"],
     ]  # fmt: skip
 
@@ -68,21 +72,26 @@ def netem_teardown_commands(dev: str) -> list[list[str]]:
     return [["tc", "qdisc", "del", "dev", dev, "root"]]
 
 
-def nfqueue_rule(port: int, queue_num: int) -> list[str]:
+def nfqueue_rule(port: int, queue_num: int, scope: str = "synack") -> list[str]:
     # --queue-bypass: with no listener on the queue the kernel accepts instead of
     # dropping, so a dead daemon never blackholes the server's handshakes.
+    flags = ["--tcp-flags", "SYN,ACK", "SYN,ACK"] if scope == "synack" else []
     return [
-        "OUTPUT", "-p", "tcp", "--sport", str(port), "--tcp-flags", "SYN,ACK", "SYN,ACK",
+        "OUTPUT", "-p", "tcp", "--sport", str(port), *flags,
         "-j", "NFQUEUE", "--queue-num", str(queue_num), "--queue-bypass",
     ]  # fmt: skip
 
 
-def nfqueue_setup_commands(port: int, queue_num: int, iptables: str = "iptables") -> list[list[str]]:
-    return [[iptables, "-w", "5", "-A", *nfqueue_rule(port, queue_num)]]
+def nfqueue_setup_commands(
+    port: int, queue_num: int, iptables: str = "iptables", scope: str = "synack"
+) -> list[list[str]]:
+    return [[iptables, "-w", "5", "-A", *nfqueue_rule(port, queue_num, scope)]]
 
 
-def nfqueue_teardown_commands(port: int, queue_num: int, iptables: str = "iptables") -> list[list[str]]:
-    return [[iptables, "-w", "5", "-D", *nfqueue_rule(port, queue_num)]]
+def nfqueue_teardown_commands(
+    port: int, queue_num: int, iptables: str = "iptables", scope: str = "synack"
+) -> list[list[str]]:
+    return [[iptables, "-w", "5", "-D", *nfqueue_rule(port, queue_num, scope)]]
 
 
 def default_interface() -> str:
@@ -246,11 +255,11 @@ class Backend:
 class NetemBackend(Backend):
     name = "netem"
 
-    def __init__(self, dev: str, port: int, delay_ms: float) -> None:
-        self.dev, self.port, self.delay_ms = dev, port, delay_ms
+    def __init__(self, dev: str, port: int, delay_ms: float, scope: str = "synack") -> None:
+        self.dev, self.port, self.delay_ms, self.scope = dev, port, delay_ms, scope
 
     def start(self) -> None:
-        error = _run_all(netem_setup_commands(self.dev, self.port, self.delay_ms))
+        error = _run_all(netem_setup_commands(self.dev, self.port, self.delay_ms, self.scope))
         if error:
             _run_all(netem_teardown_commands(self.dev))  # leave no half-built qdisc
             raise DelayError(f"netem: {error}")
@@ -265,8 +274,8 @@ class NetemBackend(Backend):
 class NfqueueBackend(Backend):
     name = "nfqueue"
 
-    def __init__(self, port: int, delay_ms: float, queue_num: int = 0) -> None:
-        self.port, self.delay_ms, self.queue_num = port, delay_ms, queue_num
+    def __init__(self, port: int, delay_ms: float, queue_num: int = 0, scope: str = "synack") -> None:
+        self.port, self.delay_ms, self.queue_num, self.scope = port, delay_ms, queue_num, scope
         self.iptables = "iptables"
         self._conn: Any = None
         self._releaser: Releaser[Any] | None = None
@@ -292,7 +301,7 @@ class NfqueueBackend(Backend):
         self._reader.start()
         errors = []
         for iptables in ("iptables", "iptables-legacy"):
-            error = _run_all(nfqueue_setup_commands(self.port, self.queue_num, iptables))
+            error = _run_all(nfqueue_setup_commands(self.port, self.queue_num, iptables, self.scope))
             if error is None:
                 self.iptables, self._rule_added = iptables, True
                 return
@@ -333,7 +342,7 @@ class NfqueueBackend(Backend):
     def stop(self) -> None:
         # Rule first, so no new packet is queued; then let everything held go.
         if self._rule_added:
-            _run_all(nfqueue_teardown_commands(self.port, self.queue_num, self.iptables))
+            _run_all(nfqueue_teardown_commands(self.port, self.queue_num, self.iptables, self.scope))
             self._rule_added = False
         if self._releaser is not None:
             self._releaser.close(flush=True)
@@ -347,13 +356,17 @@ class NfqueueBackend(Backend):
         return {"queue_num": self.queue_num, "iptables": self.iptables}
 
 
-def start_backend(choice: str, dev: str, port: int, delay_ms: float, queue_num: int) -> tuple[Backend, list[str]]:
+def start_backend(
+    choice: str, dev: str, port: int, delay_ms: float, queue_num: int, scope: str = "synack"
+) -> tuple[Backend, list[str]]:
     """Start the chosen backend (auto: netem, falling back to nfqueue); (backend, errors seen)."""
     order = BACKENDS if choice == "auto" else (choice,)
     errors: list[str] = []
     for name in order:
         backend: Backend = (
-            NetemBackend(dev, port, delay_ms) if name == "netem" else NfqueueBackend(port, delay_ms, queue_num)
+            NetemBackend(dev, port, delay_ms, scope)
+            if name == "netem"
+            else NfqueueBackend(port, delay_ms, queue_num, scope)
         )
         try:
             backend.start()
@@ -389,11 +402,13 @@ def cleanup(dev: str, port: int, queue_num: int) -> list[str]:
     if _run_all(netem_teardown_commands(dev)) is None:
         removed.append(f"qdisc root on {dev}")
     for iptables in ("iptables", "iptables-legacy"):
-        # Bounded: the same rule could have been added more than once.
-        for _ in range(8):
-            if _run_all(nfqueue_teardown_commands(port, queue_num, iptables)) is not None:
-                break
-            removed.append(f"{iptables} NFQUEUE rule for port {port}")
+        for scope in SCOPES:
+            # Bounded: the same rule could have been added more than once.
+            for _ in range(8):
+                if _run_all(nfqueue_teardown_commands(port, queue_num, iptables, scope)) is not None:
+                    break
+                what = "" if scope == "synack" else " (every segment)"
+                removed.append(f"{iptables} NFQUEUE rule{what} for port {port}")
     return removed
 
 
@@ -407,6 +422,9 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
     parser.add_argument("--port", type=int, default=7000)
     parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto")
     parser.add_argument("--queue-num", type=int, default=0)
+    parser.add_argument(
+        "--scope", choices=SCOPES, default="synack", help="delay SYN-ACKs only, or every segment the port sends"
+    )
     parser.add_argument("--dev", default=None, help="interface for netem (default: that of the default route)")
     parser.add_argument("--probe", action="store_true", help="report which backends work, then exit")
     parser.add_argument(
@@ -429,12 +447,18 @@ def main(argv: Sequence[str] | None = None, stop: threading.Event | None = None)
 
     dev = args.dev or default_interface()
     try:
-        backend, errors = start_backend(args.backend, dev, args.port, args.delay_ms, args.queue_num)
+        backend, errors = start_backend(args.backend, dev, args.port, args.delay_ms, args.queue_num, args.scope)
     except DelayError as exc:
         print(f"synack_delay: {exc}", file=sys.stderr, flush=True)
         _emit({"event": "error", "error": str(exc)})
         return 2
-    ready = {"event": "ready", "backend": backend.name, "delay_ms": args.delay_ms, "port": args.port}
+    ready = {
+        "event": "ready",
+        "backend": backend.name,
+        "delay_ms": args.delay_ms,
+        "port": args.port,
+        "scope": args.scope,
+    }
     _emit({**ready, **backend.describe(), "fallback_reasons": errors})
     status = 0
     try:

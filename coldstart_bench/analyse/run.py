@@ -27,6 +27,7 @@ from .gate import GateRule, evaluate_gate
 from .harness_time import arm_phases, connect_breakdown, harness_time
 from .noise import noise_records
 from .report_sections import lower_variance, sample_size_plans
+from .round_trips import round_trip_rows
 from .stats import describe, json_safe, values_by_scenario
 from .tls_connect import tls_connect_table
 from .warning_groups import group_warnings
@@ -376,6 +377,9 @@ def analyse(
     tls = tls_connect_table(samples, catalogue)
     if tls is not None:
         summary["tls"] = tls
+    distance = round_trip_rows(samples, catalogue)
+    if distance:
+        summary["round_trips"] = distance
     if config.stopping is not None:
         summary["stopping"] = config.stopping
     return RunAnalysis(

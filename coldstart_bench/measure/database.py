@@ -32,6 +32,10 @@ PG_PORT = 5432
 ACCOUNTS = 100
 INITIAL_BALANCE = 100_000
 READY_LINE = "database system is ready to accept connections"
+# Where the server's TLS certificate and key are mounted (images/postgres/start.sh turns ssl on).
+CONTAINER_TLS_DIR = "/run/pg-tls"
+TLS_POOL_NAME = "pgtls"
+SECRET_CA_NAME = "pg-ca.pem"  # the CA beside the password in the secret volume (manager, direct functions)
 CONTAINER_SOCKET_DIR = "/var/run/postgresql"
 POOL_NAME = "pg"
 
@@ -138,6 +142,7 @@ class PostgresBackend(_Admin, StartStop):
         postgres_args: tuple[str, ...] = (),
         start_timeout: float = 60.0,
         publish: bool = True,
+        tls_volume: str | None = None,
         **container_kwargs: Any,
     ) -> None:
         self._client = client
@@ -149,6 +154,9 @@ class PostgresBackend(_Admin, StartStop):
         self.start_timeout = start_timeout
         self.publish = publish
         self.container_kwargs = container_kwargs
+        # A volume with server.pem + server.key for this container's name: the server speaks TLS
+        # 1.3 too (ssl = on; pg_hba's hostssl lines take SCRAM over TLS).
+        self.tls_volume = tls_volume
         self._container: Any = None  # testcontainers DockerContainer
 
     # --- addresses -------------------------------------------------------------------------
@@ -198,6 +206,10 @@ class PostgresBackend(_Admin, StartStop):
             container.ports[f"{PG_PORT}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
         if self.postgres_args:
             container = container.with_command(list(self.postgres_args))
+        if self.tls_volume is not None:
+            container = container.with_volume_mapping(self.tls_volume, CONTAINER_TLS_DIR, "ro").with_env(
+                "PG_TLS_DIR", CONTAINER_TLS_DIR
+            )
         try:
             self._container = container.start()
         except Exception as exc:

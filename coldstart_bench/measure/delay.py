@@ -1,4 +1,5 @@
-"""Apply a SYN-ACK delay to a running server container, as a sidecar.
+"""Apply a SYN-ACK delay (or, scope "all", a delay on every packet the server sends: a round-trip
+time) to a running server container, as a sidecar.
 
 The sidecar runs ``components.synack_delay`` from the ``delay`` image inside the
 target's network namespace (``network_mode=container:<id>``) with NET_ADMIN, so
@@ -69,9 +70,13 @@ class SynAckDelay:
         delay_ms: float,
         backend: str = "auto",
         labels: dict[str, str] | None = None,
+        scope: str = "synack",
     ) -> None:
         if delay_ms <= 0:
             raise ValueError("delay_ms must be > 0")
+        if scope not in ("synack", "all"):
+            raise ValueError(f"scope must be synack or all, got {scope!r}")
+        self.scope = scope
         self.client = client
         self.image = image
         self.target_container_id = target_container_id
@@ -91,6 +96,7 @@ class SynAckDelay:
             "--delay-ms", f"{self.delay_ms:g}",
             "--port", str(self.port),
             "--backend", self.requested_backend,
+            "--scope", self.scope,
         ]  # fmt: skip
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> SynAckDelay:

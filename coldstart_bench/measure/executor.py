@@ -205,6 +205,13 @@ def validate(scenario: Scenario, samples: Sequence[Sample], pool_status: str = "
                 f"version {plain[0].tls_version!r}, path {plain[0].tls_path!r}"
             )
     ok_connect = [s.connect_us for s in samples if s.ok and s.connect_us == s.connect_us]
+    if scenario.rtt_ms > 0 and scenario.mode == "direct" and ok_connect:
+        # A direct connect pays at least the TCP handshake's round trip.
+        median = statistics.median(ok_connect)
+        if median < scenario.rtt_ms * 1000:
+            problems.append(
+                f"round-trip time not in effect: median connect_us {median:.0f} < configured {scenario.rtt_ms:g} ms"
+            )
     if scenario.delay_ms > 0 and scenario.mode == "direct" and ok_connect:
         median = statistics.median(ok_connect)
         if median < scenario.delay_ms * 1000:

@@ -110,6 +110,7 @@ class Testbed:
         self.pg_cold_starts_ok = 0  # successful pg function runs, warm-ups included: each commits one transfer
         self.pg_transfers_before = 0  # transfers already in the database when the run started
         self.delay_target = "echo"
+        self.delay_scope = "synack"  # "all" while a round-trip time (--bench-rtt) is applied
         self.network: Network | None = None
         self.echo: DockerContainer | None = None
         self.pool: DockerContainer | None = None
@@ -125,6 +126,7 @@ class Testbed:
         self.pgbouncer: PgBouncerContainer | None = None
         self.handouts = HandoutLedger()
         self.sessions: SessionLedger | None = None  # with the database container: server sessions per arm
+        self.pg_tls_ca: bytes | None = None  # the database container's CA when it speaks TLS
         self.user: UserBed | None = None  # scenarios from a scenario file (measure/userbed.py)
         self.extra_pools: dict[str, dict[str, Any]] = {}  # pools beside echo's: user backends
         self._pg_pools: dict[str, Any] = {}
@@ -308,8 +310,9 @@ class Testbed:
             backend = ExternalPostgres(ext.host, ext.port, ext.user, ext.database, password_file=str(ext.password_file))
             backend.load_schema()
         else:
+            tls_volume = self._pg_tls_volume()
             backend = PostgresBackend(self.client, self.images.extra["postgres"], self.network_name, self.pg_name,
-                                      self.labels, publish=False).start()  # fmt: skip
+                                      self.labels, publish=False, tls_volume=tls_volume).start()  # fmt: skip
         self.pg = backend
         self.pg_transfers_before = backend.check_balances()[0]
         if isinstance(backend, PostgresBackend):  # an external server has other clients: not counted
@@ -321,11 +324,66 @@ class Testbed:
         )
         # Mode 0644: containers may run as another uid; only the manager and direct functions mount it.
         files = {"pgpassword": VolumeFile((backend.password + "\n").encode())}
+        if self.pg_tls_ca is not None:
+            files["pg-ca.pem"] = VolumeFile(self.pg_tls_ca)
         put_files(self.client, self.secret_volume, files, self.images.pool, self.labels)
         self._write_pool_config()
         self.stop_pool()
         self.start_pool()
         return backend
+
+    def _pg_tls_volume(self) -> str | None:
+        """The database container's certificate and key (a per-run CA, the container's name) in a
+        volume only it mounts; None without the openssl command (the pg-tls scenarios then refuse)."""
+        import shutil
+        import tempfile
+
+        from .tls_certs import make_run_certificates, openssl_path
+
+        if openssl_path() is None:
+            return None
+        directory = tempfile.mkdtemp(prefix=f"csb-{self.run_id[-8:]}-pgtls-", dir="/tmp")
+        try:
+            certs = make_run_certificates(directory, (self.pg_name,))
+            # Readable by the server's uid inside the volume; start.sh copies it to a 0600 file of its own.
+            files = {
+                "server.pem": VolumeFile(certs.server_cert.read_bytes()),
+                "server.key": VolumeFile(certs.server_key.read_bytes(), 0o644),
+            }
+            self.pg_tls_ca = certs.ca_cert.read_bytes()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        volume = f"csb-pgtls-{self.run_id}"
+        create_volume(self.client, volume, self.labels)
+        put_files(self.client, volume, files, self.images.pool, self.labels)
+        return volume
+
+    def ensure_pg_tls(self) -> None:
+        """The database over TLS: a `pgtls` pool (SSLRequest, verified TLS 1.3, SCRAM in the manager)
+        beside the plain one, added once."""
+        from .database import SECRET_CA_NAME, TLS_POOL_NAME, PostgresBackend
+
+        backend = self.ensure_pg()
+        if TLS_POOL_NAME in self._pg_pools:
+            return
+        if not isinstance(backend, PostgresBackend) or self.pg_tls_ca is None:
+            raise TestbedError(
+                "PostgreSQL over TLS needs the database container with its per-run certificate "
+                "(not an external server; the openssl command makes the certificate)"
+            )
+        self._pg_pools |= backend.pool_config(
+            backend.target,
+            f"{SECRET_MOUNT}/pgpassword",
+            size=min(self.config.pool_size, 16),
+            name=TLS_POOL_NAME,
+            sslmode="verify-full",
+            ca_file=f"{SECRET_MOUNT}/{SECRET_CA_NAME}",
+            server_name=self.pg_name,
+            handoff="auto",
+        )
+        if self.sessions is not None:
+            self.sessions.touch()  # the restarted manager opens both pools' sessions
+        self._restart_pool_with_config()
 
     def _restart_pool_with_config(self) -> None:
         """The manager with every pool the run needs so far (echo, PostgreSQL, TLS, user backends)."""
@@ -333,9 +391,11 @@ class Testbed:
         self.stop_pool()
         self.start_pool()
 
-    def set_delay(self, delay_ms: float, target: str = "echo") -> str | None:
-        """Apply the SYN-ACK delay of a scenario to a backend (or remove it); returns the backend used."""
-        if delay_ms == self.delay_ms and target == self.delay_target and (self.delay is not None or delay_ms == 0):
+    def set_delay(self, delay_ms: float, target: str = "echo", scope: str = "synack") -> str | None:
+        """Apply the SYN-ACK delay of a scenario to a backend (or remove it); with scope "all" every
+        packet the backend sends is delayed (a round-trip time). Returns the delay backend used."""
+        same = delay_ms == self.delay_ms and target == self.delay_target and scope == self.delay_scope
+        if same and (self.delay is not None or delay_ms == 0):
             return self.delay.backend if self.delay else None
         if self.delay is not None:
             self.delay.stop()
@@ -359,10 +419,11 @@ class Testbed:
                 assert self.echo is not None
                 container_id, port = self.echo.get_wrapped_container().id, self.config.echo_port
             self.delay = SynAckDelay(
-                self.client, self.images.delay, container_id, port, delay_ms, labels=self.labels
+                self.client, self.images.delay, container_id, port, delay_ms, labels=self.labels, scope=scope
             ).start()
             self.delay_ms = delay_ms
             self.delay_target = target
+            self.delay_scope = scope
             if self.delay.backend:
                 self.delay_backends.add(self.delay.backend)
             return self.delay.backend
@@ -404,7 +465,7 @@ class Testbed:
 
     def count_cold_starts(self, scenario: Scenario, records: list[dict[str, Any] | None]) -> None:
         """Called for every cold start of a round (warm-ups included), for the session accounting."""
-        if scenario.transport == "tls" and self.tls is not None:
+        if scenario.transport == "tls" and scenario.backend == "echo" and self.tls is not None:
             self.tls.counts.count(scenario.mode, records)
 
     def _tally_tls_pool(self, stats: dict[str, Any] | None) -> None:
@@ -453,11 +514,16 @@ class Testbed:
             return
         if scenario.backend == "pg":
             self.ensure_pg()
+            if scenario.transport == "tls":
+                self.ensure_pg_tls()
         if scenario.proxy:
             self.ensure_pgbouncer()
-        if scenario.transport == "tls":
+        if scenario.transport == "tls" and scenario.backend == "echo":
             self.ensure_tls()
-        self.set_delay(scenario.delay_ms, self._delay_target(scenario))
+        if scenario.rtt_ms > 0:
+            self.set_delay(scenario.rtt_ms, self._delay_target(scenario), scope="all")
+        else:
+            self.set_delay(scenario.delay_ms, self._delay_target(scenario))
         if scenario.pool_up:
             self.start_pool()
         else:
@@ -565,14 +631,21 @@ class Testbed:
     def _pg_function_spec(self, scenario: Scenario) -> FunctionSpec:
         assert self.pg is not None
         route = function_specs.pg_route(scenario, self.pg, self.pgbouncer)
+        from .database import SECRET_CA_NAME, TLS_POOL_NAME
+
+        tls = scenario.transport == "tls"
         command = [
             *function_specs.STAMP_ONLY,
             "python3", "-m", "components.pg_function",
             "--mode", scenario.mode,
             "--host", route.host, "--port", str(route.port),
             "--database", self.pg.database, "--user", self.pg.user,
-            "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--pool", "pg",
+            "--socket", f"{SOCKET_MOUNT}/{SOCKET_NAME}", "--pool", TLS_POOL_NAME if tls else "pg",
         ]  # fmt: skip
+        if tls and scenario.mode == "direct":
+            command += ["--tls-ca", f"{SECRET_MOUNT}/{SECRET_CA_NAME}", "--tls-server-name", self.pg_name]
+        if scenario.handoff == "relay" and scenario.mode == "socket":
+            command += ["--handoff", "relay"]
         binds = {self.socket_volume: {"bind": SOCKET_MOUNT, "mode": "rw"}, **route.binds}
         if scenario.mode == "direct":
             # Only a function that authenticates itself gets the credential.

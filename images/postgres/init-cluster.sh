@@ -22,8 +22,11 @@ max_connections = 300
 log_connections = off
 log_line_prefix = '%m [%p] '
 CONF
-# Any address, but only with a SCRAM password (initdb only allows the loopback addresses).
+# Any address, but only with a SCRAM password (initdb only allows the loopback addresses); over
+# TLS when the server runs with ssl = on (start.sh, PG_TLS_DIR), else in the clear.
 cat >> "$PGDATA/pg_hba.conf" <<HBA
+hostssl all all 0.0.0.0/0 scram-sha-256
+hostssl all all ::/0 scram-sha-256
 host all all 0.0.0.0/0 scram-sha-256
 host all all ::/0 scram-sha-256
 HBA

@@ -12,7 +12,7 @@ from coldstart_bench.analyse.report.answers import answer_of, answers, context_o
 from coldstart_bench.analyse.report.blocks import Para, Table
 from coldstart_bench.catalogue import default_catalogue
 
-CATALOGUE = default_catalogue()
+CATALOGUE = default_catalogue(rtts=(5.0,))
 
 
 def _summary(*names: str, findings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -80,6 +80,8 @@ def test_the_control_and_missing_fields() -> None:
         ("socket-100ms", "TCP · 100 ms delay"),
         ("burst-4-socket-nonet", "TCP · no network · 4 at once"),
         ("socket-fd3", "TCP · fd 3"),
+        ("pg-tls-socket", "PostgreSQL over TLS"),
+        ("pg-tls-direct-rtt-5ms", "PostgreSQL over TLS · 5 ms RTT"),
     ],
 )
 def test_context_says_what_kind_of_function_and_backend(scenario: str, context: str) -> None:

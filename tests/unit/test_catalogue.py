@@ -68,6 +68,7 @@ def test_families_and_axes() -> None:
         "lang",
         "pg-proxy",
         "tls",
+        "pg-tls",
     }
     for s in cat:
         if s.family in ("runtime", "lang", "pg-proxy"):
@@ -75,9 +76,9 @@ def test_families_and_axes() -> None:
         assert (s.runtime, s.language, s.transport, s.entrypoint, s.handoff) == (
             "runc",
             "python",
-            "tls" if s.family == "tls" else "tcp",
+            "tls" if s.family in ("tls", "pg-tls") else "tcp",
             "in-process",
-            "relay" if s.id.startswith("tls-relay") else "fd",
+            "relay" if s.id.endswith(("tls-relay", "tls-relay-nonet")) else "fd",
         )
     assert [s.id for s in cat.family("tls")] == [
         "tls-direct",
@@ -116,7 +117,7 @@ def test_register_refuses_duplicates_and_bad_names() -> None:
 def test_expectations_live_in_the_catalogue() -> None:
     texts = default_catalogue().expectations()
     assert "socket.connect_us.median <= direct.connect_us.median / 2" in texts
-    assert len(texts) == 10 and len(set(texts)) == 10  # the thesis seven, node, tls and the tls relay
+    assert len(texts) == 11 and len(set(texts)) == 11  # the thesis seven, node, tls, the tls and pg-tls relays
     assert "tls-socket.connect_us.median <= tls-direct.connect_us.median / 5" in texts
     assert default_catalogue().expectations(["pg-socket"]) == [
         "pg-socket.connect_us.median <= pg-direct.connect_us.median / 5"

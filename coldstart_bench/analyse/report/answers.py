@@ -32,9 +32,11 @@ FAMILY_TITLES: dict[str, str] = {
     "extended": "TCP: beyond the thesis (no network, delay, fallback, return)",
     "pg": "PostgreSQL sessions",
     "tls": "TLS 1.3 sessions",
+    "pg-tls": "PostgreSQL over TLS 1.3",
     "lang": "Languages (Node.js, C, fd 3)",
     "pg-proxy": "Against the proxy (PgBouncer)",
     "runtime": "Runtimes and the relay",
+    "rtt": "A backend at a network distance (round-trip time)",
     "burst": "Bursts of concurrent cold starts",
     "control": "A/A control",
 }
@@ -107,7 +109,8 @@ def context_of(summary: Mapping[str, Any], scenario: str) -> str:
     d = declared_of(summary, scenario)
     if not d:
         return "–"
-    base = "TLS" if d.get("transport") == "tls" else "PostgreSQL" if d.get("backend") == "pg" else "TCP"
+    tls, pg = d.get("transport") == "tls", d.get("backend") == "pg"
+    base = "PostgreSQL over TLS" if tls and pg else "TLS" if tls else "PostgreSQL" if pg else "TCP"
     parts = [base]
     language = str(d.get("language") or "python")
     if language != "python":
@@ -122,6 +125,8 @@ def context_of(summary: Mapping[str, Any], scenario: str) -> str:
         parts.append("no network")
     if _finite(d.get("delay_ms")) and d["delay_ms"]:
         parts.append(f"{d['delay_ms']:g} ms delay")
+    if _finite(d.get("rtt_ms")) and d["rtt_ms"]:
+        parts.append(f"{d['rtt_ms']:g} ms RTT")
     if int(d.get("burst") or 1) > 1 or d.get("family") == "burst":
         parts.append(f"{int(d.get('burst') or 1)} at once")
     runtime = d.get("runtime")

@@ -578,6 +578,33 @@ def _run_para(summary: Mapping[str, Any]) -> Para:
     return Para(f"{len(scenarios)} scenarios, {cold} measured cold starts{where}{when}.{cmd}")
 
 
+def round_trip_blocks(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The --bench-rtt variants: what each arm's connect costs in round trips to the backend."""
+    if not rows:
+        return []
+    return [
+        Heading("A backend at a network distance (round trips before the first reply)"),
+        Para(
+            "Every packet between function and backend delayed by the round-trip time; round trips = median "
+            "connect_us / RTT, rounded; added = the same arm's median without the distance subtracted."
+        ),
+        Table(
+            ["scenario", "RTT ms", "connect median µs", "round trips", "added µs", "added (RTTs)"],
+            [
+                [
+                    str(r["scenario"]),
+                    num(r["rtt_ms"], 1),
+                    num(r["connect_us_median"]),
+                    str(r["round_trips"]),
+                    num(r.get("added_us")),
+                    num(r.get("added_round_trips"), 2),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+
+
 def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
     """Answers first, then the gate and warnings, one section per scenario family, and an appendix
     with everything else (findings as sentences, raw comparisons, per-block tables, planning,
@@ -601,6 +628,7 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
                 Image("lifecycle_vs_delay.png", "Lifecycle vs configured delay with the fitted line")
             )
     extras["tls"] += tls_blocks(summary.get("tls"))
+    extras["rtt"] = round_trip_blocks(summary.get("round_trips") or [])
     bt = burst_table(scenarios)
     if bt:
         extras["burst"] += [bt] + (
