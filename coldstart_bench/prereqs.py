@@ -95,6 +95,13 @@ PREREQUISITES: tuple[Prerequisite, ...] = (
         paths=("/usr/bin/python3",),
     ),
     Prerequisite(
+        "Chromium",
+        "opens report.html in a headless browser to check it renders (tests/unit/test_report_browser.py)",
+        apt=("chromium",),
+        needed_for=frozenset({"test"}),
+        executables=("chromium", "chromium-browser", "google-chrome"),
+    ),
+    Prerequisite(
         "crun",
         "an OCI runtime to compare with runc (register it in /etc/docker/daemon.json, then restart dockerd)",
         apt=("crun",),
