@@ -84,12 +84,15 @@ def _report(args: argparse.Namespace) -> int:
 
 def _show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its summary.json)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="the long form: every finding, the table per scenario"
+    )
 
 
 def _show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .analyse.report.terminal import render_result
+    from .analyse.report.terminal import render_result, render_short
     from .results import ResultFormatError, load_result
 
     try:
@@ -98,7 +101,10 @@ def _show(args: argparse.Namespace) -> int:
         return _error(str(exc))
     env = result.environment
     print(f"run {env.run_id or '?'}: {env.started_utc or '?'} .. {env.finished_utc or '?'} ({env.command or '?'})")
-    print("\n".join(render_result(result)))
+    path = Path(args.run_dir)
+    report = path / "report.html" if path.is_dir() else path.with_name("report.html")
+    lines = render_result(result) if args.verbose else render_short(result, report_path=str(report))
+    print("\n".join(lines))
     return EXIT_OK
 
 

@@ -35,6 +35,7 @@ def finish_run(
     plan: Plan | None = None,
     *,
     stopping: dict[str, Any] | None = None,
+    verbose: bool = False,
 ) -> tuple[list[str], bool]:
     """Returns the terminal lines and whether the run must fail (gate, or expectations under 'fail')."""
     from .analyse.baseline import save_baseline
@@ -65,13 +66,14 @@ def finish_run(
     analysis = report.analysis
     if report.write_error is not None:
         lines.append(f"WARNING: report not (fully) written to {run_dir}: {report.write_error}; samples.csv is kept")
-    elif run_dir is not None:
-        lines.append(f"report: {run_dir} ({len(report.written)} files; samples.csv, summary.json, report.md, ...)")
+    report_path = ""
+    if report.write_error is None and run_dir is not None:
+        report_path = str(run_dir / "report.html")  # report.md, summary.json, samples.csv beside it
     if opts.save_baseline is not None:
         try:
             save_baseline(opts.save_baseline, state.samples, analysis)
             lines.append(f"baseline saved to {opts.save_baseline}")
         except OSError as exc:
             lines.append(f"WARNING: baseline not saved to {opts.save_baseline}: {exc}")
-    lines.extend(terminal_lines(analysis))
+    lines[:0] = terminal_lines(analysis, verbose=verbose, report_path=report_path)
     return lines, analysis.failed

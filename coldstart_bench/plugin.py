@@ -356,12 +356,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         catalogue_of(config),
         run_plan,
         stopping=policy.record() if policy is not None else None,
+        verbose=config.get_verbosity() > 0,
     )
     config.stash[LINES_KEY] = config.stash[LINES_KEY] + lines
     if failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's table: the answers end the output
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     lines = config.stash.get(LINES_KEY, [])
     if not lines:

@@ -67,7 +67,7 @@ USAGE = """usage: python -m components.function --mode {direct,socket,fd3} [--ta
 
 
 # The project's modules any mode may import on the way to a connection: paged in for every mode.
-CONNECT_MODULES = ("pool_acquire", "listen_fds", "function_tls", "tls13")
+CONNECT_MODULES = ("pool_acquire", "listen_fds", "function_tls", "tls13", "ktls_socket")
 
 
 def _parse(argv: list[str]) -> dict[str, Any]:

@@ -79,10 +79,13 @@ def continue_injected(
         info["tls_setup_us"] = (time.perf_counter_ns() - t0) / 1000
         return sock, info
     if path == "ktls":
-        info["tls_setup_us"] = (time.perf_counter_ns() - t0) / 1000
         if tls_meta.get("plaintext"):
             raise ValueError("kernel TLS hand-out with already-decrypted bytes is not supported")
-        return sock, info
+        from components.ktls_socket import KernelTlsSocket  # no crypto: alerts and KeyUpdate as clear errors
+
+        ktls_sock = KernelTlsSocket(sock)
+        info["tls_setup_us"] = (time.perf_counter_ns() - t0) / 1000
+        return ktls_sock, info
     from components import tls13
 
     suite = tls13.SUITES.get(str(tls_meta.get("cipher_suite")))

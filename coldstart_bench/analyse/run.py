@@ -427,7 +427,7 @@ def report_run(
     return report
 
 
-def terminal_lines(analysis: RunAnalysis) -> list[str]:
+def terminal_lines(analysis: RunAnalysis, *, verbose: bool = False, report_path: str = "") -> list[str]:
     from .report.terminal import render
 
-    return render(analysis)
+    return render(analysis, verbose=verbose, report_path=report_path)

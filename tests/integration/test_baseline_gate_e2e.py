@@ -4,6 +4,7 @@ regression (10 ms of handshake delay in the baseline, 50 ms now) fails with GATE
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def test_unchanged_setup_passes_and_a_slower_handshake_fails(docker_client: Any,
         tmp_path / "r2", *COMMON, "-k", SELECT_10MS, "--bench-baseline", str(baseline), "--bench-max-regression", "50%"
     )
     assert code == 0, out[-3000:]
-    assert any(ln.startswith("GATE OK direct-10ms connect_us") for ln in out.splitlines()), out[-3000:]
+    gate = json.loads((tmp_path / "r2" / "latest" / "summary.json").read_text())["gate"]
+    assert any(g["line"].startswith("GATE OK direct-10ms connect_us") for g in gate), out[-3000:]
+    assert any(ln.startswith("GATE OK (") for ln in out.splitlines()), out[-3000:]
     assert not any(ln.startswith("GATE FAIL") for ln in out.splitlines())
 
     # The baseline's 10 ms numbers now stand for direct-50ms: the 50 ms run is an honest regression.

@@ -18,7 +18,7 @@ from .test_bench_e2e import leftovers, plan_warmups, run_bench
 pytestmark = pytest.mark.integration
 
 ARMS = {"pg-tls-direct": "handshake", "pg-tls-socket": "record_layer", "pg-tls-relay": "relay"}
-RTT_MS = 20
+RTT_MS = 50  # large beside the noise of a loaded machine: direct adds ~6 of them, injected none
 
 
 def test_pg_over_tls_arms_and_their_rtt_variants(docker_client: Any, tmp_path: Path) -> None:

@@ -88,5 +88,5 @@ def test_report_rewrites_the_same_files(redis_run: tuple[Path, str, int, int], t
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     assert after.keys() == before.keys()
     assert [name for name in before if before[name] != after[name]] == []
-    shown = cli("show", str(run_dir))
+    shown = cli("show", "-v", str(run_dir))
     assert shown.returncode == 0 and any(line.startswith("redis-socket-nonet ") for line in shown.stdout.splitlines())

@@ -179,5 +179,5 @@ def test_a_version_1_run_directory_is_re_analysed(tmp_path: Path, capsys: pytest
     assert "Findings" in (tmp_path / "out" / "report.md").read_text()
     assert json.loads((run / "summary.json").read_text()) == old  # the original is untouched
     assert reanalyse_main([str(run), "--out", str(tmp_path / "again")]) == 0
-    assert capsys.readouterr().out.startswith("findings (")
+    assert capsys.readouterr().out.startswith("[coldstart-bench] 5 scenarios, 125 measured cold starts")
     assert reanalyse_main([str(tmp_path / "missing")]) == 2

@@ -30,11 +30,16 @@ def test_root_with_apt_installs_every_missing_package_in_one_command() -> None:
         "PostgreSQL server binaries",
         "Node.js",
         "PgBouncer",
+        "QEMU",
+        "static busybox",
+        "system Python",
+        "Chromium",
     }
     assert plan.commands[0][:2] == ("apt-get", "update")
     install = plan.commands[-1]
     assert install[:2] == ("apt-get", "install")
-    assert {"mmdebstrap", "gcc", "libc6-dev", "postgresql", "nodejs", "pgbouncer"} <= set(install)
+    assert {"mmdebstrap", "gcc", "libc6-dev", "postgresql", "nodejs", "pgbouncer", "chromium"} <= set(install)
+    assert "qemu-system-x86" in install
     assert plan.message == ""
 
 
@@ -53,7 +58,7 @@ def test_without_apt_the_message_names_the_debian_packages() -> None:
 
 
 def test_glob_satisfies_a_prerequisite_and_env_waives_the_offline_base(monkeypatch: pytest.MonkeyPatch) -> None:
-    which = fake_which({"cc", "node", "pgbouncer"})
+    which = fake_which({"cc", "node", "pgbouncer", "chromium", "qemu-system-x86_64"})
     found = prereqs.missing("test", which=which, globber=lambda p: ["/usr/lib/postgresql/15/bin/initdb"])
     assert [p.name for p in found] == ["mmdebstrap"]
     monkeypatch.setenv("COLDSTART_BASE_IMAGE", "my/base:1")

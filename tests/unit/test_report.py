@@ -20,10 +20,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = (
     "connect_per_iteration.png",
     "lifecycle_per_iteration.png",
-    "ecdf_connect.png",
-    "box_lifecycle.png",
     "lifecycle_vs_delay.png",
     "phases.png",
+    "family_thesis_forest.png",
+    "family_thesis_distribution.png",
+    "family_burst_distribution.png",
 )
 
 
@@ -84,20 +85,19 @@ def test_summary_json_is_strict_json(written: Path) -> None:
 
 def test_markdown_report_content(written: Path) -> None:
     md = (written / "report.md").read_text()
+    assert md.split("\n## ")[1].startswith("Answers"), "the report opens with the answers"
     for text in (
-        "Average ms (lifecycle)",
-        "Diff ms vs socket",
-        "Connect median µs",
-        "Connect p95 µs",
-        "Connect p99 µs",
-        "## Findings",
-        "## Expectations",
-        "## Gate",
-        "## Noise warnings",
-        "## Comparisons",
-        "## Phase attribution",
+        "| question | for | pair | effect | family-wise interval | verdict | rules out |",
+        "| connection faster? | TCP | socket vs direct |",
+        "## Gate and warnings",
+        "## TCP: the thesis's scenarios",
+        "## Bursts of concurrent cold starts",
+        "## Appendix",
+        "### Findings as sentences",
+        "### Expectations",
+        "### Comparisons (raw)",
+        "### Phase attribution",
         "connection share",
-        "## Bursts",
         "Produced by: `pytest bench/ -p no:xdist`",
         "GATE FAIL socket connect_us p50",
     ):
@@ -105,16 +105,37 @@ def test_markdown_report_content(written: Path) -> None:
     for name in (*PLOTS, "burst.png"):
         assert f"]({name})" in md
     assert "Injection saves" in md and "family-wise" in md
+    assert md.index("## Answers") < md.index("## TCP: the thesis's scenarios") < md.index("## Appendix")
+
+
+def test_no_table_wider_than_ten_columns(written: Path) -> None:
+    widths = [
+        line.count(" | ") + 1 for line in (written / "report.md").read_text().splitlines() if line.startswith("| ")
+    ]
+    assert widths and max(widths) <= 10
+
+
+def test_percentiles_only_where_n_supports_them(written: Path) -> None:
+    md = (written / "report.md").read_text()
+    family = md[md.index("## TCP: the thesis's scenarios") :]
+    socket_row = next(line for line in family.splitlines() if line.startswith("| `socket` |"))
+    assert socket_row.count("–¹") == 0  # n = 20: p95 is shown
+    bursts = md[md.index("## Bursts of concurrent cold starts") :]
+    burst_row = next(line for line in bursts.splitlines() if line.startswith("| `burst-4-direct` |"))
+    assert burst_row.count("–¹") == 2  # n = 8: neither p95 is shown, the footnote says why
+    assert "¹ not shown: too few successful cold starts" in bursts
 
 
 def test_html_is_self_contained(written: Path) -> None:
     page = (written / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == len(PLOTS) + 1
+    images = page.count('src="data:image/png;base64,')
+    assert images == len(list(written.glob("*.png")))
     assert "<table>" in page and "http://" not in page and "https://" not in page
+    assert '<nav class="toc"' in page and '<a href="#answers">Answers</a>' in page and '<section id="answers">' in page
 
 
-def test_terminal_lines(analysis: RunAnalysis) -> None:
-    lines = terminal_lines(analysis)
+def test_terminal_lines_long_form(analysis: RunAnalysis) -> None:
+    lines = terminal_lines(analysis, verbose=True)
     # The findings come first, significant ones before the rest, then the raw table.
     assert lines[0].startswith("findings (")
     marks = [line.split("]")[0] for line in lines[1:] if line.startswith("  [")]
@@ -131,6 +152,37 @@ def test_terminal_lines(analysis: RunAnalysis) -> None:
     assert any(line.startswith("EXPECT PASS: socket.connect_us.median") for line in lines)
     assert any(line.startswith("WARNING: too few samples for p99") for line in lines)
     assert lines[-2].startswith("GATE FAIL socket connect_us p50") and lines[-1].startswith("GATE OK")
+
+
+def test_terminal_lines_short_form(analysis: RunAnalysis) -> None:
+    lines = terminal_lines(analysis, report_path="reports/x/report.html")
+    assert lines[0].startswith("[coldstart-bench] 9 scenarios, 132 measured cold starts")
+    assert lines[1].startswith("answers (family-wise")
+    row = next(line for line in lines if line.startswith("  socket vs direct "))
+    speedup = next(f for f in analysis.summary["findings"] if f["kind"] == "connect_speedup")
+    assert f"yes {speedup['estimate']:.1f}×" in row
+    assert "gate: FAILED (1 of 2 rules)" in lines
+    assert any(x.startswith("GATE FAIL socket connect_us p50") for x in lines)
+    assert any(line.startswith("expectations: 1 pass") for line in lines)
+    assert any(line.startswith("warnings (") for line in lines)
+    assert lines[-2] == "report: reports/x/report.html" and len(lines) <= 38
+
+
+def test_terminal_short_form_fits_forty_lines_with_many_pairs() -> None:
+    from coldstart_bench.analyse.report.terminal import MAX_LINES, render_short
+    from coldstart_bench.results import RunResult
+
+    finding = {"kind": "lifecycle_saving", "unit": "ms", "estimate": 5.0, "ci_adjusted": [-9.0, 20.0]}
+    findings = [finding | {"scenarios": [f"direct-{i}", f"socket-{i}"], "significant": i % 7 == 0} for i in range(80)]
+    warnings = [{"line": f"rule {i}: " + "x" * 300} for i in range(12)]
+    result = RunResult.from_dict(
+        {"version": 3, "scenarios": {}, "environment": {}, "findings": findings, "warning_groups": warnings}
+    )
+    lines = render_short(result, report_path="r/report.html")
+    assert len(lines) <= MAX_LINES and lines[-2] == "report: r/report.html"
+    assert any(line.startswith("  … ") and "more pairs (" in line for line in lines)
+    assert sum(1 for line in lines if line.startswith("  socket-0 vs direct-0")) == 1  # significant ones kept
+    assert all(len(line) <= 150 for line in lines)
 
 
 def test_unwritable_report_dir_names_the_path(tmp_path: Path, run_samples: list[Sample], analysis: RunAnalysis) -> None:
@@ -217,13 +269,17 @@ def test_subset_run_reports_without_crashing(tmp_path: Path) -> None:
         "GATE FAIL socket connect_us p50 observed=n/a limit<=1 (no successful samples with this metric)"
     )
     paths = write_report(tmp_path, samples, a)
-    assert {p.name for p in paths} >= {"summary.json", "report.md", "report.html", *PLOTS}
+    assert {p.name for p in paths} >= {"summary.json", "report.md", "report.html", *PLOTS[:4]}
     assert "burst.png" not in {p.name for p in paths}
-    assert terminal_lines(a)[2].startswith("socket-nonet") and terminal_lines(a)[3].split()[:3] == ["socket", "0", "3"]
+    long_form = terminal_lines(a, verbose=True)
+    assert long_form[2].startswith("socket-nonet") and long_form[3].split()[:3] == ["socket", "0", "3"]
+    assert terminal_lines(a)[0].startswith("[coldstart-bench] 2 scenarios, 9 measured cold starts (4 failed)")
 
 
 def test_thesis_comparison_table(written: Path) -> None:
     md = (written / "report.md").read_text()
-    assert "## Against the thesis" in md
+    assert "### Against the thesis" in md
     row = next(line for line in md.splitlines() if line.startswith("| connect speed-up"))
-    assert "| 3.66× |" in row
+    summary = json.loads((written / "summary.json").read_text())
+    speedup = next(f for f in summary["findings"] if f["kind"] == "connect_speedup")["estimate"]
+    assert "| 3.66× |" in row and f"| {speedup:.1f}× |" in row  # the Answers' speed-up, no second one

@@ -73,7 +73,7 @@ def test_report_rewrites_the_same_files(tmp_path: Path, capsys: pytest.CaptureFi
     run = tmp_path / "run"
     make_run(run, _samples())
     before = _files(run)
-    assert {"samples.csv", "summary.json", "report.md", "report.html", "box_lifecycle.png"} <= set(before)
+    assert {"samples.csv", "summary.json", "report.md", "report.html", "family_thesis_forest.png"} <= set(before)
     for name in list(before):
         if name != "samples.csv":
             (run / name).unlink()  # rendered again from samples.csv and summary.json alone
@@ -87,6 +87,8 @@ def test_report_rewrites_the_same_files(tmp_path: Path, capsys: pytest.CaptureFi
     summary = json.loads(after["summary.json"])
     assert summary["scenarios"]["redis-socket"]["declared"]["family"] == "user"  # known without the file
     assert any("redis" in f["topic"] for f in summary["findings"])
+    md = after["report.md"].decode()
+    assert md.split("\n## ")[1].startswith("Answers") and "## Family: user" in md
 
 
 def test_report_picks_up_a_changed_description(tmp_path: Path) -> None:
@@ -108,12 +110,16 @@ def test_show_prints_what_the_end_of_the_run_printed(tmp_path: Path, capsys: pyt
     run = tmp_path / "run"
     samples = _samples()
     config = make_run(run, samples)
-    end_of_run = terminal_lines(report_run(None, samples, _environment(), config).analysis)
+    analysis = report_run(None, samples, _environment(), config).analysis
     assert cli.main(["show", str(run)]) == cli.EXIT_OK
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("run abc: 2026-12-01T10:00:00+00:00")
-    assert out[1:] == end_of_run
-    # findings first (significant first), then the raw table
+    assert out[1:] == terminal_lines(analysis, report_path=str(run / "report.html"))
+    assert out[1].startswith("[coldstart-bench] ") and any(line.startswith("  redis-socket vs ") for line in out)
+    # -v: the long form, findings first (significant first), then the raw table
+    assert cli.main(["show", "-v", str(run)]) == cli.EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == terminal_lines(analysis, verbose=True)
     assert any(line.startswith("scenario") for line in out) and any(line.startswith("redis-socket ") for line in out)
     assert "GATE SKIP fallback connect_us median" in "\n".join(out)
 
@@ -153,6 +159,10 @@ def test_a_version_1_run_stays_readable(tmp_path: Path, capsys: pytest.CaptureFi
     original = json.loads((V1_RUN / "summary.json").read_text())
     assert rewritten["gate"] == original["gate"]
     assert [v["status"] for v in rewritten["verdicts"]] == [v["status"] for v in original["verdicts"]]
+    md = (copy / "report.md").read_text()  # the current layout: answers first, a section per family
+    assert md.split("\n## ")[1].startswith("Answers")
+    assert "| connection faster? | TCP | socket vs direct |" in md and "## TCP: the thesis's scenarios" in md
+    assert (copy / "family_thesis_forest.png").is_file()
 
 
 def test_the_committed_baseline_is_readable(capsys: pytest.CaptureFixture[str]) -> None:

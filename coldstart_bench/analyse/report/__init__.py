@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ def write_all(run_dir: Path, samples: Sequence[Sample], summary: Mapping[str, An
     # Imported here: loading matplotlib is not worth paying when only gate or baseline code is needed.
     from . import html, markdown
     from .content import build_document
+    from .family_plots import iter_family_plots
     from .plots import iter_plots
 
     written: list[Path] = []
@@ -29,7 +31,7 @@ def write_all(run_dir: Path, samples: Sequence[Sample], summary: Mapping[str, An
         text = json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
         written.append(write_text_atomic(run_dir / "summary.json", text))
         plots: dict[str, bytes] = {}
-        for name, data in iter_plots(samples, summary):
+        for name, data in itertools.chain(iter_plots(samples, summary), iter_family_plots(samples, summary)):
             written.append(write_bytes_atomic(run_dir / name, data))
             plots[name] = data
         doc = build_document(summary, list(plots))

@@ -19,7 +19,6 @@ from .judgement import (
     planning_blocks,
     shift_cell,
     stopping_blocks,
-    warning_lines,
 )
 from .plots import PHASES
 from .wire_sections import wire_sections
@@ -81,7 +80,9 @@ THESIS: dict[str, tuple[float, float]] = {
 THESIS_LEVENE_P = 0.0055
 
 
-def thesis_table(scenarios: Mapping[str, Any], comparisons: Sequence[Mapping[str, Any]]) -> Table | None:
+def thesis_table(
+    scenarios: Mapping[str, Any], comparisons: Sequence[Mapping[str, Any]], speedup: str = "–"
+) -> Table | None:
     """The thesis's socket-vs-direct claims next to this run's values (same statistics: means where it
     used means), for the scenarios the catalogue declares as the thesis's pair."""
     names = thesis_pair(scenarios)
@@ -93,10 +94,6 @@ def thesis_table(scenarios: Mapping[str, Any], comparisons: Sequence[Mapping[str
     def pair(metric: str, stat: str, digits: int) -> str:
         return f"{num(sock[metric][stat], digits)} / {num(direct[metric][stat], digits)}"
 
-    def ratio(metric: str, stat: str) -> str:
-        a, b = sock[metric][stat], direct[metric][stat]
-        return f"{b / a:.2f}×" if a and b else "–"
-
     t = THESIS
     rows = [
         [
@@ -105,9 +102,9 @@ def thesis_table(scenarios: Mapping[str, Any], comparisons: Sequence[Mapping[str
             pair("connect_us", "mean", 0),
         ],
         [
-            "connect speed-up (direct mean / socket mean)",
+            "connect speed-up (the Answers' estimate; the thesis: ratio of means)",
             f"{t['connect_mean'][1] / t['connect_mean'][0]:.2f}×",
-            ratio("connect_us", "mean"),
+            speedup,
         ],
         ["connect p95 µs", f"{t['connect_p95'][0]:g} / {t['connect_p95'][1]:g}", pair("connect_us", "p95", 0)],
         [
@@ -130,21 +127,34 @@ def thesis_table(scenarios: Mapping[str, Any], comparisons: Sequence[Mapping[str
     return Table(["claim (socket / direct)", "thesis", "this run"], rows, "Thesis figures: AWS t3.micro, n = 1000.")
 
 
-def stats_table(scenarios: Mapping[str, Any], metric: str, digits: int) -> Table:
+def stats_table(scenarios: Mapping[str, Any], metric: str, digits: int, pct: Any = None) -> Table:
+    """Per scenario; percentiles through `pct(entry, stat, digits)` (shown only where n supports them)."""
     rows = []
     for name, entry in scenarios.items():
         d = entry.get(metric)
         if not d or not d.get("n"):
             continue
+        p95 = pct(d, "p95", digits) if pct else num(d["p95"], digits)
+        p99 = pct(d, "p99", digits) if pct else num(d["p99"], digits)
         rows.append(
-            [name, str(d["n"])]
-            + [num(d[k], digits) for k in ("mean", "median", "p95", "p99", "stdev", "min", "max")]
-            + [
+            [
+                name,
+                str(d["n"]),
+                num(d["mean"], digits),
+                num(d["median"], digits),
+                p95,
+                p99,
+                num(d["stdev"], digits),
+                f"{num(d['min'], digits)} – {num(d['max'], digits)}",
                 ci(d.get("ci_median"), digits),
-                ci(d.get("ci_p95"), digits),
                 f"{d['outliers']} / {d['extreme_outliers']}",
             ]
         )
+    note = ""
+    if pct is not None:
+        from .answer_sections import PERCENTILE_FOOTNOTE, percentile_note
+
+        note = percentile_note() if any(PERCENTILE_FOOTNOTE in c for r in rows for c in r) else ""
     return Table(
         [
             "scenario",
@@ -154,13 +164,12 @@ def stats_table(scenarios: Mapping[str, Any], metric: str, digits: int) -> Table
             "p95",
             "p99",
             "stdev",
-            "min",
-            "max",
+            "min – max",
             "95% CI median",
-            "95% CI p95",
             "outliers 1.5×/3× IQR",
         ],
         rows,
+        note,
     )
 
 
@@ -559,6 +568,16 @@ def tls_blocks(tls: Mapping[str, Any] | None) -> list[Any]:
     return blocks
 
 
+def _run_para(summary: Mapping[str, Any]) -> Para:
+    env = summary.get("environment") or {}
+    scenarios = summary.get("scenarios") or {}
+    cold = sum(int(e.get("n", 0)) for e in scenarios.values())
+    when = f", {env['started_utc']} – {env.get('finished_utc') or '?'}" if env.get("started_utc") else ""
+    cmd = f" Command: `{env['command']}`." if env.get("command") else ""
+    where = f" on {env['hostname']}" if env.get("hostname") else ""
+    return Para(f"{len(scenarios)} scenarios, {cold} measured cold starts{where}{when}.{cmd}")
+
+
 def round_trip_blocks(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
     """The --bench-rtt variants: what each arm's connect costs in round trips to the backend."""
     if not rows:
@@ -587,37 +606,63 @@ def round_trip_blocks(rows: Sequence[Mapping[str, Any]]) -> list[Any]:
 
 
 def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Document:
+    """Answers first, then the gate and warnings, one section per scenario family, and an appendix
+    with everything else (findings as sentences, raw comparisons, per-block tables, planning,
+    per-scenario statistics, the campaign and the environment)."""
+    from .answer_sections import answers_blocks, family_blocks, gate_blocks, narrow_tables, percentile
+
     scenarios = summary.get("scenarios", {})
     doc = Document("Cold-start benchmark report")
     b = doc.blocks
-    b.append(Heading("Summary (thesis Table 2 shape)"))
-    if scenarios:
-        b.append(table2(scenarios))
-    else:
-        b.append(Para("No samples in this run."))
-    versus = thesis_table(scenarios, summary.get("comparisons", []))
+    b.append(_run_para(summary))
+    b.extend(answers_blocks(summary))
+    b.extend(gate_blocks(summary))
+    extras: dict[str, list[Any]] = {"thesis": [], "tls": [], "burst": [], "runtime": []}
+    versus = thesis_table(scenarios, summary.get("comparisons", []), _thesis_speedup(summary))
     if versus:
-        b.append(Heading("Against the thesis"))
-        b.append(versus)
+        extras["thesis"] += [Heading("Against the thesis", 3), versus]
+    if summary.get("delay_fit"):
+        extras["thesis"] += [Heading("Lifecycle vs configured delay", 3), *delay_table(summary["delay_fit"])]
+        if "lifecycle_vs_delay.png" in plot_files:
+            extras["thesis"].append(
+                Image("lifecycle_vs_delay.png", "Lifecycle vs configured delay with the fitted line")
+            )
+    extras["tls"] += tls_blocks(summary.get("tls"))
+    extras["rtt"] = round_trip_blocks(summary.get("round_trips") or [])
+    bt = burst_table(scenarios)
+    if bt:
+        extras["burst"] += [bt] + (
+            [Image("burst.png", "Per-start lifecycle vs burst size")] if "burst.png" in plot_files else []
+        )
+    from .runtimes import runtime_blocks  # its own module; it builds on the blocks defined here
+
+    extras["runtime"] += [Heading(x.text, 3) if isinstance(x, Heading) else x for x in runtime_blocks(summary)]
+    for section in wire_sections(summary):
+        family = "lang" if section.heading.startswith("Languages") else "pg-proxy"
+        extras.setdefault(family, []).extend(
+            [Heading(section.heading, 3), Table(section.headers, section.rows, section.caption)]
+        )
+    b.extend(family_blocks(summary, plot_files, {k: _sub(v) for k, v in extras.items()}))
+
+    b.append(Heading("Appendix"))
     findings = summary.get("findings", [])
-    b.append(Heading("Findings"))
+    b.append(Heading("Findings as sentences", 3))
     if findings:
-        family = family_para(summary.get("family") or {})
-        if family:
-            b.append(family)
+        judged = family_para(summary.get("family") or {})
+        if judged:
+            b.append(judged)
         b.append(Bullets(finding_lines(findings)))
         cmd = next((f["command"] for f in findings if f.get("command")), None)
         if cmd:
             b.append(Para(f"Produced by: `{cmd}`"))
+        b.extend(_sub(control_blocks(findings)))
     else:
         b.append(Para("No findings: the run lacks the scenario pairs they compare (e.g. socket and direct)."))
-    if findings:
-        b.extend(control_blocks(findings))
-    b.extend(effects_blocks(summary.get("effects") or {}))
-    b.extend(planning_blocks(summary.get("planning") or []))
-    b.extend(stopping_blocks(summary.get("stopping")))
+    b.extend(_sub(effects_blocks(summary.get("effects") or {})))
+    b.extend(_sub(planning_blocks(summary.get("planning") or [])))
+    b.extend(_sub(stopping_blocks(summary.get("stopping"))))
     verdicts = summary.get("verdicts", [])
-    b.append(Heading("Expectations"))
+    b.append(Heading("Expectations", 3))
     if verdicts:
         policy = summary.get("analysis", {}).get("expectation_policy", "report")
         b.append(Para(f"Policy: {policy}. p-values are two-sided and Holm-corrected across the expectations."))
@@ -641,65 +686,61 @@ def build_document(summary: Mapping[str, Any], plot_files: Sequence[str]) -> Doc
         )
     else:
         b.append(Para("No expectations were declared."))
-    gate = summary.get("gate", [])
-    b.append(Heading("Gate"))
-    b.append(Bullets([g["line"] for g in gate]) if gate else Para("No gate rules and no baseline."))
-    b.append(Heading("Noise warnings"))
-    warnings = warning_lines(summary)
-    b.append(Bullets(warnings) if warnings else Para("None."))
-    b.append(Heading("Comparisons"))
+    b.append(Heading("Comparisons (raw)", 3))
     comps = summary.get("comparisons", [])
     b.append(comparisons_table(comps) if comps else Para("Fewer than two comparable scenarios."))
     if summary.get("paired_blocks"):
-        b.append(Heading("Paired differences per block (interleaved run)"))
+        b.append(Heading("Paired differences per block (interleaved run)", 3))
         b.append(paired_blocks_table(summary["paired_blocks"]))
-    b.append(Heading("Lifecycle vs configured delay"))
-    b.extend(delay_table(summary.get("delay_fit", {})))
-    b.append(Heading("Phase attribution"))
+    b.append(Heading("Phase attribution", 3))
     b.append(phases_table(scenarios))
+    if "phases.png" in plot_files:
+        b.append(Image("phases.png", "Where the lifecycle goes"))
     if summary.get("arm_phases"):
-        b.append(Heading("Connection phases per arm"))
+        b.append(Heading("Connection phases per arm", 3))
         b.append(arm_phases_table(summary["arm_phases"]))
     breakdown = connect_breakdown_blocks(summary.get("connect_breakdown") or {})
     if breakdown:
-        b.append(Heading("Where the injected connect goes"))
+        b.append(Heading("Where the injected connect goes", 3))
         b.extend(breakdown)
-    b.extend(tls_blocks(summary.get("tls")))
-    b.extend(round_trip_blocks(summary.get("round_trips") or []))
-    bt = burst_table(scenarios)
-    if bt:
-        b.append(Heading("Bursts"))
-        b.append(bt)
-    from .runtimes import runtime_blocks  # its own module; it builds on the blocks defined here
-
-    b.extend(runtime_blocks(summary))
-    for section in wire_sections(summary):
-        b.extend([Heading(section.heading), Table(section.headers, section.rows, section.caption)])
     campaign = plan_blocks(summary.get("plan"))
     spent = harness_time_blocks(summary.get("harness_time") or {})
     if campaign or spent:
-        b.append(Heading("Campaign"))
+        b.append(Heading("Campaign", 3))
         b.extend(campaign)
         b.extend(spent)
-    b.append(Heading("Statistics per scenario"))
-    b.append(Heading("connect_us (µs)", 3))
-    b.append(stats_table(scenarios, "connect_us", 1))
-    b.append(Heading("lifecycle_ms (ms)", 3))
-    b.append(stats_table(scenarios, "lifecycle_ms", 2))
-    b.append(Heading("Plots"))
-    captions = {
+    b.append(Heading("Statistics per scenario", 3))
+    b.append(Para("connect_us (µs):"))
+    b.append(stats_table(scenarios, "connect_us", 1, percentile))
+    b.append(Para("lifecycle_ms (ms):"))
+    b.append(stats_table(scenarios, "lifecycle_ms", 2, percentile))
+    per_iteration = {
         "connect_per_iteration.png": "Connection time per cold start (thesis Fig. 5)",
         "lifecycle_per_iteration.png": "Lifecycle per cold start (thesis Fig. 6)",
-        "ecdf_connect.png": "ECDF of connection time",
-        "box_lifecycle.png": "Lifecycle per scenario",
-        "lifecycle_vs_delay.png": "Lifecycle vs configured delay with the fitted line",
-        "phases.png": "Where the lifecycle goes",
-        "burst.png": "Per-start lifecycle vs burst size",
     }
-    for f in plot_files:
-        b.append(Image(f, captions.get(f, f)))
+    shown = [f for f in per_iteration if f in plot_files]
+    if shown:
+        b.append(Heading("Per cold start, in run order", 3))
+        b.extend(Image(f, per_iteration[f]) for f in shown)
     env = summary.get("environment", {})
     if env:
-        b.append(Heading("Environment"))
+        b.append(Heading("Environment", 3))
         b.append(Table(["key", "value"], [[str(k), str(v)] for k, v in env.items()]))
+    doc.blocks = narrow_tables(b)
     return doc
+
+
+def _thesis_speedup(summary: Mapping[str, Any]) -> str:
+    """The one speed-up of the thesis's pair: the judged finding's estimate, as the Answers give it."""
+    from .answers import answers
+
+    pair = thesis_pair(summary.get("scenarios") or {})
+    for a in answers(summary):
+        if pair and a.kind == "connect_speedup" and (a.subject, a.reference) == pair:
+            return a.effect
+    return "–"
+
+
+def _sub(blocks: Sequence[Any]) -> list[Any]:
+    """Sections built for the top level, placed under the appendix: their headings one level down."""
+    return [Heading(x.text, max(x.level, 3)) if isinstance(x, Heading) else x for x in blocks]

@@ -89,57 +89,6 @@ def per_iteration(
     return _png(fig)
 
 
-def ecdf(samples: Sequence[Sample], metric: str, xlabel: str, names: Sequence[str] | None = None) -> bytes:
-    # Bursts have their own plot (the caller leaves them out); fifteen curves here would hide the
-    # thesis's comparison.
-    groups = {k: g for k, g in group_by_scenario(samples).items() if names is None or k in names}
-    fig = Figure(figsize=(9, 4.8))
-    ax = fig.add_subplot()
-    colors = _colors(list(groups))
-    series = []
-    for name, group in groups.items():
-        ys = np.sort(np.asarray(group.values(metric), dtype=float))
-        if ys.size:
-            ax.step(ys, np.arange(1, ys.size + 1) / ys.size, where="post", label=name, color=colors[name])
-            series.append(ys)
-    if series:
-        _maybe_log(ax, series, axis="x")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("fraction of cold starts ≤ x")
-        ax.axhline(0.95, color="grey", linewidth=0.6, linestyle=":")
-        ax.axhline(0.99, color="grey", linewidth=0.6, linestyle=":")
-        ax.legend(fontsize=8, ncol=2)
-        ax.grid(True, alpha=0.3)
-    else:
-        _no_data(ax, f"no successful samples with {metric}")
-    ax.set_title(f"ECDF of {metric} per scenario")
-    return _png(fig)
-
-
-def box(samples: Sequence[Sample], metric: str, xlabel: str) -> bytes:
-    groups = [(k, np.asarray(g.values(metric), dtype=float)) for k, g in group_by_scenario(samples).items()]
-    groups = [(k, v) for k, v in groups if v.size]
-    fig = Figure(figsize=(9, 0.9 + 0.42 * max(1, len(groups))))
-    ax = fig.add_subplot()
-    if groups:
-        ax.boxplot(
-            [v for _, v in groups],
-            orientation="horizontal",
-            tick_labels=[k for k, _ in groups],
-            showmeans=True,
-            whis=1.5,
-            flierprops={"markersize": 3},
-        )
-        ax.invert_yaxis()
-        _maybe_log(ax, [v for _, v in groups], axis="x")
-        ax.set_xlabel(xlabel)
-        ax.grid(True, axis="x", alpha=0.3)
-    else:
-        _no_data(ax, f"no successful samples with {metric}")
-    ax.set_title(f"{metric} per scenario (box: quartiles, whiskers: 1.5×IQR, triangle: mean)")
-    return _png(fig)
-
-
 def lifecycle_vs_delay(samples: Sequence[Sample], summary: Mapping[str, Any]) -> bytes:
     """Thesis Table 2 as a picture: lifecycle of each direct cold start against the configured
     SYN-ACK delay, the per-delay means and the least-squares line; injected scenarios for contrast."""
@@ -281,8 +230,7 @@ def iter_plots(samples: Sequence[Sample], summary: Mapping[str, Any]) -> Iterato
             members["lifecycle_per_iteration.png"],
         ),
     )
-    yield "ecdf_connect.png", ecdf(samples, "connect_us", "connect (µs)", members["ecdf_connect.png"])
-    yield "box_lifecycle.png", box(samples, "lifecycle_ms", "lifecycle (ms)")
+    # Distributions per family (family_plots.py, after these), not one ECDF of every scenario in the run.
     yield "lifecycle_vs_delay.png", lifecycle_vs_delay(samples, summary)
     yield "phases.png", phases(summary)
     b = burst(summary)

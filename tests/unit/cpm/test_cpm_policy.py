@@ -181,7 +181,9 @@ def test_fd_count_stable_over_many_handouts(echo: Echo, start_manager: Callable[
 
     result = run(m.sock_path, clients=3, duration=2.0, pool="echo", echo=False, timeout=2.0)
     assert result["failures"] == 0, result
-    assert result["count"] > 500
+    # Many times the pool's size, so every slot is refilled repeatedly; a count, not a rate,
+    # because a loaded machine may serve a few hundred acquires in those 2 s.
+    assert result["count"] >= 10 * size, result
     wait_for(lambda: m.stats()["pools"]["echo"]["idle"] == size, timeout=5)
     after = m.open_fds()
     assert abs(after - before) <= size, (before, after)
