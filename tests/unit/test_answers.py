@@ -115,3 +115,34 @@ def test_wide_tables_are_split_keeping_the_first_column() -> None:
     assert sum(len(p.headers) - 1 for p in parts) == 22  # every column kept once
     narrow = Table(["a", "b"], [["1", "2"]])
     assert narrow_tables([Para("x"), narrow, wide])[:2] == [Para("x"), narrow]
+
+
+def test_an_answer_whose_arms_differ_in_more_than_the_method_names_that_factor() -> None:
+    nonet = SAVING | {
+        "scenarios": ["socket", "socket-nonet"],
+        "differs_in": ["network_mode"],
+        "comparison_kind": "factor",
+    }
+    a = answer_of(nonet, _summary("socket", "socket-nonet"))
+    assert a.pair == "socket-nonet vs socket [effect of: network_mode]"
+    stack = SAVING | {
+        "scenarios": ["direct", "socket-nonet"],
+        "differs_in": ["network_mode"],
+        "comparison_kind": "stack",
+    }
+    assert answer_of(stack, _summary("direct", "socket-nonet")).pair.endswith("[stack comparison: network_mode]")
+    assert answer_of(SAVING | {"differs_in": []}, _summary("direct", "socket")).pair == "socket vs direct"
+
+
+def test_the_terminal_labels_a_stack_comparison_as_such() -> None:
+    from coldstart_bench.analyse.report.terminal import answer_lines
+
+    stack = SPEEDUP | {
+        "scenarios": ["direct", "socket-nonet"],
+        "differs_in": ["network_mode"],
+        "comparison_kind": "stack",
+    }
+    lines = answer_lines(_summary("direct", "socket", "socket-nonet", findings=[SPEEDUP, stack]), budget=20)
+    text = "\n".join(lines)
+    assert "socket-nonet vs direct [stack comparison: network_mode]" in text
+    assert any(line.strip().startswith("socket vs direct ") for line in lines), text

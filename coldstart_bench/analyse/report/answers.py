@@ -174,6 +174,17 @@ def _rules_out_diff(ci: tuple[float, float] | None) -> str:
     return f"a saving over {fmt_ms(-lo, False)}; a cost over {fmt_ms(hi, False)}"
 
 
+def not_injection_alone(f: Mapping[str, Any]) -> str:
+    """A pair label's note when its arms differ in more than the connection method: such an
+    answer is the effect of that factor (e.g. dropping the network namespace, which injection
+    allows) or of a whole stack, never headlined as injection's."""
+    factors = [str(x) for x in f.get("differs_in") or []]
+    if not factors:
+        return ""
+    what = "stack comparison" if f.get("comparison_kind") == "stack" else "effect of"
+    return f" [{what}: {', '.join(factors)}]"
+
+
 def answer_of(f: Mapping[str, Any], summary: Mapping[str, Any]) -> Answer:
     kind = str(f.get("kind") or f.get("topic") or "")
     subject, reference = _roles(f)
@@ -228,6 +239,7 @@ def answer_of(f: Mapping[str, Any], summary: Mapping[str, Any]) -> Answer:
     if control:
         rules = "—" if significant is None else "a false positive at this level" if not significant else "nothing"
     pair = f"{subject} vs {reference}" if reference else f"{', '.join(map(str, f.get('scenarios') or []))}"
+    pair += not_injection_alone(f)
     family = family_of(summary, subject) if subject else "other"
     if kind == "delay_slope":
         context = "TCP · delay"

@@ -158,7 +158,7 @@ def _cell(a: Any) -> str:
 def answer_lines(summary: dict[str, Any], budget: int) -> list[str]:
     """The answers as a table of compared pairs (rows) by question (columns), at most `budget`
     lines; pairs left out for room are counted on the last line (significant ones kept first)."""
-    from .answers import answers, confidence_text
+    from .answers import answers, confidence_text, not_injection_alone
 
     found = answers(summary)
     if not found:
@@ -174,7 +174,10 @@ def answer_lines(summary: dict[str, Any], budget: int) -> list[str]:
         f"answers ({confidence_text(summary)}; speed-up = reference ÷ arm; "
         "ms = arm − reference; n.d. = not distinguishable):",
     ]
-    labels = {k: f"{k[0]} vs {k[1]}" for k in pairs}
+    notes = {
+        k: next((n for a in row.values() if (n := not_injection_alone(a.finding))), "") for k, row in pairs.items()
+    }
+    labels = {k: f"{k[0]} vs {k[1]}{notes[k]}" for k in pairs}
     width = max([len(v) for v in labels.values()] + [4]) + 2
     cols = [q for q in MAIN_QUESTIONS if any(q in row for row in pairs.values())]
     rows = []
