@@ -1,4 +1,4 @@
-"""Where a cold function's injected connect goes: medians of each phase of connect_us (issue 15).
+"""Where a cold function's injected connect goes: medians of each phase of connect_us.
 
 Real cold starts: a throwaway network, echo server and pool manager (labelled, removed at the end)
 and fresh function containers, one `docker run --rm` each, arms interleaved round-robin so drift

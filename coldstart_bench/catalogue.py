@@ -304,7 +304,7 @@ EXTENDED_SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
-# An A/A control (issue 10): identical to direct, so any significant difference between the two is a
+# An A/A control: identical to direct, so any significant difference between the two is a
 # false positive of this run's machine and statistics.
 CONTROL_SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -360,7 +360,7 @@ PG_SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
-# --- Runtimes and the relay hand-off (issue 12) -----------------------------------------------------
+# --- Runtimes and the relay hand-off ----------------------------------------------------------------
 # The relay: the function gets one end of an AF_UNIX socketpair and the manager relays bytes to the
 # pooled connection. What the extra hop costs per request (request_rtt_us) is read against injection;
 # on runtimes that drop injected TCP fds (gVisor) it is the only way to a pooled connection.
@@ -424,7 +424,7 @@ def runtime_twins(scenarios: Iterable[Scenario], runtimes: Iterable[str]) -> tup
     return tuple(out)
 
 
-# --- Languages and the proxy users pick instead (issue 13) -----------------------------------------
+# --- Languages and the proxy users pick instead ----------------------------------------------------
 # Language axis: the same echo function in Node.js and C beside the Python one. Entrypoint axis:
 # "fd3" = components/c/fd3_entrypoint.c acquires the connection before the runtime starts and execs
 # the function with it at fd 3 (LISTEN_FDS=1), path "fd3". socket-fd3 runs the Python function
@@ -586,7 +586,7 @@ PG_PROXY_SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
-# --- TLS 1.3 (issue 11): the thesis's blocker. The pool manager hands over a verified TLS session
+# --- TLS 1.3: the thesis's blocker. The pool manager hands over a verified TLS session
 # (fd + traffic keys); the cold function continues it instead of handshaking. Backend: a TLS echo
 # server with a per-run CA; the harness checks one backend TLS session per cold start.
 TLS_FAMILY = "tls"

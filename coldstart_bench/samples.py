@@ -46,7 +46,7 @@ PHASE_METRICS: tuple[str, ...] = (
     "die_to_destroy_ms",
     *ACQUIRE_RECORD_FIELDS,
 )
-# Other languages and the PostgreSQL arms (issue 13): the runtime's start-up, per-query latency.
+# Other languages and the PostgreSQL arms: the runtime's start-up, per-query latency.
 RUNTIME_QUERY_METRICS: tuple[str, ...] = ("runtime_startup_us", "runtime_init_us", "query_first_us", "query_p50_us")
 # TLS phases (transport "tls"): the cold function's ssl import, context and handshake (direct),
 # or continuing the injected session (socket: import, libcrypto binding, keys).
@@ -89,12 +89,12 @@ class Sample:
     burst: int = 1  # cold starts started at once
     t_create_ns: int = 0  # docker "create" event time, for ordering / drift plots
     error: str = ""  # why the cold start failed (empty when ok)
-    # Runtimes and relay (issue 12): how the connection arrived ("fd" injected, "relay" an AF_UNIX
+    # Runtimes and relay: how the connection arrived ("fd" injected, "relay" an AF_UNIX
     # end the manager relays; "" direct), and every echo round trip of the cold start, ";"-separated
     # (request_rtt_us is their median).
     handoff: str = ""
     request_rtts_us: str = ""
-    # --- languages and the PostgreSQL arms (issue 13) ---
+    # --- languages and the PostgreSQL arms ---
     runtime: str = ""  # the function's runtime as it reports itself (e.g. "node v18.19.0")
     runtime_startup_us: float = math.nan  # entrypoint's exec -> the function's main (fd3 arms only)
     runtime_init_us: float = math.nan  # Node.js: its own bootstrap -> main

@@ -1,4 +1,4 @@
-"""Two tables summary.json carries beside the comparisons (issue 13), built from the scenarios'
+"""Two tables summary.json carries beside the comparisons, built from the scenarios'
 statistics and their declared metadata only (never from an id):
 
 - `languages`: every injected echo arm that is not the in-process Python acquire (another language,

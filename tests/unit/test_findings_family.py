@@ -1,4 +1,4 @@
-"""The statistics wired into a run (issue 10): findings judged as one family, the A/A control, the
+"""The statistics wired into a run: findings judged as one family, the A/A control, the
 lower-variance estimator and sample-size plans in summary.json, the refused two-level slope, and the
 re-analysis of a saved run directory. No Docker: synthetic samples."""
 

@@ -1,4 +1,4 @@
-"""The language, entrypoint and proxy axes wired into the harness (issue 13): function images and
+"""The language, entrypoint and proxy axes wired into the harness: function images and
 commands per language/entrypoint, pulled-in references, the hand-out and server-session balances,
 the language and PostgreSQL tables, and the refill that must not overfill while idle plug-in
 sessions are out for a proof of life."""

@@ -496,7 +496,7 @@ def harness_time_blocks(spent: Mapping[str, Any]) -> list[Heading | Para | Bulle
     return out
 
 
-# --- TLS (issue 11): the thesis's Table 1 re-measured, and where TLS set-up time goes -------------
+# --- TLS: the thesis's Table 1 re-measured, and where TLS set-up time goes ------------------------
 
 _TLS_PHASE_NAMES = {
     "resolve_us": "resolve (getaddrinfo)",

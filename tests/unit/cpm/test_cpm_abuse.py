@@ -1,4 +1,4 @@
-"""The manager under abuse (issue 16): one test per defect class, real sockets and processes.
+"""The manager under abuse: one test per defect class, real sockets and processes.
 
 After every abuse the manager must be alive, serve a normal acquire, and hold exactly as many
 descriptors as before, apart from the pools' own (idle, settling and connecting connections,
@@ -407,7 +407,7 @@ def test_bad_configuration_is_a_clear_error(sockdir: Path, args: list[str], conf
     assert key in message and "must be" in message, message
 
 
-# ---------------------------------------------------------------- issue 12: dropped fds are counted
+# ------------------- dropped fds are counted, so a runtime that drops injected fds shows up in stats
 
 
 def test_fd_dropped_report_is_counted_per_pool(echo: Echo, start_manager: Callable[..., Manager]) -> None:
