@@ -83,6 +83,7 @@ class Sample:
     die_to_destroy_ms: float = math.nan  # Docker die -> destroy (removal)
     delay_ms: float = 0.0  # configured SYN-ACK delay of the scenario
     network: str = "bridge"  # container network mode of the function
+    oci_runtime: str = ""  # OCI runtime of the function container (runc, runsc; "" the engine's default)
     interfaces: str = ""  # network interfaces seen inside the function, ";"-separated
     path: str = ""  # connection path reported by the function: direct | socket | fallback
     block: int = 0  # randomised block index when interleaved, else 0
@@ -95,7 +96,7 @@ class Sample:
     handoff: str = ""
     request_rtts_us: str = ""
     # --- languages and the PostgreSQL arms ---
-    runtime: str = ""  # the function's runtime as it reports itself (e.g. "node v18.19.0")
+    language_runtime: str = ""  # the function's language runtime as it reports itself (e.g. "node v18.19.0")
     runtime_startup_us: float = math.nan  # entrypoint's exec -> the function's main (fd3 arms only)
     runtime_init_us: float = math.nan  # Node.js: its own bootstrap -> main
     query_first_us: float = math.nan  # PostgreSQL: the first of the point reads after the transfer
@@ -188,11 +189,25 @@ def append_sample_csv(path: Path, sample: Sample) -> None:
         writer.writerow(_format(getattr(sample, name)) for name in SAMPLE_FIELDS)
 
 
+# Columns renamed since older samples.csv files were written: old name -> current name. A file
+# that has both keeps the current one.
+_RENAMED_COLUMNS = {"runtime": "language_runtime"}
+
+
+def _current_names(row: dict[str, str]) -> dict[str, str]:
+    current = {k: v for k, v in row.items() if k not in _RENAMED_COLUMNS}
+    for old, new in _RENAMED_COLUMNS.items():
+        if old in row:
+            current.setdefault(new, row[old])
+    return current
+
+
 def read_samples_csv(path: Path) -> list[Sample]:
+    """Read samples.csv, older files too (renamed columns mapped, missing ones at their default)."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         return [
-            Sample(**{k: _parse(k, v or "") for k, v in row.items() if k in _FIELD_TYPES})  # type: ignore[arg-type]
+            Sample(**{k: _parse(k, v or "") for k, v in _current_names(row).items() if k in _FIELD_TYPES})  # type: ignore[arg-type]
             for row in reader
         ]
 

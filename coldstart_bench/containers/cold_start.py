@@ -136,4 +136,5 @@ class ColdStart(StartStop):
             iteration=self.count - 1,
             delay_ms=0.0,
             network="none" if spec.network == "none" else "bridge",
+            oci_runtime=spec.runtime,
         )

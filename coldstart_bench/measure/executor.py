@@ -162,6 +162,7 @@ def cold_start_samples(
             burst=scenario.burst,
             position=position,
             after_switch=after_switch,
+            oci_runtime=scenario.runtime,
         )
         for k, r in enumerate(results)
     ]

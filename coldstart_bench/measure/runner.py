@@ -215,6 +215,7 @@ def to_sample(
     burst: int = 1,
     position: int = -1,
     after_switch: str = "",
+    oci_runtime: str = "",
 ) -> Sample:
     record = result.record or {}
     ev = result.events
@@ -254,7 +255,8 @@ def to_sample(
         error=result.error,
         handoff=str(record.get("handoff") or ""),
         request_rtts_us=";".join(f"{float(v):.1f}" for v in record.get("request_rtts_us") or []),
-        runtime=str(record.get("runtime") or ""),
+        language_runtime=str(record.get("runtime") or ""),
+        oci_runtime=oci_runtime,
         runtime_startup_us=_us(record, "runtime_startup_us"),
         runtime_init_us=_us(record, "runtime_init_us"),
         query_first_us=_us(record, "query_first_us"),

@@ -32,7 +32,7 @@ def test_node_and_pgbouncer_arms_end_to_end(docker_client: Any, tmp_path: Path) 
     for s in samples:
         by.setdefault(s.scenario, []).append(s)
     assert set(by) == {"node-socket", "node-direct", "pg-pgbouncer-unix", "pg-direct", "pg-socket"}
-    assert all(s.ok and s.path == "fd3" and s.runtime.startswith("node") for s in by["node-socket"])
+    assert all(s.ok and s.path == "fd3" and s.language_runtime.startswith("node") for s in by["node-socket"])
     assert all(s.runtime_startup_us > 0 for s in by["node-socket"])
     # One clock origin and the same phases in every arm, kept in samples.csv.
     for s in samples:

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from coldstart_bench.measure.runner import ColdStartResult, parse_function_record, to_sample
+from coldstart_bench.samples import read_samples_csv, write_samples_csv
 
 
 def _record(**kw: object) -> dict[str, object]:
@@ -55,3 +57,36 @@ def test_missing_events_give_nan_not_garbage() -> None:
     result = ColdStartResult("abc", 0, "", "", {"create": 1}, _record(), error="events missing")
     s = to_sample(result, scenario="direct", iteration=0, delay_ms=0, network="bridge")
     assert math.isnan(s.lifecycle_ms) and not s.ok
+
+
+def test_language_and_oci_runtime_are_separate_columns(tmp_path: Path) -> None:
+    rec = _record(runtime="node v18.19.0")
+    result = ColdStartResult("abc", 0, json.dumps(rec), "", EVENTS, rec)
+    s = to_sample(result, scenario="node-socket@runsc", iteration=0, delay_ms=0, network="bridge", oci_runtime="runsc")
+    assert (s.language_runtime, s.oci_runtime) == ("node v18.19.0", "runsc")
+    path = tmp_path / "samples.csv"
+    write_samples_csv(path, [s])
+    header = path.read_text().splitlines()[0].split(",")
+    assert "language_runtime" in header and "oci_runtime" in header and "runtime" not in header
+    (back,) = read_samples_csv(path)
+    assert (back.language_runtime, back.oci_runtime, back.connect_us) == ("node v18.19.0", "runsc", 1900.0)
+
+
+def test_older_samples_csv_with_a_runtime_column_still_loads(tmp_path: Path) -> None:
+    # Written before the column was split: "runtime" held the language runtime, no oci_runtime.
+    path = tmp_path / "samples.csv"
+    path.write_text(
+        "scenario,iteration,mode,container_id,ok,connect_us,runtime\n"
+        "node-direct,0,direct,abc,1,1900.0,node v18.19.0\n"
+        "direct,1,direct,def,0,,\n"
+    )
+    first, second = read_samples_csv(path)
+    assert (first.scenario, first.language_runtime, first.oci_runtime, first.ok) == (
+        "node-direct",
+        "node v18.19.0",
+        "",
+        True,
+    )
+    assert first.connect_us == 1900.0
+    assert second.language_runtime == "" and not second.ok and math.isnan(second.connect_us)
+    assert not hasattr(first, "runtime")
