@@ -32,7 +32,9 @@ def test_mine(echo_server, pool_manager, function_image, cold_start):
 
 
 def _pytest(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+    # Not an xdist worker's environment: pytest-benchmark turns itself off inside one, and then
+    # benchmark.pedantic runs the function once instead of its rounds.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "pytest", str(path), "-p", "no:xdist", "-p", "no:cacheprovider", *args],
