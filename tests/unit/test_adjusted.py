@@ -128,7 +128,14 @@ def test_covariates_that_differ_are_dropped_only_when_another_factor_differs() -
     nonet["create_to_start_ms"] = nonet["create_to_start_ms"] - 80.0  # no network namespace to set up
     nonet["lifecycle_ms"] = nonet["lifecycle_ms"] - 80.0
     same_method = choose_covariates(bridge, nonet, may_differ=False)
-    assert same_method.used == COVARIATES and not same_method.left_out
+    # The simulation has no function-side runtime start; a run without that column is told so.
+    assert same_method.used == COVARIATES
+    assert same_method.left_out == {"runtime_start_us": "not measured in both arms"}
+    with_runtime = {
+        k: dict(v, runtime_start_us=rng.normal(75_000.0, 15_000.0, 60)) for k, v in (("a", bridge), ("b", nonet))
+    }
+    both = choose_covariates(with_runtime["a"], with_runtime["b"], may_differ=False)
+    assert both.used == (*COVARIATES, "runtime_start_us") and not both.left_out
     factor = choose_covariates(bridge, nonet, may_differ=True)
     assert "create_to_start_ms" not in factor.used and "create_start not adjusted for" in factor.note()
     # Not adjusted for create→start, the 80 ms the network namespace costs stay in the estimate.
