@@ -22,7 +22,7 @@ from .phase_effects import (
     engine_phase_checks,
     side_by_side_text,
 )
-from .planning import connection_saving_ms, plan_adjusted, plan_paired, plan_two_sample
+from .sample_size import connection_saving_ms, plan_adjusted, plan_paired, plan_two_sample
 from .stats import json_safe
 
 ValuesByScenario = Mapping[str, Mapping[str, np.ndarray]]
@@ -94,7 +94,7 @@ def sample_size_plans(
     connection-time saving (median connect of the reference − of the scenario, signed: a negative one
     is a cost) at `power`, at the family-wise level alpha/k; on the lifecycle and on start→die, paired by
     block when interleaved, and with the adjusted lifecycle estimator's residual SD when the finding
-    used it. A zero saving, or one that would need more than planning.MAX_PLANNED, has no count. Pairs
+    used it. A zero saving, or one that would need more than sample_size.MAX_PLANNED, has no count. Pairs
     whose arms differ in more than the connection method (arms.arm_factors) are not planned."""
     level = alpha / max(1, int(family.get("size") or 1))
     out = []

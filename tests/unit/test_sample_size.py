@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from coldstart_bench.analyse.familywise import paired_intervals_batch, shift_intervals_batch
-from coldstart_bench.analyse.planning import (
+from coldstart_bench.analyse.sample_size import (
     MAX_PLANNED,
     blocks_for_precision,
     blocks_needed,
