@@ -139,10 +139,13 @@ class Manager:
         return self.proc.pid
 
     def wait_socket(self, timeout: float = 10.0) -> None:
+        """Until the manager listens on its socket: the file appears at bind(), a moment before
+        listen(), and a caller connecting in between is refused. Read from /proc/net/unix, so the
+        wait itself opens no connection the manager would see."""
         deadline = time.monotonic() + timeout
-        while not os.path.exists(self.sock_path):
+        while not unix_listening(self.sock_path):
             assert self.proc.poll() is None, f"manager exited: {self.logs()[-2000:]}"
-            assert time.monotonic() < deadline, "manager socket never appeared"
+            assert time.monotonic() < deadline, "manager socket never appeared or never listened"
             time.sleep(0.02)
 
     def stats(self) -> dict[str, Any]:
@@ -184,3 +187,21 @@ def short_tmpdir() -> Iterator[Path]:
         yield Path(d)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+SO_ACCEPTCON = 0x10000  # the Flags bit /proc/net/unix shows for a listening socket
+
+
+def unix_listening(path: str) -> bool:
+    """Whether a Unix stream socket bound to `path` is listening (in this network namespace)."""
+    if not os.path.exists(path):
+        return False
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return True  # no /proc: the file's existence is all we can tell
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & SO_ACCEPTCON:
+            return True
+    return False

@@ -190,3 +190,15 @@ def test_fd_count_stable_over_many_handouts(echo: Echo, start_manager: Callable[
     st = m.stats()
     assert st["pools"]["echo"]["handed_out"] == result["count"]
     assert st["acquire_latency_us"]["count"] == result["count"]
+
+
+def test_unix_listening_tells_a_bound_socket_from_a_listening_one(tmp_path: Path) -> None:
+    from coldstart_bench.measure.host_processes import unix_listening
+
+    path = str(tmp_path / "s.sock")
+    assert not unix_listening(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(path)
+        assert not unix_listening(path)  # the file exists, but a connect would be refused
+        s.listen()
+        assert unix_listening(path)
