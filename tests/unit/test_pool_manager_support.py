@@ -78,3 +78,21 @@ def error_of(reply: bytes) -> str:
     assert obj["ok"] is False, obj
     assert set(obj) == {"ok", "error", "detail"}
     return str(obj["error"])
+
+
+def loose_fds(m: Manager) -> int:
+    """The manager's open descriptors that are not pooled connections (listener, epoll, clients...)."""
+    st = m.stats()
+    pooled = sum(p["idle"] + p.get("settling", 0) + p["connecting"] for p in st["pools"].values())
+    return int(st["open_fds"]) - pooled
+
+
+def assert_still_serving(m: Manager, loose_before: int, pool: str = "echo") -> None:
+    """After an abuse test: the manager still runs, serves an acquire, and holds no extra descriptor."""
+    from components import protocol
+
+    assert m.proc.poll() is None, m.logs()[-2000:]
+    sock, _ = protocol.acquire(m.sock_path, pool)
+    assert echo_roundtrip(sock)
+    sock.close()
+    wait_for(lambda: loose_fds(m) == loose_before, timeout=5)

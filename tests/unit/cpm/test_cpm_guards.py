@@ -27,8 +27,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_cpm_abuse import assert_still_serving, loose_fds
-from test_pool_manager_support import REPO, Echo, Manager, dead_port, env, read_json_line, stop, wait_for
+from test_pool_manager_support import (
+    REPO,
+    Echo,
+    Manager,
+    assert_still_serving,
+    dead_port,
+    env,
+    loose_fds,
+    read_json_line,
+    stop,
+    wait_for,
+)
 
 from components import protocol
 from components.pool_config import load_config

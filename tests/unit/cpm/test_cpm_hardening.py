@@ -27,25 +27,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from test_pool_manager_support import REPO, Echo, Manager, echo_roundtrip, env, wait_for
+from test_pool_manager_support import (
+    REPO,
+    Echo,
+    Manager,
+    assert_still_serving,
+    echo_roundtrip,
+    env,
+    loose_fds,
+    wait_for,
+)
 
 from components import pg_wire, protocol
 from tests.support.pg_cluster import LocalCluster
-
-
-def loose_fds(m: Any) -> int:
-    """The manager's open descriptors that are not pooled connections (listener, epoll, clients...)."""
-    st = m.stats()
-    pooled = sum(p["idle"] + p.get("settling", 0) + p["connecting"] for p in st["pools"].values())
-    return int(st["open_fds"]) - pooled
-
-
-def assert_still_serving(m: Manager, loose_before: int, pool: str = "echo") -> None:
-    assert m.proc.poll() is None, m.logs()[-2000:]
-    sock, _ = protocol.acquire(m.sock_path, pool)
-    assert echo_roundtrip(sock)
-    sock.close()
-    wait_for(lambda: loose_fds(m) == loose_before, timeout=5)
 
 
 class SlowBackend:
