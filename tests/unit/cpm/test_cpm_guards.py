@@ -52,6 +52,12 @@ def lowest_free_fd(pid: int) -> int:
     return next(n for n in range(len(used) + 1) if n not in used)
 
 
+def before_free(pid: int, pause: float = 0.1) -> int:
+    """The lowest free descriptor a moment later: equal to the current one once nothing is closing."""
+    time.sleep(pause)
+    return lowest_free_fd(pid)
+
+
 # ---------------------------------------------------------------- descriptors run out
 
 
@@ -59,7 +65,11 @@ def test_out_of_descriptors_rests_the_listener_and_serves_once_freed(
     echo: Echo, start_manager: Callable[..., Manager]
 ) -> None:
     m = start_manager(echo.target, 2, "--request-timeout", "20")
+    wait_for(lambda: m.stats()["pools"]["echo"]["idle"] == 2, 10)
     before = loose_fds(m)
+    # The manager closes its side of that stats call a moment after replying: a descriptor freed
+    # after the limit is set would let it accept (and serve) every caller one by one. Settle first.
+    wait_for(lambda: lowest_free_fd(m.pid) == before_free(m.pid), 10)
     soft, hard = resource.prlimit(m.pid, resource.RLIMIT_NOFILE)
     callers: list[socket.socket] = []
     try:
