@@ -444,7 +444,28 @@ def open_session(config: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]
         raise PgSessionError(f"postgres {cfg.where}: session setup failed: {text}", code) from None
     plain.settimeout(None)  # blocking, O_NONBLOCK cleared: the flag would travel with the fd
     t_ready = time.perf_counter_ns()
-    meta: dict[str, Any] = {
+    meta = _session_meta(
+        cfg,
+        pid,
+        secret,
+        params,
+        setup_us={
+            "tcp": round((t_tcp - t0) / 1e3, 1),
+            "startup": round(trace.startup_us, 1),
+            "auth": round(trace.auth_us, 1),
+            "total": round((t_ready - t0) / 1e3, 1),
+        },
+    )
+    with _SESSIONS_LOCK:
+        _SESSIONS[plain] = _SessionState(cfg.idle_check_s, cfg.check_timeout_s, time.monotonic(), meta)
+    return plain, meta
+
+
+def _session_meta(
+    cfg: PgPoolConfig, pid: Any, secret: Any, params: dict[Any, Any], *, setup_us: dict[str, float], **extra: Any
+) -> dict[str, Any]:
+    """What a pooled session's hand-out carries, alike for plain and TLS sessions (`extra`: the TLS part)."""
+    return {
         "kind": "postgres",
         "protocol": "3.0",
         "database": cfg.database,
@@ -455,16 +476,9 @@ def open_session(config: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]
         "parameters": {_text(k): _text(v) for k, v in params.items()},
         "tx_status": "I",
         "opened_ns": time.time_ns(),
-        "setup_us": {
-            "tcp": round((t_tcp - t0) / 1e3, 1),
-            "startup": round(trace.startup_us, 1),
-            "auth": round(trace.auth_us, 1),
-            "total": round((t_ready - t0) / 1e3, 1),
-        },
+        **extra,
+        "setup_us": setup_us,
     }
-    with _SESSIONS_LOCK:
-        _SESSIONS[plain] = _SessionState(cfg.idle_check_s, cfg.check_timeout_s, time.monotonic(), meta)
-    return plain, meta
 
 
 def _open_tls_session(
@@ -513,32 +527,26 @@ def _open_tls_session(
     sock.settimeout(None)  # blocking: the flag would travel with the fd
     session.sock = weakref.proxy(sock)  # type: ignore[assignment]  # the registry holds the socket weakly
     t_ready = time.perf_counter_ns()
-    meta: dict[str, Any] = {
-        "kind": "postgres",
-        "protocol": "3.0",
-        "database": cfg.database,
-        "role": cfg.user,
-        "server": f"{cfg.host}:{cfg.port}",
-        "backend_pid": pid,
-        "secret_key": secret,
-        "parameters": {_text(k): _text(v) for k, v in params.items()},
-        "tx_status": "I",
-        "opened_ns": time.time_ns(),
-        "tls": {
+    meta = _session_meta(
+        cfg,
+        pid,
+        secret,
+        params,
+        tls={
             "version": hs.version,
             "cipher_suite": hs.suite.name,
             "peer_verified": True,
             "peer_subject": hs.peer_cert_subject,
             "client_cert": bool(cfg.tls.cert_file),
         },
-        "setup_us": {
+        setup_us={
             "tcp": round((t_tcp - t0) / 1e3, 1),
             "tls": round((t_tls - t_ssl) / 1e3, 1),
             "startup": round(trace.startup_us, 1),
             "auth": round(trace.auth_us, 1),
             "total": round((t_ready - t0) / 1e3, 1),
         },
-    }
+    )
     tls_pool.register_session(sock, session, meta, cfg.tls)
     with _SESSIONS_LOCK:
         _SESSIONS[sock] = _SessionState(cfg.idle_check_s, cfg.check_timeout_s, time.monotonic(), meta, tls=True)
